@@ -1,0 +1,1 @@
+"""Files in, checked in-memory objects out: checkpoints and data."""
