@@ -1,0 +1,24 @@
+"""nrc: measure Deep Neural Regression Collapse in saved checkpoints, layer by layer.
+
+Python use::
+
+    from nrc_cli import analyze
+    results = analyze("model.safetensors", "data.npz")
+    results.to_frame()
+"""
+
+from __future__ import annotations
+
+from nrc_cli._version import __version__
+from nrc_cli.errors import NrcError
+from nrc_cli.results import Results
+
+__all__ = ["NrcError", "Results", "__version__", "analyze"]
+
+
+def analyze(checkpoint: str, data: str, **options) -> Results:
+    """Analyze ``checkpoint`` on ``data``; ``options`` are the fields of ``AnalyzeConfig``
+    (``rank``, ``batch_size``, ``arch``, ``collapse_rule``, ...)."""
+    from nrc_cli.pipeline import AnalyzeConfig, run
+
+    return run(AnalyzeConfig(checkpoint=str(checkpoint), data=str(data), **options))

@@ -1,0 +1,3 @@
+from nrc_cli.cli import main
+
+main()

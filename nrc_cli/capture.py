@@ -1,0 +1,145 @@
+"""Hook the weight layers of a model and hand their pooled inputs to a callback.
+
+The weight layers are the ``Linear`` and ``Conv1d/2d/3d`` modules (METRICS.md, "Notation"). Their
+features are the layer *inputs*, pooled to one vector per sample: global average pooling over the
+spatial positions of a conv input, mean over every axis between the first and the last of a
+Linear input (token pooling).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nrc_cli.errors import ConfigError, DataError
+
+WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """A weight layer found in a model (registration order, not yet forward order)."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def type(self) -> str:
+        return type(self.module).__name__
+
+    @property
+    def in_dim(self) -> int:
+        m = self.module
+        return m.in_features if isinstance(m, nn.Linear) else m.in_channels
+
+
+def weight_layers(
+    model: nn.Module,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[WeightLayer]:
+    """List the model's weight layers, optionally filtered by module-path globs.
+
+    Raises
+    ------
+    ConfigError
+        When an ``include`` glob matches no layer (the message lists the layer names).
+    """
+    found = [WeightLayer(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_TYPES)]
+    names = [w.name for w in found]
+    for pattern in include:
+        if not fnmatch.filter(names, pattern):
+            raise ConfigError(
+                f"--layers '{pattern}' matches no weight layer",
+                hint=f"weight layers: {', '.join(names)}",
+            )
+    if include:
+        found = [w for w in found if any(fnmatch.fnmatchcase(w.name, p) for p in include)]
+    if exclude:
+        found = [w for w in found if not any(fnmatch.fnmatchcase(w.name, p) for p in exclude)]
+    if not found:
+        raise ConfigError(
+            "no weight layer (Linear, Conv1d/2d/3d) is selected",
+            hint=f"weight layers: {', '.join(names) or 'none in this model'}",
+        )
+    return found
+
+
+def pool(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """Pool a layer input to (batch, p) in float64 (METRICS.md pooling rules)."""
+    if isinstance(module, nn.Linear):
+        if inp.ndim == 2:
+            return inp.to(torch.float64)
+        if inp.ndim < 2:
+            return inp.reshape(1, -1).to(torch.float64)
+        return inp.mean(dim=tuple(range(1, inp.ndim - 1)), dtype=torch.float64)
+    # Conv: (batch, channels, *spatial) -> mean over spatial positions.
+    return inp.mean(dim=tuple(range(2, inp.ndim)), dtype=torch.float64)
+
+
+FeatureCallback = Callable[[str, torch.Tensor], None]
+
+
+class Capture:
+    """Forward pre-hooks that pool each selected layer's input and pass it to a callback.
+
+    Use as a context manager; the hooks are removed on exit, also when the body raises. Call
+    :meth:`next_batch` before each forward pass. ``order`` lists the layer names in the order in
+    which they first ran.
+
+    Parameters
+    ----------
+    layers : sequence of WeightLayer
+        The layers to hook (only these cost anything).
+    callback : callable(name, features)
+        Receives the layer name and its pooled float64 features, shape (batch, p).
+    """
+
+    def __init__(self, layers: Sequence[WeightLayer], callback: FeatureCallback) -> None:
+        self.layers = list(layers)
+        self.callback = callback
+        self.order: list[str] = []
+        self._seen: set[str] = set()
+        self._handles: list = []
+
+    def next_batch(self) -> None:
+        self._seen.clear()
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise DataError(f"layer '{name}': its input is not a tensor")
+            if name in self._seen:
+                raise ConfigError(
+                    f"layer '{name}' runs more than once in one forward pass (a shared or "
+                    "recurrent layer); its per-sample features are not defined",
+                    hint=f"leave it out with --exclude '{name}'",
+                )
+            self._seen.add(name)
+            if name not in self.order:
+                self.order.append(name)
+            self.callback(name, pool(module, args[0].detach()))
+
+        return hook
+
+    def __enter__(self) -> Capture:
+        try:
+            for w in self.layers:
+                self._handles.append(w.module.register_forward_pre_hook(self._make_hook(w.name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

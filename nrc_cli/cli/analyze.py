@@ -1,0 +1,167 @@
+"""``nrc analyze``: checkpoint + data -> per-layer Deep NRC report."""
+
+from __future__ import annotations
+
+import typer
+
+from nrc_cli.cli import _options as o
+from nrc_cli.cli._console import progress_enabled, stderr_console
+from nrc_cli.cli._output import emit
+from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
+from nrc_cli.pipeline import AnalyzeConfig, run
+from nrc_cli.report.table import render
+from nrc_cli.report.writers import (
+    check_output_path,
+    csv_text,
+    json_text,
+    parquet_bytes,
+    resolve_format,
+)
+from nrc_cli.results import Results
+
+
+def build_config(
+    checkpoint: str,
+    data: str,
+    *,
+    x_key: str,
+    y_key: str,
+    batch_size: int,
+    max_samples: int | None,
+    rank: int | None,
+    collapse_rule: str,
+    arch: str | None,
+    arch_kwargs: str | None,
+    activation: str | None,
+    svd: str,
+    oversample: int,
+    power_iters: int,
+    seed: int,
+    device: str,
+    dtype: str,
+    layers: list[str] | None,
+    exclude: list[str] | None,
+) -> AnalyzeConfig:
+    config = AnalyzeConfig(
+        checkpoint=checkpoint,
+        data=data,
+        x_key=x_key,
+        y_key=y_key,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        rank=rank,
+        collapse_rule=collapse_rule,
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        activation=activation,
+        svd=svd,
+        oversample=oversample,
+        power_iters=power_iters,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        layers=tuple(layers or ()),
+        exclude=tuple(exclude or ()),
+    )
+    config.validate()
+    return config
+
+
+def run_with_progress(config: AnalyzeConfig, *, quiet: bool, threads: int | None) -> Results:
+    """Run the pipeline, with a transient progress bar on an interactive stderr."""
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            from nrc_cli.errors import ConfigError
+
+            raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
+        torch.set_num_threads(threads)
+    if not progress_enabled(quiet):
+        return run(config)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("data pass"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} samples"),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("pass", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return run(config, progress=progress)
+
+
+def emit_results(results: Results, fmt: str, output: str | None) -> None:
+    emit(
+        fmt,
+        output,
+        text=lambda: (
+            json_text(results.to_dict()) if fmt == "json" else csv_text(results.to_frame())
+        ),
+        render=lambda: render(results),
+        binary=lambda: parquet_bytes(results.to_frame()),
+    )
+
+
+def analyze(
+    checkpoint: o.Checkpoint,
+    data: o.Data,
+    x_key: o.XKey = "x",
+    y_key: o.YKey = "y",
+    batch_size: o.BatchSize = 1024,
+    max_samples: o.MaxSamples = None,
+    rank: o.Rank = None,
+    collapse_rule: o.CollapseRuleOpt = DEFAULT_COLLAPSE_RULE,
+    arch: o.Arch = None,
+    arch_kwargs: o.ArchKwargs = None,
+    activation: o.Activation = None,
+    layers: o.Layers = None,
+    exclude: o.Exclude = None,
+    svd: o.Svd = "auto",
+    oversample: o.Oversample = 10,
+    power_iters: o.PowerIters = 4,
+    seed: o.Seed = 0,
+    device: o.Device = "cpu",
+    dtype: o.Dtype = "float32",
+    threads: o.Threads = None,
+    format: o.Format = None,
+    output: o.Output = None,
+    quiet: o.Quiet = False,
+    debug: o.Debug = False,
+) -> None:
+    """Stream DATA through CHECKPOINT once and report Deep NRC for every weight layer."""
+    fmt = resolve_format(format, output)
+    check_output_path(output)
+    config = build_config(
+        checkpoint,
+        data,
+        x_key=x_key,
+        y_key=y_key,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        rank=rank,
+        collapse_rule=collapse_rule,
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        activation=activation,
+        svd=svd,
+        oversample=oversample,
+        power_iters=power_iters,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        layers=layers,
+        exclude=exclude,
+    )
+    results = run_with_progress(config, quiet=quiet, threads=threads)
+    emit_results(results, fmt, output)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze)

@@ -1,0 +1,138 @@
+"""``nrc inspect``: what a checkpoint holds and the model nrc would build from it, no data needed."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from nrc_cli.capture import weight_layers
+from nrc_cli.cli import _options as o
+from nrc_cli.cli._output import emit
+from nrc_cli.errors import NrcError
+from nrc_cli.io.checkpoint import open_checkpoint
+from nrc_cli.model.build import build_model, parse_arch_kwargs
+from nrc_cli.report.writers import (
+    check_output_path,
+    csv_text,
+    json_text,
+    parquet_bytes,
+    resolve_format,
+)
+
+
+def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -> dict:
+    """The inspect document: tensors, metadata, and the model (or why none can be built)."""
+    ckpt = open_checkpoint(checkpoint)
+    doc: dict = {
+        "checkpoint": str(checkpoint),
+        "format": ckpt.format,
+        "n_parameters": ckpt.n_parameters,
+        "metadata": dict(ckpt.metadata),
+        "tensors": [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel}
+            for t in ckpt.tensors.values()
+        ],
+    }
+    try:
+        built = build_model(
+            ckpt, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), activation=activation
+        )
+    except NrcError as err:
+        doc["model"] = None
+        doc["model_error"] = err.message + (f" (hint: {err.hint})" if err.hint else "")
+        doc["layers"] = []
+        return doc
+    doc["model"] = {"route": built.route, "description": built.description}
+    if built.spec is not None:
+        order = [b.linear for b in built.spec.blocks]
+        doc["layer_order"] = "forward"
+    else:
+        order = None
+        doc["layer_order"] = "registration (forward order is fixed during the data pass)"
+    layers = weight_layers(built.module)
+    if order is not None:
+        rank_of = {n: i for i, n in enumerate(order)}
+        layers.sort(key=lambda w: rank_of.get(w.name, len(order)))
+    doc["layers"] = [
+        {
+            "index": i,
+            "layer": w.name,
+            "type": w.type,
+            "in_dim": w.in_dim,
+            "weight_shape": list(w.module.weight.shape),
+        }
+        for i, w in enumerate(layers, start=1)
+    ]
+    return doc
+
+
+def _render(doc: dict):
+    tensors = Table(title=escape(f"{doc['checkpoint']} ({doc['format']})"), title_justify="left")
+    for col in ("name", "shape", "dtype", "numel"):
+        tensors.add_column(col, justify="right" if col == "numel" else "left")
+    for t in doc["tensors"]:
+        tensors.add_row(escape(t["name"]), str(t["shape"]), t["dtype"], f"{t['numel']:,}")
+    parts = [tensors, Text(f"parameters: {doc['n_parameters']:,}")]
+    if doc["metadata"]:
+        meta = Table(title="metadata", title_justify="left", show_header=False)
+        meta.add_column("key")
+        meta.add_column("value")
+        for k, v in sorted(doc["metadata"].items()):
+            meta.add_row(escape(k), escape(v))
+        parts.append(meta)
+    if doc["model"] is None:
+        parts.append(Text(f"model: cannot build one: {doc['model_error']}", style="yellow"))
+        return Group(*parts)
+    parts.append(Text(f"model ({doc['model']['route']}): {doc['model']['description']}"))
+    layers = Table(title=f"weight layers ({doc['layer_order']} order)", title_justify="left")
+    for col in ("#", "layer", "type", "in_dim", "weight_shape"):
+        layers.add_column(col)
+    for row in doc["layers"]:
+        layers.add_row(
+            str(row["index"]),
+            escape(row["layer"]),
+            row["type"],
+            str(row["in_dim"]),
+            str(row["weight_shape"]),
+        )
+    parts.append(layers)
+    return Group(*parts)
+
+
+def _frame(doc: dict):
+    import pandas as pd
+
+    rows = [
+        {"checkpoint": doc["checkpoint"], **t, "shape": "x".join(map(str, t["shape"]))}
+        for t in doc["tensors"]
+    ]
+    return pd.DataFrame(rows, columns=["checkpoint", "name", "shape", "dtype", "numel"])
+
+
+def inspect(
+    checkpoint: o.Checkpoint,
+    arch: o.Arch = None,
+    arch_kwargs: o.ArchKwargs = None,
+    activation: o.Activation = None,
+    format: o.Format = None,
+    output: o.Output = None,
+    debug: o.Debug = False,
+) -> None:
+    """Show CHECKPOINT's tensors, metadata and the model nrc would build (no data needed)."""
+    fmt = resolve_format(format, output)
+    check_output_path(output)
+    doc = describe(checkpoint, arch=arch, arch_kwargs=arch_kwargs, activation=activation)
+    emit(
+        fmt,
+        output,
+        text=lambda: json_text(doc) if fmt == "json" else csv_text(_frame(doc)),
+        render=lambda: _render(doc),
+        binary=lambda: parquet_bytes(_frame(doc)),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)

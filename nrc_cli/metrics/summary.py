@@ -1,0 +1,204 @@
+"""Run-level fields (METRICS.md, "Summary fields"): targets, last-layer NRC, collapse rule."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from nrc_cli.errors import ConfigError
+from nrc_cli.metrics.layer import Spectrum, ratio
+
+# Per-layer numeric columns a collapse rule (or a gate) may test.
+RULE_COLUMNS = (
+    "index",
+    "in_dim",
+    "rank",
+    "nrc1_noise",
+    "nrc2_cka",
+    "nrc2_cka_signal",
+    "nrc3_alignment",
+    "nrc4_probe_mse",
+    "nrc4_ratio",
+    "stable_rank_h",
+    "stable_rank_w",
+)
+DEFAULT_COLLAPSE_RULE = "nrc1_noise<=0.2"
+_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([^\s,]+)\s*$")
+
+
+@dataclass(frozen=True)
+class CollapseRule:
+    """A conjunction of ``column<=value`` / ``column>=value`` terms over per-layer columns."""
+
+    terms: tuple[tuple[str, str, float], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> CollapseRule:
+        """Parse ``--collapse-rule`` text such as ``nrc1_noise<=0.2,nrc3_alignment>=0.9``."""
+        terms = []
+        if not text or not text.strip():
+            raise ConfigError(
+                "--collapse-rule: expected terms like 'nrc1_noise<=0.2', found an empty rule"
+            )
+        for raw in text.split(","):
+            m = _TERM.match(raw)
+            if m is None:
+                raise ConfigError(
+                    f"--collapse-rule: cannot parse term '{raw.strip()}' in '{text}': expected "
+                    "COLUMN<=NUMBER or COLUMN>=NUMBER",
+                    hint="e.g. --collapse-rule 'nrc1_noise<=0.2,nrc3_alignment>=0.9'",
+                )
+            col, op, num = m.groups()
+            if col not in RULE_COLUMNS:
+                raise ConfigError(
+                    f"--collapse-rule: unknown column '{col}' in '{text}'",
+                    hint=f"columns: {', '.join(RULE_COLUMNS)}",
+                )
+            try:
+                value = float(num)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"--collapse-rule: '{num}' in term '{raw.strip()}' is not a finite number",
+                )
+            terms.append((col, op, value))
+        return cls(tuple(terms))
+
+    @property
+    def text(self) -> str:
+        return ",".join(f"{c}{op}{_num(v)}" for c, op, v in self.terms)
+
+    def holds(self, row: dict) -> bool:
+        """True when every term holds; a null value never satisfies a term."""
+        for col, op, value in self.terms:
+            x = row.get(col)
+            if x is None or (isinstance(x, float) and math.isnan(x)):
+                return False
+            if op == "<=" and not x <= value:
+                return False
+            if op == ">=" and not x >= value:
+                return False
+        return True
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+
+
+def first_collapsed(collapsed: list[bool]) -> int | None:
+    """Smallest 1-based ℓ* such that every layer from ℓ* on is collapsed; None if the last is not."""
+    first = None
+    for i in range(len(collapsed), 0, -1):
+        if not collapsed[i - 1]:
+            break
+        first = i
+    return first
+
+
+def target_fields(cov_y: torch.Tensor) -> dict:
+    """``stable_rank_y`` and ``target_effective_rank`` from Σ_Y."""
+    mu = torch.linalg.eigvalsh((cov_y + cov_y.T) / 2).flip(0).clamp_min(0.0)
+    total = float(mu.sum())
+    out = {"stable_rank_y": ratio(float((mu * mu).sum()), float(mu[0]) ** 2)}
+    if total == 0:
+        out["target_effective_rank"] = None
+    else:
+        cum = torch.cumsum(mu, 0)
+        # Round-off must not push the last partial sum below the threshold.
+        hit = (cum >= 0.999 * total * (1 - 1e-12)).nonzero()
+        out["target_effective_rank"] = int(hit[0]) + 1
+    return out
+
+
+def last_layer_fields(
+    weight: torch.Tensor,
+    spectrum: Spectrum,
+    gram: torch.Tensor,
+    cov_y: torch.Tensor,
+    rank: int,
+) -> dict:
+    """Last-layer NRC1–3 of Andriopoulos et al. (2024) for a Linear head W ∈ R^{t×p}.
+
+    Parameters
+    ----------
+    weight : Tensor, shape (t, p)
+    spectrum : Spectrum
+        Of the head's (centred) feature covariance Σ_Z.
+    gram : Tensor, shape (p, p)
+        (1/N) Σ h̃ h̃ᵀ of the normalised, uncentred features.
+    cov_y : Tensor, shape (t, t)
+    rank : int
+        Requested k (clipped to p).
+    """
+    w = weight.detach().to(torch.float64)
+    p = w.shape[1]
+    k = min(rank, p)
+    tr_g = float(torch.trace(gram))
+
+    def residual(q: torch.Tensor) -> float:
+        # (1/N) Σ ‖h̃ − QQᵀh̃‖² = tr G − tr(QᵀGQ) for orthonormal Q.
+        return max(tr_g - float(torch.trace(q.T @ gram @ q)), 0.0)
+
+    out = {"nrc1_last": residual(spectrum.vectors[:, :k])}
+    _, s, vh = torch.linalg.svd(w, full_matrices=False)
+    tol = float(s[0]) * max(w.shape) * torch.finfo(torch.float64).eps if s.numel() else 0.0
+    r = int((s > tol).sum())
+    out["nrc2_last"] = residual(vh[:r].T)
+    out.update(_nrc3_last(w, cov_y))
+    return out
+
+
+def _nrc3_last(w: torch.Tensor, cov_y: torch.Tensor) -> dict:
+    """min over γ ∈ [0, μ_t] of ‖WWᵀ/‖WWᵀ‖ − (Σ_Y^½ − √γ I)/‖Σ_Y^½ − √γ I‖‖_F².
+
+    Σ_Y^½ − √γ I shares Σ_Y's eigenvectors Q, so with a = diag(Qᵀ Â Q) (Â the normalised WWᵀ)
+    and s = √μ the objective is 2 − 2·a·(s − c)/‖s − c‖ with c = √γ: a 1-D problem, solved by a
+    dense grid in γ and a golden-section refinement around the best grid point.
+    """
+    wwt = w @ w.T
+    nrm = float(torch.linalg.matrix_norm(wwt))
+    if nrm == 0:
+        return {"nrc3_last": None, "nrc3_gamma": None}
+    a_hat = wwt / nrm
+    mu, q = torch.linalg.eigh((cov_y + cov_y.T) / 2)
+    mu = mu.clamp_min(0.0)
+    s = mu.sqrt()
+    a = torch.diagonal(q.T @ a_hat @ q)
+    a_norm2 = float((a_hat * a_hat).sum())
+    mu_t = float(mu.min())
+
+    def objective(gamma: float) -> float:
+        d = s - math.sqrt(max(gamma, 0.0))
+        dn = float(torch.linalg.vector_norm(d))
+        if dn == 0:
+            return math.inf
+        return a_norm2 + 1.0 - 2.0 * float((a * d).sum()) / dn
+
+    grid = [mu_t * i / 2000 for i in range(2001)] if mu_t > 0 else [0.0]
+    vals = [objective(g) for g in grid]
+    best = min(range(len(grid)), key=lambda i: vals[i])
+    if not math.isfinite(vals[best]):
+        return {"nrc3_last": None, "nrc3_gamma": None}
+    lo = grid[max(best - 1, 0)]
+    hi = grid[min(best + 1, len(grid) - 1)]
+    g_best, f_best = grid[best], vals[best]
+    invphi = (math.sqrt(5) - 1) / 2
+    x1, x2 = hi - invphi * (hi - lo), lo + invphi * (hi - lo)
+    f1, f2 = objective(x1), objective(x2)
+    for _ in range(60):
+        if f1 < f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - invphi * (hi - lo)
+            f1 = objective(x1)
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + invphi * (hi - lo)
+            f2 = objective(x2)
+    for g, f in ((x1, f1), (x2, f2)):
+        if f < f_best:
+            g_best, f_best = g, f
+    return {"nrc3_last": max(f_best, 0.0), "nrc3_gamma": g_best}

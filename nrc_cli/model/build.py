@@ -1,0 +1,189 @@
+"""Tensors + an architecture -> an ``nn.Module`` in eval mode, loaded strictly.
+
+Three routes, first match wins (CLI.md, "Checkpoints"): a user factory named by ``--arch``
+(the only way user code is ever imported), the declarative ``nrc.arch`` metadata, and inference
+of a plain MLP from the tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nrc_cli.errors import CheckpointError, ConfigError
+from nrc_cli.io.checkpoint import Checkpoint, parse_arch_metadata
+from nrc_cli.model.mlp import InferredMLP, MlpSpec, infer_mlp_spec, spec_from_metadata
+
+
+@dataclass
+class BuiltModel:
+    """A model ready to run, and how it was obtained."""
+
+    module: nn.Module
+    route: str  # "arch", "metadata" or "inferred"
+    description: str
+    spec: MlpSpec | None = None  # set for MLPs nrc rebuilt itself
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def in_features(self) -> int | None:
+        return self.spec.in_features if self.spec else None
+
+    @property
+    def out_features(self) -> int | None:
+        return self.spec.out_features if self.spec else None
+
+
+def parse_arch_kwargs(text: str | None) -> dict:
+    """Parse ``--arch-kwargs``: a JSON object, or nothing."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--arch-kwargs: expected a JSON object, found invalid JSON ({exc})",
+            hint="""quote it for the shell, e.g. --arch-kwargs '{"width": 64}'""",
+        ) from exc
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"--arch-kwargs: expected a JSON object, found {type(value).__name__}",
+            hint="""e.g. --arch-kwargs '{"width": 64}'""",
+        )
+    return value
+
+
+def load_factory(arch: str):
+    """Import the callable named by ``--arch MODULE:CALLABLE`` or ``--arch file.py:CALLABLE``."""
+    target, sep, attr = arch.rpartition(":")
+    if not sep or not target or not attr:
+        raise ConfigError(
+            f"--arch: expected MODULE:CALLABLE or path/to/file.py:CALLABLE, found '{arch}'",
+        )
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(
+                f"--arch: file '{target}' does not exist",
+                hint="give a path to a .py file that defines the factory",
+            )
+        name = f"_nrc_arch_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"--arch: cannot import '{target}' as a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise ConfigError(
+                f"--arch: importing '{target}' failed: {type(exc).__name__}: {exc}",
+            ) from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise ConfigError(
+                f"--arch: cannot import module '{target}': {type(exc).__name__}: {exc}",
+                hint="is it installed or on PYTHONPATH? or pass a file path: --arch file.py:NAME",
+            ) from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        found = sorted(
+            n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))
+        )
+        raise ConfigError(
+            f"--arch: '{target}' has no callable '{attr}'",
+            hint=f"callables there: {', '.join(found[:12]) or 'none'}",
+        )
+    return factory
+
+
+def build_model(
+    ckpt: Checkpoint,
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
+    activation: str | None = None,
+) -> BuiltModel:
+    """Rebuild the model a checkpoint holds, load its weights strictly, put it in eval mode.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        An opened checkpoint.
+    arch : str, optional
+        ``MODULE:CALLABLE`` or ``file.py:CALLABLE`` returning an ``nn.Module``.
+    arch_kwargs : dict, optional
+        Keyword arguments for the factory.
+    activation : str, optional
+        Activation for MLP inference (default ``relu``); ignored by the other routes.
+    """
+    if arch is not None:
+        factory = load_factory(arch)
+        try:
+            module = factory(**(arch_kwargs or {}))
+        except Exception as exc:
+            raise ConfigError(
+                f"--arch: the factory '{arch}' raised {type(exc).__name__}: {exc}",
+                hint="check --arch-kwargs against the factory's parameters",
+            ) from exc
+        if not isinstance(module, nn.Module):
+            raise ConfigError(
+                f"--arch: the factory '{arch}' returned {type(module).__name__}, expected an "
+                "torch.nn.Module",
+            )
+        load_strict(module, ckpt)
+        module.eval()
+        desc = f"{type(module).__name__} from --arch {arch}"
+        return BuiltModel(module, "arch", desc, checkpoint=ckpt)
+
+    meta = parse_arch_metadata(ckpt)
+    if meta is not None:
+        spec = spec_from_metadata(ckpt, meta)
+        route = "metadata"
+    else:
+        spec = infer_mlp_spec(ckpt, activation or "relu")
+        route = "inferred"
+    module = InferredMLP(spec)
+    load_strict(module, ckpt)
+    module.eval()
+    dims = " -> ".join([str(spec.in_features)] + [str(b.out_features) for b in spec.blocks])
+    norms = sorted({b.norm_kind for b in spec.blocks if b.norm_kind})
+    desc = f"MLP {dims}, activation {spec.activation}" + (f", {'/'.join(norms)}" if norms else "")
+    return BuiltModel(module, route, desc, spec, checkpoint=ckpt)
+
+
+def load_strict(module: nn.Module, ckpt: Checkpoint) -> None:
+    """Load the checkpoint into ``module``; report missing, unexpected and mis-shaped keys together."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(ckpt.tensors))
+    unexpected = sorted(set(ckpt.tensors) - set(expected))
+    mismatched = sorted(
+        f"{k} (checkpoint {list(ckpt.tensors[k].shape)}, model {list(expected[k].shape)})"
+        for k in set(expected) & set(ckpt.tensors)
+        if tuple(ckpt.tensors[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches: {', '.join(mismatched)}")
+        raise CheckpointError(
+            f"{ckpt.path}: the weights do not fit the model: {'; '.join(parts)}",
+            hint="check --arch and --arch-kwargs against how the checkpoint was saved",
+        )
+    state = ckpt.state_dict()
+    with torch.no_grad():
+        module.load_state_dict(state, strict=True)

@@ -1,0 +1,123 @@
+"""Results -> Rich renderables for the terminal. Computes nothing; escapes runtime strings."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from nrc_cli.results import Results
+
+DASH = "–"
+# Table headers may abbreviate (METRICS.md); machine formats never do.
+_HEADERS = {
+    "index": "#",
+    "nrc2_cka_signal": "cka_signal",
+    "nrc3_alignment": "nrc3_align",
+    "nrc4_probe_mse": "probe_mse",
+    "stable_rank_h": "srank_h",
+    "stable_rank_w": "srank_w",
+}
+_LAYER_COLS = (
+    "index",
+    "layer",
+    "type",
+    "in_dim",
+    "rank",
+    "nrc1_noise",
+    "nrc2_cka",
+    "nrc2_cka_signal",
+    "nrc3_alignment",
+    "nrc4_probe_mse",
+    "nrc4_ratio",
+    "stable_rank_h",
+    "stable_rank_w",
+    "collapsed",
+)
+
+
+def fmt(value) -> str:
+    """A cell: 4 significant digits for floats, ``–`` for null."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e5 or abs(value) < 1e-3:
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def verdict(results: Results) -> str:
+    """One line: where the model collapses, under which rule."""
+    s = results.summary
+    n = len(results.layers)
+    rule = s.get("collapse_rule")
+    first = s.get("first_collapsed_index")
+    if first is None:
+        return f"no collapse: the last layer is not collapsed under {rule}"
+    return (
+        f"collapsed from layer `{s.get('first_collapsed_layer')}` "
+        f"(layers {first}–{n} of {n}) under {rule}"
+    )
+
+
+def layer_table(results: Results) -> Table:
+    table = Table(title=escape(f"Deep NRC: {results.checkpoint}"), title_justify="left")
+    for col in _LAYER_COLS:
+        justify = "left" if col in ("layer", "type") else "right"
+        table.add_column(_HEADERS.get(col, col), justify=justify, no_wrap=col == "layer")
+    for row in results.layers:
+        style = "bold green" if row.get("collapsed") else None
+        table.add_row(*(escape(fmt(row.get(c))) for c in _LAYER_COLS), style=style)
+    return table
+
+
+_SUMMARY_ORDER = (
+    "n_samples",
+    "target_dim",
+    "rank",
+    "model_mse",
+    "stable_rank_y",
+    "target_effective_rank",
+    "first_collapsed_layer",
+    "first_collapsed_index",
+    "collapse_rule",
+    "nrc1_last",
+    "nrc2_last",
+    "nrc3_last",
+    "nrc3_gamma",
+    "svd",
+    "device",
+)
+
+
+def summary_table(results: Results) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column("field", style="dim")
+    table.add_column("value")
+    for key in _SUMMARY_ORDER:
+        if key in results.summary:
+            table.add_row(key, escape(fmt(results.summary[key])))
+    return table
+
+
+def render(results: Results) -> Group:
+    """The whole terminal report: layer table, summary, verdict."""
+    notes = [
+        Text(f"note: {row['layer']}: {row['note']}", style="yellow")
+        for row in results.layers
+        if row.get("note")
+    ]
+    return Group(
+        layer_table(results),
+        summary_table(results),
+        *notes,
+        Text(verdict(results), style="bold"),
+    )
