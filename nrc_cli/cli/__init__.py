@@ -56,10 +56,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from nrc_cli.cli import analyze, inspect
+    from nrc_cli.cli import analyze, audit, check, compare, inspect, plot
 
-    analyze.register(app)
-    inspect.register(app)
+    for command in (analyze, inspect, check, compare, audit, plot):
+        command.register(app)
 
 
 _register()
