@@ -70,13 +70,21 @@ def weight_layers(
     return found
 
 
-def pool(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
-    """Pool a layer input to (batch, p) in float64 (METRICS.md pooling rules)."""
+def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool a layer input to (batch, p) in float64 (METRICS.md pooling rules).
+
+    ``mask`` (batch, T), when given, turns the token mean of a (batch, T, p) Linear input into a
+    masked mean over the tokens where the mask is non-zero (padding ignored).
+    """
     if isinstance(module, nn.Linear):
         if inp.ndim == 2:
             return inp.to(torch.float64)
         if inp.ndim < 2:
             return inp.reshape(1, -1).to(torch.float64)
+        if mask is not None and inp.ndim == 3 and tuple(mask.shape) == tuple(inp.shape[:2]):
+            w = (mask != 0).to(torch.float64)
+            total = (inp.to(torch.float64) * w.unsqueeze(-1)).sum(dim=1)
+            return total / w.sum(dim=1, keepdim=True).clamp_min(1.0)
         return inp.mean(dim=tuple(range(1, inp.ndim - 1)), dtype=torch.float64)
     # Conv: (batch, channels, *spatial) -> mean over spatial positions.
     return inp.mean(dim=tuple(range(2, inp.ndim)), dtype=torch.float64)
@@ -98,17 +106,30 @@ class Capture:
         The layers to hook (only these cost anything).
     callback : callable(name, features)
         Receives the layer name and its pooled float64 features, shape (batch, p).
+    active : set of str, optional
+        Layers whose features are pooled and passed on; the others only record their place in
+        the forward order. Default: all.
     """
 
-    def __init__(self, layers: Sequence[WeightLayer], callback: FeatureCallback) -> None:
+    def __init__(
+        self,
+        layers: Sequence[WeightLayer],
+        callback: FeatureCallback,
+        *,
+        active: set[str] | None = None,
+    ) -> None:
         self.layers = list(layers)
         self.callback = callback
+        self.active = active
         self.order: list[str] = []
+        self.mask: torch.Tensor | None = None
         self._seen: set[str] = set()
         self._handles: list = []
 
-    def next_batch(self) -> None:
+    def next_batch(self, mask: torch.Tensor | None = None) -> None:
+        """Start a forward pass; ``mask`` (batch, T) selects tokens for masked mean pooling."""
         self._seen.clear()
+        self.mask = mask
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -123,7 +144,8 @@ class Capture:
             self._seen.add(name)
             if name not in self.order:
                 self.order.append(name)
-            self.callback(name, pool(module, args[0].detach()))
+            if self.active is None or name in self.active:
+                self.callback(name, pool(module, args[0].detach(), self.mask))
 
         return hook
 

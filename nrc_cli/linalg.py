@@ -44,6 +44,7 @@ __all__ = [
     "principal_alignment",
     "projector_distance",
     "randomized_eigh",
+    "randomized_svd",
     "resolve_svd_method",
 ]
 
@@ -478,3 +479,57 @@ def _fix_signs(vectors: torch.Tensor) -> torch.Tensor:
     signs = torch.sign(torch.gather(vectors, 0, idx))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
     return vectors * signs
+
+
+def randomized_svd(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    oversample: int = DEFAULT_OVERSAMPLE,
+    power_iters: int = DEFAULT_POWER_ITERS,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leading singular values and right singular vectors of a (q, p) matrix.
+
+    Randomized subspace iteration on the row space (Halko et al. [1]_, Algorithms 4.4 and 5.1)::
+
+        Q = qr(W.T @ (W @ Omega))                     # Omega: p x l, l = rank + oversample
+        repeat power_iters times:  Q = qr(W.T @ (W @ Q))
+        W @ Q = U diag(s) Vb.T                        # q x l, thin SVD
+        return s[:rank], (Q @ Vb)[:, :rank]
+
+    Parameters
+    ----------
+    W : torch.Tensor, shape (q, p)
+    rank : int
+        Number ``k`` of leading singular triplets, ``1 <= k <= min(q, p)``.
+    oversample, power_iters, seed
+        As in :func:`randomized_eigh`.
+
+    Returns
+    -------
+    singular_values : torch.Tensor, shape (rank,), float64, descending
+    right_vectors : torch.Tensor, shape (p, rank), float64, orthonormal columns
+
+    Notes
+    -----
+    Cost ``O(q * p * (k + s) * (2 q_iter + 3))``, never forming ``W.T @ W``. When
+    ``k + s >= min(q, p)`` a full thin SVD is used instead.
+    """
+    W = W.detach().to(torch.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D, got shape {tuple(W.shape)}")
+    q, p = W.shape
+    _check_rank(rank, min(q, p))
+    if oversample < 0 or power_iters < 0:
+        raise ConfigError("oversample and power_iters must be >= 0")
+    width = rank + oversample
+    if width >= min(q, p):
+        _, s, vh = torch.linalg.svd(W, full_matrices=False)
+        return s[:rank], _fix_signs(vh[:rank].T)
+    omega = gaussian_test_matrix(p, width, seed=seed, device=W.device)
+    Q, _ = torch.linalg.qr(W.T @ (W @ omega))
+    for _ in range(power_iters):
+        Q, _ = torch.linalg.qr(W.T @ (W @ Q))
+    _, s, vbh = torch.linalg.svd(W @ Q, full_matrices=False)
+    return s[:rank], _fix_signs(Q @ vbh[:rank].T)

@@ -16,11 +16,18 @@ import torch
 from torch import nn
 
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
+from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError, NrcError
 from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.io.data import NpzDataset
-from nrc_cli.metrics.layer import Spectrum, layer_metrics
+from nrc_cli.linalg import gaussian_test_matrix, resolve_svd_method
+from nrc_cli.metrics.layer import (
+    Spectrum,
+    layer_metrics,
+    probe_mse_regularized,
+    weight_input_basis,
+)
 from nrc_cli.metrics.summary import (
     DEFAULT_COLLAPSE_RULE,
     CollapseRule,
@@ -29,6 +36,7 @@ from nrc_cli.metrics.summary import (
     target_fields,
 )
 from nrc_cli.model.build import BuiltModel, build_model, parse_arch_kwargs
+from nrc_cli.planning import Plan, default_budget, layer_need, make_plan, parse_size
 from nrc_cli.results import Results
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +66,11 @@ class AnalyzeConfig:
     dtype: str = "float32"
     layers: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    memory_budget: str | None = None
+    output_key: str | None = None
+    prediction: bool = True
+    inputs: tuple[str, ...] = field(default_factory=tuple)
+    mask_key: str | None = None
 
     def validate(self) -> CollapseRule:
         """Check option values; return the parsed collapse rule."""
@@ -73,6 +86,11 @@ class AnalyzeConfig:
             raise ConfigError(f"--power-iters: expected an integer >= 0, found {self.power_iters}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, found '{self.dtype}'")
+        if self.output_key is not None and not self.prediction:
+            raise ConfigError("--output-key and --no-prediction exclude each other")
+        resolve_svd_method(self.svd, 1, 1)
+        if self.memory_budget is not None:
+            parse_size(self.memory_budget)
         return CollapseRule.parse(self.collapse_rule)
 
 
@@ -133,147 +151,339 @@ def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, NpzDataset, list[WeightL
     return built, data, layers
 
 
-def run(config: AnalyzeConfig, *, progress: Progress | None = None) -> Results:
+def run(
+    config: AnalyzeConfig,
+    *,
+    progress: Progress | None = None,
+    on_plan: Callable[[dict], None] | None = None,
+) -> Results:
     """Analyze one checkpoint on one data set.
 
     Parameters
     ----------
     config : AnalyzeConfig
     progress : callable(done, total), optional
-        Called after each batch with the number of samples seen and the total.
+        Called after each batch with the number of samples seen so far (over all passes) and
+        the total to see.
+    on_plan : callable(plan), optional
+        Called once before the first data pass with the plan (as recorded in the summary).
     """
     rule = config.validate()
     device = resolve_device(config.device)
     built, data, layers = prepare(config)
     with data:
-        return _run(config, rule, device, built, data, layers, progress)
+        return _Analysis(config, rule, device, built, data, layers, progress, on_plan).run()
 
 
-def _run(config, rule, device, built, data, layers, progress) -> Results:
-    model: nn.Module = built.module.to(device=device, dtype=DTYPES[config.dtype])
-    t = data.target_dim
-    k = config.rank or t
-    moments = {w.name: CrossMoments(device) for w in layers}
-    # The head is known only after the first forward pass; the normalised Gram is cheap, so keep
-    # it for every Linear that could be a head (t outputs).
-    grams = {
-        w.name: NormalizedGram(device)
-        for w in layers
-        if isinstance(w.module, nn.Linear) and w.module.out_features == t
-    }
-    sse = SquaredError()
-    state: dict = {}
+class _Analysis:
+    """One analysis: plan, data passes, then metrics from the accumulated state."""
 
-    def on_features(name: str, z: torch.Tensor) -> None:
-        bad = ~torch.isfinite(z).all(dim=1)
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0])
-            raise DataError(
-                f"layer '{name}': non-finite features (nan or inf) at sample {state['start'] + row}",
-                hint="the model overflows on this input; check the input scale or use --dtype float32",
+    def __init__(self, config, rule, device, built, data, layers, progress, on_plan) -> None:
+        self.on_plan = on_plan
+        self.config = config
+        self.rule = rule
+        self.device = device
+        self.built = built
+        self.data = data
+        self.layers = layers
+        self.progress = progress
+        self.model: nn.Module = built.module.to(device=device, dtype=DTYPES[config.dtype])
+        self.t = data.target_dim
+        self.k = config.rank or self.t
+        # The head is known only after the first forward pass; the normalised Gram is cheap
+        # next to the covariance, so keep it for every Linear that could be a head (t outputs).
+        self.heads = {
+            w.name
+            for w in layers
+            if isinstance(w.module, nn.Linear) and w.module.out_features == self.t
+        }
+        self.mask_key = self._mask_key()
+
+    def _mask_key(self) -> str | None:
+        names = tuple(getattr(self.data, "input_names", ()) or ())
+        if self.config.mask_key is not None:
+            if self.config.mask_key not in names:
+                raise ConfigError(
+                    f"--mask-key '{self.config.mask_key}' is not one of the model inputs "
+                    f"({', '.join(names) or 'none: pass them with --input'})",
+                )
+            return self.config.mask_key
+        return "attention_mask" if "attention_mask" in names else None
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        budget = (
+            parse_size(self.config.memory_budget)
+            if self.config.memory_budget is not None
+            else default_budget()
+        )
+        needs = [
+            layer_need(
+                w.name,
+                w.in_dim,
+                self.t,
+                self.k,
+                oversample=self.config.oversample,
+                batch=min(self.config.batch_size, self.data.n_samples),
+                head=w.name in self.heads,
             )
-        moments[name].update(z, state["y"])
-        if name in grams:
-            grams[name].update(z)
+            for w in self.layers
+        ]
+        return make_plan(needs, budget)
 
-    done = 0
-    with Capture(layers, on_features) as cap, torch.inference_mode():
-        for batch in data.batches(config.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(batch.x))
-            if x.is_floating_point():
-                x = x.to(dtype=DTYPES[config.dtype])
-            x = x.to(device)
-            y = torch.from_numpy(batch.y).to(device=device, dtype=torch.float64)
-            state["start"], state["y"] = batch.start, y
-            cap.next_batch()
-            try:
-                out = model(x)
-            except NrcError:
-                raise
-            except Exception as exc:
+    def spectrum_method(self, name: str, p: int, plan: Plan) -> str:
+        if plan.mode[name] == "sketch":
+            return "nystrom"
+        return resolve_svd_method(self.config.svd, p, min(self.k, p))
+
+    # -- data passes ------------------------------------------------------------------------
+
+    def run(self) -> Results:
+        plan = self.plan()
+        methods = {w.name: self.spectrum_method(w.name, w.in_dim, plan) for w in self.layers}
+        if self.on_plan is not None:
+            self.on_plan(plan.to_dict(methods, self.config.memory_budget or "auto"))
+        accs: dict[str, CrossMoments | CovarianceSketch] = {}
+        grams: dict[str, NormalizedGram] = {}
+        sse = SquaredError() if self.config.prediction else None
+        order: list[str] = []
+        total = self.data.n_samples * len(plan.passes)
+        seen = 0
+        for i, group in enumerate(plan.passes):
+            for name in group:
+                if plan.mode[name] == "exact":
+                    accs[name] = CrossMoments(self.device)
+                    if name in self.heads:
+                        grams[name] = NormalizedGram(self.device)
+                else:
+                    p = next(w.in_dim for w in self.layers if w.name == name)
+                    omega = gaussian_test_matrix(
+                        p, plan.sketch_size[name], seed=self.config.seed, device=self.device
+                    )
+                    accs[name] = CovarianceSketch(omega)
+            # The first pass hooks every selected layer, to learn the forward order; the
+            # layers of later passes are the only ones hooked then.
+            hooked = self.layers if i == 0 else [w for w in self.layers if w.name in group]
+            pass_order, seen = self._data_pass(
+                hooked, set(group), accs, grams, sse if i == 0 else None, seen, total
+            )
+            if i == 0:
+                order = pass_order
+        return self._results(plan, order, accs, grams, sse)
+
+    def _data_pass(self, hooked, active, accs, grams, sse, seen, total):
+        config = self.config
+        state: dict = {}
+
+        def on_features(name: str, z: torch.Tensor) -> None:
+            bad = ~torch.isfinite(z).all(dim=1)
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0])
                 raise DataError(
-                    f"the model failed on batch starting at sample {batch.start} "
-                    f"(input shape {list(x.shape)}): {type(exc).__name__}: {exc}",
-                    hint="check that the data matches the model's expected input",
-                ) from exc
-            pred = _prediction(out, y, config)
-            sse.update(pred, y)
-            done += y.shape[0]
-            if progress is not None:
-                progress(done, data.n_samples)
-        order = list(cap.order)
+                    f"layer '{name}': non-finite features (nan or inf) at sample "
+                    f"{state['start'] + row}",
+                    hint="the model overflows on this input; check the input scale, "
+                    "or use --dtype float32",
+                )
+            accs[name].update(z, state["y"])
+            if name in grams:
+                grams[name].update(z)
 
-    by_name = {w.name: w for w in layers}
-    model_mse = sse.compute()
-    rows: list[dict] = []
-    spectra = {}
-    any_moments = None
-    for i, name in enumerate(order, start=1):
-        m = moments[name].compute()
-        any_moments = m
-        spectrum = Spectrum.exact(m.cov_z)
-        spectra[name] = (spectrum, m)
-        w = by_name[name]
-        row = {"layer": name, "index": i, "type": w.type}
-        row.update(layer_metrics(m, spectrum, w.module, k, model_mse))
-        row["collapsed"] = rule.holds(row)
-        rows.append(row)
-    if any_moments is None:
-        raise ConfigError("none of the selected weight layers ran during the forward pass")
+        with Capture(hooked, on_features, active=active) as cap, torch.inference_mode():
+            for batch in self.data.batches(config.batch_size):
+                x, mask = self._inputs(batch.x)
+                y = torch.from_numpy(batch.y).to(device=self.device, dtype=torch.float64)
+                state["start"], state["y"] = batch.start, y
+                cap.next_batch(mask)
+                try:
+                    out = self.model(**x) if isinstance(x, dict) else self.model(x)
+                except NrcError:
+                    raise
+                except Exception as exc:
+                    shape = (
+                        {k: list(v.shape) for k, v in x.items()}
+                        if isinstance(x, dict)
+                        else list(x.shape)
+                    )
+                    raise DataError(
+                        f"the model failed on the batch starting at sample {batch.start} "
+                        f"(input shape {shape}): {type(exc).__name__}: {exc}",
+                        hint="check that the data matches the model's expected input",
+                    ) from exc
+                if sse is not None:
+                    sse.update(select_prediction(out, y, config), y)
+                seen += y.shape[0]
+                if self.progress is not None:
+                    self.progress(seen, total)
+            return list(cap.order), seen
 
-    first = first_collapsed([r["collapsed"] for r in rows])
-    summary = {
-        "n_samples": done,
-        "target_dim": t,
-        "rank": k,
-        "model_mse": model_mse,
-        **target_fields(any_moments.cov_y),
-        "first_collapsed_layer": rows[first - 1]["layer"] if first else None,
-        "first_collapsed_index": first,
-        "collapse_rule": rule.text,
-        "nrc1_last": None,
-        "nrc2_last": None,
-        "nrc3_last": None,
-        "nrc3_gamma": None,
-        "prediction": "model output",
-        "svd": "exact",
-        "oversample": config.oversample,
-        "power_iters": config.power_iters,
-        "seed": config.seed,
-        "passes": 1,
-        "device": str(device),
-        "dtype": config.dtype,
-    }
-    head = order[-1]
-    if head in grams:
-        spectrum, m = spectra[head]
-        summary.update(
-            last_layer_fields(
-                by_name[head].module.weight, spectrum, grams[head].compute(), m.cov_y, k
+    def _inputs(self, x):
+        """Batch arrays -> tensors on the device (floats in the model's dtype), and the mask."""
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            v = torch.from_numpy(np.ascontiguousarray(a))
+            if v.is_floating_point():
+                v = v.to(dtype=DTYPES[self.config.dtype])
+            return v.to(self.device)
+
+        if isinstance(x, dict):
+            xs = {k: tensor(v) for k, v in x.items()}
+            return xs, xs.get(self.mask_key) if self.mask_key else None
+        return tensor(x), None
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def _results(self, plan, order, accs, grams, sse) -> Results:
+        config = self.config
+        by_name = {w.name: w for w in self.layers}
+        model_mse = sse.compute() if sse is not None else None
+        randomized = {
+            "oversample": config.oversample,
+            "power_iters": config.power_iters,
+            "seed": config.seed,
+        }
+        rows: list[dict] = []
+        spectra: dict = {}
+        methods = {n: self.spectrum_method(n, by_name[n].in_dim, plan) for n in order}
+        cov_y = None
+        for i, name in enumerate(order, start=1):
+            w = by_name[name]
+            p = w.in_dim
+            method = methods[name]
+            probe = None
+            if method == "nystrom":
+                r = accs[name].compute()
+                m = r.moments
+                spectrum = Spectrum.from_sketch(r.sketch, r.omega, r.trace)
+            else:
+                m = accs[name].compute()
+                if method == "exact":
+                    spectrum = Spectrum.exact(m.cov_z)
+                else:
+                    spectrum = Spectrum.randomized(m.cov_z, min(self.k, p), **randomized)
+                    probe = probe_mse_regularized(m, spectrum.top)
+            weight = (
+                weight_input_basis(w.module)
+                if method == "exact"
+                else weight_input_basis(w.module, min(self.k, p), **randomized)
             )
+            cov_y = m.cov_y
+            spectra[name] = (spectrum, m)
+            row = {"layer": name, "index": i, "type": w.type}
+            row.update(
+                layer_metrics(
+                    m, spectrum, w.module, self.k, model_mse, probe_mse=probe, weight=weight
+                )
+            )
+            row["collapsed"] = self.rule.holds(row)
+            rows.append(row)
+        if cov_y is None:
+            raise ConfigError("none of the selected weight layers ran during the forward pass")
+
+        first = first_collapsed([r["collapsed"] for r in rows])
+        used = sorted(set(methods.values()))
+        summary = {
+            "n_samples": self.data.n_samples,
+            "target_dim": self.t,
+            "rank": self.k,
+            "model_mse": model_mse,
+            **target_fields(cov_y),
+            "first_collapsed_layer": rows[first - 1]["layer"] if first else None,
+            "first_collapsed_index": first,
+            "collapse_rule": self.rule.text,
+            "nrc1_last": None,
+            "nrc2_last": None,
+            "nrc3_last": None,
+            "nrc3_gamma": None,
+            "prediction": prediction_label(config),
+            "svd": used[0] if len(used) == 1 else "mixed",
+            "oversample": config.oversample,
+            "power_iters": config.power_iters,
+            "seed": config.seed,
+            "passes": len(plan.passes),
+            "device": str(self.device),
+            "dtype": config.dtype,
+        }
+        head = order[-1]
+        if head in grams:
+            spectrum, m = spectra[head]
+            summary.update(
+                last_layer_fields(
+                    by_name[head].module.weight, spectrum, grams[head].compute(), m.cov_y, self.k
+                )
+            )
+        plan_doc = plan.to_dict(methods, config.memory_budget or "auto")
+        not_run = [w.name for w in self.layers if w.name not in order]
+        if not_run:
+            plan_doc["not_run"] = not_run
+        return Results(
+            checkpoint=str(config.checkpoint),
+            data=str(config.data),
+            summary=summary,
+            layers=rows,
+            metadata=dict(self.built.checkpoint.metadata),
+            plan=plan_doc,
         )
-    not_run = [w.name for w in layers if w.name not in order]
-    plan = {"not_run": not_run} if not_run else {}
-    return Results(
-        checkpoint=str(config.checkpoint),
-        data=str(config.data),
-        summary=summary,
-        layers=rows,
-        metadata=dict(built.checkpoint.metadata),
-        plan=plan,
-    )
 
 
-def _prediction(out, y: torch.Tensor, config: AnalyzeConfig) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
+def prediction_label(config: AnalyzeConfig) -> str:
+    """What ``model_mse`` compares with the targets, as recorded in the summary."""
+    if not config.prediction:
+        return "none"
+    if config.output_key is not None:
+        return f"output[{config.output_key}]"
+    return "output"
+
+
+def select_prediction(out, y: torch.Tensor, config: AnalyzeConfig) -> torch.Tensor:
+    """The prediction tensor (b, t) inside a model's output (tensor, tuple, dict, ModelOutput)."""
+    key = config.output_key
+    if key is not None:
+        out = _pick(out, key)
+    elif not isinstance(out, torch.Tensor):
         raise DataError(
-            f"the model returned {type(out).__name__}, expected a tensor of predictions",
+            f"the model returned {_describe(out)}, not a tensor of predictions",
+            hint="pick the prediction with --output-key, or pass --no-prediction "
+            "to measure the features against the targets without one",
         )
+    if not isinstance(out, torch.Tensor):
+        raise DataError(f"--output-key {key!r} selects {_describe(out)}, not a tensor")
     b, t = y.shape
     if out.ndim == 0 or out.shape[0] != b or math.prod(out.shape[1:]) != t:
         raise DataError(
-            f"the model's output has shape {list(out.shape)}, but the targets "
+            f"the model's prediction has shape {list(out.shape)}, but the targets "
             f"'{config.y_key}' need ({b}, {t}) per batch",
-            hint="pick the target array with --y-key",
+            hint="pick the target array with --y-key, the prediction with --output-key, "
+            "or pass --no-prediction",
         )
     return out.reshape(b, t)
+
+
+def _pick(out, key: str):
+    if isinstance(out, (tuple, list)) and not hasattr(out, "keys"):
+        try:
+            return out[int(key)]
+        except (ValueError, IndexError):
+            raise DataError(
+                f"--output-key {key!r}: the model returned a {type(out).__name__} of "
+                f"{len(out)} items; use an index 0..{len(out) - 1}",
+            ) from None
+    if hasattr(out, "keys"):
+        keys = list(out.keys())
+        if key in keys:
+            return out[key]
+        raise DataError(
+            f"--output-key {key!r}: the model's output has keys {', '.join(map(str, keys))}",
+        )
+    if hasattr(out, key):
+        return getattr(out, key)
+    raise DataError(f"--output-key {key!r}: the model returned {_describe(out)}")
+
+
+def _describe(out) -> str:
+    if hasattr(out, "keys"):
+        return f"a {type(out).__name__} with keys {', '.join(map(str, out.keys()))}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)} items"
+    return f"a {type(out).__name__}"

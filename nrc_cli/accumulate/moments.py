@@ -96,11 +96,12 @@ class CrossMoments:
         dz = mz.to(self.mean_z.device) - self.mean_z
         dy = my.to(self.mean_y.device) - self.mean_y
         w = na * nb / n
-        self.czz = self.czz + czz.to(self.czz.device) + w * torch.outer(dz, dz)
-        self.czy = self.czy + czy.to(self.czy.device) + w * torch.outer(dz, dy)
-        self.cyy = self.cyy + cyy.to(self.cyy.device) + w * torch.outer(dy, dy)
-        self.mean_z = self.mean_z + dz * (nb / n)
-        self.mean_y = self.mean_y + dy * (nb / n)
+        # In place, so the only p×p temporary is the batch's own co-moment matrix.
+        self.czz.add_(czz.to(self.czz.device)).addr_(dz, dz, alpha=w)
+        self.czy.add_(czy.to(self.czy.device)).addr_(dz, dy, alpha=w)
+        self.cyy.add_(cyy.to(self.cyy.device)).addr_(dy, dy, alpha=w)
+        self.mean_z.add_(dz, alpha=nb / n)
+        self.mean_y.add_(dy, alpha=nb / n)
         self.n = n
 
     def merge(self, other: CrossMoments) -> CrossMoments:
@@ -143,12 +144,18 @@ class NormalizedGram:
         norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
         h = torch.where(norms > 0, z / torch.where(norms > 0, norms, 1.0), 0.0)
         g = h.T @ h
-        self.gram = g if self.gram is None else self.gram + g
+        if self.gram is None:
+            self.gram = g
+        else:
+            self.gram.add_(g)
         self.n += z.shape[0]
 
     def merge(self, other: NormalizedGram) -> NormalizedGram:
         if other.n:
-            self.gram = other.gram.clone() if self.gram is None else self.gram + other.gram
+            if self.gram is None:
+                self.gram = other.gram.clone()
+            else:
+                self.gram.add_(other.gram.to(self.gram.device))
             self.n += other.n
         return self
 

@@ -76,3 +76,41 @@ Output = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no notes.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
+MemoryBudget = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        help="Memory for the accumulators, e.g. 4GB (default: half the available memory). "
+        "Layers are split over several passes, or sketched, to fit.",
+    ),
+]
+OutputKey = Annotated[
+    str | None,
+    typer.Option(
+        "--output-key",
+        help="Which part of a tuple/dict/ModelOutput result is the prediction (key or index).",
+    ),
+]
+NoPrediction = Annotated[
+    bool,
+    typer.Option(
+        "--no-prediction",
+        help="The model has no regression head: model_mse and nrc4_ratio are null.",
+    ),
+]
+Inputs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        help="Data array passed as a forward keyword argument of the same name (repeatable), "
+        "e.g. --input input_ids --input attention_mask.",
+    ),
+]
+MaskKey = Annotated[
+    str | None,
+    typer.Option(
+        "--mask-key",
+        help="Input used as the token mask for masked mean pooling (default: attention_mask "
+        "when it is an input).",
+    ),
+]

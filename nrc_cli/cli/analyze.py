@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import progress_enabled, stderr_console
@@ -41,6 +42,11 @@ def build_config(
     dtype: str,
     layers: list[str] | None,
     exclude: list[str] | None,
+    memory_budget: str | None = None,
+    output_key: str | None = None,
+    no_prediction: bool = False,
+    inputs: list[str] | None = None,
+    mask_key: str | None = None,
 ) -> AnalyzeConfig:
     config = AnalyzeConfig(
         checkpoint=checkpoint,
@@ -62,6 +68,11 @@ def build_config(
         dtype=dtype,
         layers=tuple(layers or ()),
         exclude=tuple(exclude or ()),
+        memory_budget=memory_budget,
+        output_key=output_key,
+        prediction=not no_prediction,
+        inputs=tuple(inputs or ()),
+        mask_key=mask_key,
     )
     config.validate()
     return config
@@ -77,8 +88,14 @@ def run_with_progress(config: AnalyzeConfig, *, quiet: bool, threads: int | None
 
             raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
         torch.set_num_threads(threads)
+
+    def on_plan(plan: dict) -> None:
+        if not quiet:
+            for line in describe_plan(plan):
+                stderr_console().print(escape(line), style="dim")
+
     if not progress_enabled(quiet):
-        return run(config)
+        return run(config, on_plan=on_plan)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -94,7 +111,23 @@ def run_with_progress(config: AnalyzeConfig, *, quiet: bool, threads: int | None
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run(config, progress=progress)
+        return run(config, progress=progress, on_plan=on_plan)
+
+
+def describe_plan(plan: dict) -> list[str]:
+    """Short stderr lines about a plan; nothing for the common one-pass, all-exact case."""
+    layers = plan["layers"]
+    special = [row for row in layers if row["accumulator"] != "exact" or row["spectrum"] != "exact"]
+    if plan["passes"] == 1 and not special:
+        return []
+    lines = [f"plan: {plan['passes']} data pass(es) within memory budget {plan['memory_budget']}"]
+    for row in layers:
+        size = f", sketch size {row['sketch_size']}" if row["sketch_size"] else ""
+        lines.append(
+            f"  {row['layer']}: pass {row['pass']}, {row['accumulator']} accumulator, "
+            f"{row['spectrum']} spectrum{size}, {row['bytes'] / 1e6:.1f} MB"
+        )
+    return lines
 
 
 def emit_results(results: Results, fmt: str, output: str | None) -> None:
@@ -123,12 +156,17 @@ def analyze(
     activation: o.Activation = None,
     layers: o.Layers = None,
     exclude: o.Exclude = None,
+    inputs: o.Inputs = None,
+    mask_key: o.MaskKey = None,
+    output_key: o.OutputKey = None,
+    no_prediction: o.NoPrediction = False,
     svd: o.Svd = "auto",
     oversample: o.Oversample = 10,
     power_iters: o.PowerIters = 4,
     seed: o.Seed = 0,
     device: o.Device = "cpu",
     dtype: o.Dtype = "float32",
+    memory_budget: o.MemoryBudget = None,
     threads: o.Threads = None,
     format: o.Format = None,
     output: o.Output = None,
@@ -158,6 +196,11 @@ def analyze(
         dtype=dtype,
         layers=layers,
         exclude=exclude,
+        memory_budget=memory_budget,
+        output_key=output_key,
+        no_prediction=no_prediction,
+        inputs=inputs,
+        mask_key=mask_key,
     )
     results = run_with_progress(config, quiet=quiet, threads=threads)
     emit_results(results, fmt, output)

@@ -1,0 +1,146 @@
+"""A single-pass randomized sketch of a feature covariance in O(p·s) memory.
+
+For layers whose p×p covariance does not fit the memory budget, we keep Σ_Z·Ω for a seeded
+Gaussian test matrix Ω (p×s) instead of Σ_Z, plus the exact cross-covariance with the targets
+(p×t) and the diagonal of Σ_Z (for its trace). The top eigenpairs are then recovered with the
+stable Nyström reconstruction (Tropp, Yurtsever, Udell & Cevher 2017, Alg. 3; see
+:func:`nrc_cli.linalg.nystrom_eigh`).
+
+Sums are taken about a shift c (the first batch's mean) rather than about zero, so that the
+final centring subtracts a small correction instead of cancelling two large raw sums (the same
+idea as sklearn's ``_incremental_mean_and_var``). Merging two sketches re-expresses both about
+one shift; the merge is then a sum, so shards, batch sizes and order cannot change the result
+beyond round-off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nrc_cli.accumulate.moments import Moments
+
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class SketchResult:
+    """What a sketch yields: exact low-order moments and the range sketch Σ_Z·Ω.
+
+    Attributes
+    ----------
+    moments : Moments
+        With ``cov_z`` set to None (it was never formed); the other fields exact.
+    sketch : Tensor, shape (p, s)
+        Σ_Z·Ω.
+    omega : Tensor, shape (p, s)
+    trace : float
+        tr Σ_Z (exact).
+    """
+
+    moments: Moments
+    sketch: torch.Tensor
+    omega: torch.Tensor
+    trace: float
+
+
+class CovarianceSketch:
+    """Streaming Σ_Z·Ω, Σ_ZY, Σ_Y, diag Σ_Z with shift-and-merge; memory O(p·(s + t))."""
+
+    def __init__(self, omega: torch.Tensor) -> None:
+        self.omega = omega.to(_F64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.cz = self.cy = None  # shifts
+        self.sz = self.sy = None  # Σ (z − c), Σ (y − c_y)
+        self.s_omega = None  # Σ (z − c)((z − c)ᵀΩ)
+        self.diag = None  # Σ (z − c)²
+        self.czy = self.cyy = None
+
+    def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a batch: ``z`` (b, p), ``y`` (b, t); neither is modified."""
+        if z.shape[0] == 0:
+            return
+        dev = self.omega.device
+        z = z.to(device=dev, dtype=_F64)
+        y = y.to(device=dev, dtype=_F64)
+        if self.n == 0:
+            self.cz, self.cy = z.mean(0), y.mean(0)
+            p, t = z.shape[1], y.shape[1]
+            self.sz = torch.zeros(p, dtype=_F64, device=dev)
+            self.sy = torch.zeros(t, dtype=_F64, device=dev)
+            self.s_omega = torch.zeros_like(self.omega)
+            self.diag = torch.zeros(p, dtype=_F64, device=dev)
+            self.czy = torch.zeros(p, t, dtype=_F64, device=dev)
+            self.cyy = torch.zeros(t, t, dtype=_F64, device=dev)
+        u = z - self.cz
+        v = y - self.cy
+        self.sz += u.sum(0)
+        self.sy += v.sum(0)
+        self.s_omega += u.T @ (u @ self.omega)
+        self.diag += (u * u).sum(0)
+        self.czy += u.T @ v
+        self.cyy += v.T @ v
+        self.n += z.shape[0]
+
+    def _shifted(self, cz: torch.Tensor, cy: torch.Tensor) -> tuple:
+        """This state's sums re-expressed about the shifts (cz, cy)."""
+        d = self.cz - cz
+        e = self.cy - cy
+        n = self.n
+        sz = self.sz + n * d
+        sy = self.sy + n * e
+        s_omega = (
+            self.s_omega
+            + torch.outer(self.sz, d @ self.omega)
+            + torch.outer(d, self.sz @ self.omega)
+            + n * torch.outer(d, d @ self.omega)
+        )
+        diag = self.diag + 2 * d * self.sz + n * d * d
+        czy = self.czy + torch.outer(self.sz, e) + torch.outer(d, self.sy) + n * torch.outer(d, e)
+        cyy = self.cyy + torch.outer(self.sy, e) + torch.outer(e, self.sy) + n * torch.outer(e, e)
+        return sz, sy, s_omega, diag, czy, cyy
+
+    def merge(self, other: CovarianceSketch) -> CovarianceSketch:
+        """Fold ``other`` (built with the same Ω) into this sketch, in place."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            for name in ("n", "cz", "cy", "sz", "sy", "s_omega", "diag", "czy", "cyy"):
+                value = getattr(other, name)
+                setattr(self, name, value.clone() if isinstance(value, torch.Tensor) else value)
+            return self
+        if other.omega.shape != self.omega.shape or not torch.equal(
+            other.omega.to(self.omega.device), self.omega
+        ):
+            raise ValueError("cannot merge sketches built with different test matrices")
+        parts = other._shifted(self.cz, self.cy)
+        self.sz, self.sy, self.s_omega, self.diag, self.czy, self.cyy = (
+            a + b
+            for a, b in zip(
+                (self.sz, self.sy, self.s_omega, self.diag, self.czy, self.cyy), parts, strict=True
+            )
+        )
+        self.n += other.n
+        return self
+
+    def compute(self) -> SketchResult:
+        """Centred, 1/N-normalised moments and Σ_Z·Ω; the state is not changed."""
+        if self.n == 0:
+            raise ValueError("no samples accumulated")
+        n = self.n
+        dz = self.sz / n  # mean_z − c
+        dy = self.sy / n
+        sketch = self.s_omega / n - torch.outer(dz, dz @ self.omega)
+        cov_zy = self.czy / n - torch.outer(dz, dy)
+        cov_y = self.cyy / n - torch.outer(dy, dy)
+        trace = float((self.diag / n - dz * dz).clamp_min(0).sum())
+        moments = Moments(n, self.cz + dz, self.cy + dy, None, cov_zy, cov_y)
+        return SketchResult(moments, sketch, self.omega, trace)
+
+    def nbytes(self) -> int:
+        p, s = self.omega.shape
+        return 8 * (2 * p * s + 3 * p)

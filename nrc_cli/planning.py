@@ -1,0 +1,184 @@
+"""How the accumulation fits in memory: which layers go in which data pass, exact or sketched.
+
+Every selected layer needs its float64 state for the whole pass: Σzzᵀ (p×p) and Σzyᵀ (p×t) in
+exact mode, or Σ_Z·Ω (p×s) with s = rank + oversample in sketch mode (O(p·s)). While a batch is
+folded in, one layer at a time also holds that batch's features (b×p, twice: raw and centred)
+and its own co-moment matrix (p×p exact, p×s sketched). The plan keeps, for every pass,
+
+    Σ_layers state  +  max_layers per-batch temporaries  <=  budget
+
+preferring exact accumulation in as few passes as possible; a layer whose exact state alone
+exceeds the budget is sketched. The budget bounds the accumulators only: the model, its
+activations and the data batches come on top.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from nrc_cli.errors import ConfigError
+
+_F64 = 8
+DEFAULT_BUDGET_FRACTION = 0.5
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """Parse a memory size such as ``4GB``, ``512MiB`` or ``1e9`` into bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ConfigError(
+            f"--memory-budget: expected a size like 4GB, 512MB or 2GiB, found '{text}'",
+        )
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value < 1:
+        raise ConfigError(f"--memory-budget: expected a positive size, found '{text}'")
+    return int(value)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable on Linux; physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+def default_budget() -> int:
+    """The default budget: half of the memory available when the run starts."""
+    return int(DEFAULT_BUDGET_FRACTION * available_memory())
+
+
+@dataclass(frozen=True)
+class LayerNeed:
+    """Memory a layer needs, in bytes, in each mode."""
+
+    name: str
+    p: int
+    exact_state: int
+    exact_temp: int
+    sketch_state: int
+    sketch_temp: int
+    sketch_size: int
+
+
+def layer_need(
+    name: str, p: int, t: int, k: int, *, oversample: int, batch: int, head: bool
+) -> LayerNeed:
+    """Bytes of state and per-batch temporaries for one layer of width p (see module doc)."""
+    s = min(p, min(k, p) + oversample)
+    features = 2 * batch * p
+    exact_state = p * p + p * t + t * t + 2 * p + 2 * t
+    if head:  # the normalised Gram of a possible regression head
+        exact_state += p * p
+    return LayerNeed(
+        name=name,
+        p=p,
+        exact_state=_F64 * exact_state,
+        exact_temp=_F64 * (p * p + features),
+        sketch_state=_F64 * (2 * p * s + 3 * p + p * t + t * t),
+        sketch_temp=_F64 * (p * s + features),
+        sketch_size=s,
+    )
+
+
+@dataclass
+class Plan:
+    """Passes over the data and the accumulation mode of each layer."""
+
+    budget: int
+    passes: list[list[str]] = field(default_factory=list)
+    mode: dict[str, str] = field(default_factory=dict)  # "exact" or "sketch"
+    sketch_size: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)  # state + temporaries
+
+    def peak(self, names: list[str], needs: dict[str, LayerNeed]) -> int:
+        state = sum(self._state(needs[n]) for n in names)
+        temp = max((self._temp(needs[n]) for n in names), default=0)
+        return state + temp
+
+    def _state(self, need: LayerNeed) -> int:
+        return need.exact_state if self.mode[need.name] == "exact" else need.sketch_state
+
+    def _temp(self, need: LayerNeed) -> int:
+        return need.exact_temp if self.mode[need.name] == "exact" else need.sketch_temp
+
+    def to_dict(self, svd: dict[str, str], budget_label: str) -> dict:
+        # The budget is recorded as asked for ("auto" = a share of the memory available at the
+        # time), so that the same inputs always give the same report.
+        return {
+            "memory_budget": budget_label,
+            "passes": len(self.passes),
+            "layers": [
+                {
+                    "layer": name,
+                    "pass": i + 1,
+                    "accumulator": self.mode[name],
+                    "spectrum": svd.get(name),
+                    "sketch_size": self.sketch_size.get(name),
+                    "bytes": self.bytes[name],
+                }
+                for i, group in enumerate(self.passes)
+                for name in group
+            ],
+        }
+
+
+def make_plan(needs: list[LayerNeed], budget: int) -> Plan:
+    """Assign layers to passes and modes so each pass's accumulators fit ``budget`` bytes.
+
+    Raises
+    ------
+    ConfigError
+        When even the sketch of one layer with one batch does not fit.
+    """
+    plan = Plan(budget)
+    by_name = {n.name: n for n in needs}
+    for need in needs:
+        if need.exact_state + need.exact_temp <= budget:
+            plan.mode[need.name] = "exact"
+            plan.bytes[need.name] = need.exact_state + need.exact_temp
+        elif need.sketch_state + need.sketch_temp <= budget:
+            plan.mode[need.name] = "sketch"
+            plan.sketch_size[need.name] = need.sketch_size
+            plan.bytes[need.name] = need.sketch_state + need.sketch_temp
+        else:
+            raise ConfigError(
+                f"--memory-budget {budget:,} bytes is too small: layer '{need.name}' (width "
+                f"{need.p}) needs at least {need.sketch_state + need.sketch_temp:,} bytes for "
+                "one batch of its sketch",
+                hint="raise --memory-budget or lower --batch-size",
+            )
+    current: list[str] = []
+    for need in needs:
+        if current and plan.peak([*current, need.name], by_name) > budget:
+            plan.passes.append(current)
+            current = []
+        current.append(need.name)
+    if current:
+        plan.passes.append(current)
+    return plan
