@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close, dense_layer
 from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
@@ -15,7 +16,6 @@ from typer.testing import CliRunner
 from nrc_cli.capture import Capture, weight_layers
 from nrc_cli.cli import app
 from nrc_cli.errors import ConfigError
-from helpers import assert_close, dense_layer
 
 RESNET_SOURCE = textwrap.dedent(
     """
