@@ -9,8 +9,10 @@ from rich.console import Console
 
 
 def stdout_console(width: int | None = None) -> Console:
-    # Looked up at call time so test runners that swap sys.stdout are honoured.
-    return Console(file=sys.stdout, width=width or _env_width(), highlight=False)
+    # Looked up at call time so test runners that swap sys.stdout are honoured. Piped output
+    # is not cut to 80 columns: a file has no width.
+    width = width or _env_width() or (None if sys.stdout.isatty() else 160)
+    return Console(file=sys.stdout, width=width, highlight=False)
 
 
 def stderr_console() -> Console:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich import box
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
@@ -15,11 +16,15 @@ DASH = "–"
 # Table headers may abbreviate (METRICS.md); machine formats never do.
 _HEADERS = {
     "index": "#",
-    "nrc2_cka_signal": "cka_signal",
-    "nrc3_alignment": "nrc3_align",
+    "nrc1_noise": "nrc1",
+    "nrc2_cka": "nrc2",
+    "nrc2_cka_signal": "nrc2_sig",
+    "nrc3_alignment": "nrc3",
     "nrc4_probe_mse": "probe_mse",
+    "nrc4_ratio": "nrc4",
     "stable_rank_h": "srank_h",
     "stable_rank_w": "srank_w",
+    "collapsed": "collapsed",
 }
 _LAYER_COLS = (
     "index",
@@ -49,7 +54,7 @@ def fmt(value) -> str:
         if value == 0:
             return "0"
         if abs(value) >= 1e5 or abs(value) < 1e-3:
-            return f"{value:.3e}"
+            return f"{value:.2e}"
         return f"{value:.4g}"
     return str(value)
 
@@ -69,7 +74,15 @@ def verdict(results: Results) -> str:
 
 
 def layer_table(results: Results) -> Table:
-    table = Table(title=escape(f"Deep NRC: {results.checkpoint}"), title_justify="left")
+    table = Table(
+        title=escape(f"Deep NRC: {results.checkpoint}"),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        caption="nrc1 = nrc1_noise, nrc2 = nrc2_cka, nrc2_sig = nrc2_cka_signal, "
+        "nrc3 = nrc3_alignment, nrc4 = nrc4_ratio (probe_mse / model_mse)",
+        caption_justify="left",
+    )
     for col in _LAYER_COLS:
         justify = "left" if col in ("layer", "type") else "right"
         table.add_column(_HEADERS.get(col, col), justify=justify, no_wrap=col == "layer")
