@@ -1,5 +1,5 @@
 """``nrc check`` through the command line: exit codes, messages, outputs, JUnit, and the commands
-of docs/ci.md run as written. Real checkpoints, real reports, real files in ``tmp_path``."""
+of the README's "Use in CI" section run as written. Real checkpoints, real reports, real files in ``tmp_path``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from nrc_cli.results import METRIC_COLUMNS
 ROOT = Path(__file__).resolve().parents[1]
 RELU = ROOT / "tests" / "reference_cases" / "mlp_relu"
 SAMPLES = ROOT / "sample_checkpoints"
-DOCS = ROOT / "docs" / "ci.md"
+DOCS = ROOT / "README.md"
 
 runner = CliRunner()
 
@@ -457,11 +457,14 @@ def test_junit_for_requirements(tmp_path, relu_report):
     assert [p.name for p in junit.parent.iterdir()] == ["nrc.xml"]
 
 
-# --------------------------------------------------------------------------- docs/ci.md, as written
+# ------------------------------------------------------------- README "Use in CI", as written
 
 
 def doc_blocks() -> list[tuple[str, str]]:
+    """Fenced blocks of the README's "Use in CI" section."""
     text = DOCS.read_text(encoding="utf-8")
+    text = text[text.index("## Use in CI") :]
+    text = text[: text.index("\n## ", 1)]
     return re.findall(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)
 
 

@@ -127,6 +127,12 @@ def build_model(
     activation : str, optional
         Activation for MLP inference (default ``relu``); ignored by the other routes.
     """
+    if arch == "hf":
+        module = build_hf(ckpt)
+        load_strict(module, ckpt)
+        module.eval()
+        desc = f"{type(module).__name__} from {ckpt.path}/config.json (--arch hf)"
+        return BuiltModel(module, "arch", desc, checkpoint=ckpt)
     if arch is not None:
         factory = load_factory(arch)
         try:
@@ -162,9 +168,59 @@ def build_model(
     return BuiltModel(module, route, desc, spec, checkpoint=ckpt)
 
 
+def build_hf(ckpt: Checkpoint) -> nn.Module:
+    """A Hugging Face ``transformers`` model built (randomly initialised) from the folder's
+    ``config.json``; the class is the config's first ``architectures`` entry when transformers
+    has it, else ``AutoModel``. The weights are loaded strictly afterwards."""
+    config = getattr(ckpt, "config", None)
+    if config is None:
+        raise ConfigError(
+            f"--arch hf: '{ckpt.path}' has no config.json beside the weights",
+            hint="point nrc at the model folder written by save_pretrained()",
+        )
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ConfigError(
+            "--arch hf needs the transformers package, which is not installed",
+            hint='pip install "nrc-cli[hf]"',
+        ) from exc
+    fields = dict(config)
+    model_type = fields.pop("model_type", None)
+    if not model_type:
+        raise ConfigError(f"--arch hf: {ckpt.path}/config.json has no 'model_type'")
+    try:
+        hf_config = transformers.AutoConfig.for_model(model_type, **fields)
+    except Exception as exc:
+        raise ConfigError(
+            f"--arch hf: transformers cannot read {ckpt.path}/config.json: "
+            f"{type(exc).__name__}: {exc}",
+        ) from exc
+    names = [a for a in (fields.get("architectures") or []) if isinstance(a, str)]
+    cls = getattr(transformers, names[0], None) if names else None
+    try:
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            return cls(hf_config)
+        return transformers.AutoModel.from_config(hf_config)
+    except Exception as exc:
+        raise ConfigError(
+            f"--arch hf: building the model from {ckpt.path}/config.json failed: "
+            f"{type(exc).__name__}: {exc}",
+        ) from exc
+
+
 def load_strict(module: nn.Module, ckpt: Checkpoint) -> None:
     """Load the checkpoint into ``module``; report missing, unexpected and mis-shaped keys together."""
     expected = module.state_dict()
+    # Lazy modules (nn.LazyLinear, ...) have no shape until a forward pass, so neither the shape
+    # check below nor load_state_dict can use them.
+    lazy = sorted(k for k, v in expected.items() if nn.parameter.is_lazy(v))
+    if lazy:
+        raise ConfigError(
+            f"--arch: the model has uninitialized lazy parameters ({', '.join(lazy)}); "
+            "nrc loads the checkpoint before any forward pass",
+            hint="build the model with explicit sizes (nn.Linear instead of nn.LazyLinear)",
+        )
     missing = sorted(set(expected) - set(ckpt.tensors))
     unexpected = sorted(set(ckpt.tensors) - set(expected))
     mismatched = sorted(
