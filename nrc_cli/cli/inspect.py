@@ -11,7 +11,7 @@ from rich.text import Text
 from nrc_cli.capture import weight_layers
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._output import emit
-from nrc_cli.errors import NrcError
+from nrc_cli.errors import CheckpointError
 from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.model.build import build_model, parse_arch_kwargs
 from nrc_cli.report.writers import (
@@ -36,11 +36,12 @@ def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -
             for t in ckpt.tensors.values()
         ],
     }
+    # Bad options (--arch, --arch-kwargs, a factory that fails) are usage errors (exit 2); only
+    # a checkpoint that yields no model is reported in the document.
+    kwargs = parse_arch_kwargs(arch_kwargs)
     try:
-        built = build_model(
-            ckpt, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), activation=activation
-        )
-    except NrcError as err:
+        built = build_model(ckpt, arch=arch, arch_kwargs=kwargs, activation=activation)
+    except CheckpointError as err:
         doc["model"] = None
         doc["model_error"] = err.message + (f" (hint: {err.hint})" if err.hint else "")
         doc["layers"] = []

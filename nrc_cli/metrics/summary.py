@@ -100,7 +100,10 @@ def first_collapsed(collapsed: list[bool]) -> int | None:
 
 
 def target_fields(cov_y: torch.Tensor) -> dict:
-    """``stable_rank_y`` and ``target_effective_rank`` from Σ_Y."""
+    """``stable_rank_y`` and ``target_effective_rank`` from Σ_Y (None where undefined)."""
+    if not bool(torch.isfinite(cov_y).all()):
+        # Targets so large that their moments overflow float64: nothing here is defined.
+        return {"stable_rank_y": None, "target_effective_rank": None}
     mu = torch.linalg.eigvalsh((cov_y + cov_y.T) / 2).flip(0).clamp_min(0.0)
     total = float(mu.sum())
     out = {"stable_rank_y": ratio(float((mu * mu).sum()), float(mu[0]) ** 2)}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nrc_cli.errors import CheckpointError
+from nrc_cli.errors import CheckpointError, ConfigError
 from nrc_cli.io.checkpoint import Checkpoint
 
 ACTIVATIONS = {
@@ -77,8 +77,10 @@ def infer_mlp_spec(ckpt: Checkpoint, activation: str = "relu") -> MlpSpec:
         rules and the hint names ``--arch``.
     """
     if activation not in ACTIVATIONS:
-        raise CheckpointError(
-            f"unknown activation '{activation}', expected one of {', '.join(ACTIVATIONS)}"
+        # Only --activation can get here (metadata is checked in spec_from_metadata): a usage error.
+        raise ConfigError(
+            f"--activation: unknown activation '{activation}', expected one of "
+            f"{', '.join(ACTIVATIONS)}"
         )
     where = str(ckpt.path)
     modules: dict[str, dict[str, tuple[int, ...]]] = {}

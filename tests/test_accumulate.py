@@ -1,0 +1,153 @@
+"""Tests for :mod:`nrc_cli.accumulate.moments`: the accumulator contract of STYLE.md habit 2.
+
+Every accumulator goes through :func:`helpers.check_accumulator_contract`: streamed == dense
+one-shot float64 on the concatenation (1e-12 relative), shards merged == one stream, batch sizes
+1, 7 and 1024 agree, inputs are never modified, ``compute()`` is pure, ``reset()`` works.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import AccumulatorCase, check_accumulator_contract, tensor_results
+
+from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
+
+
+def _dense_moments(z: np.ndarray, y: np.ndarray) -> dict:
+    n = len(z)
+    zc = z - z.mean(axis=0)
+    yc = y - y.mean(axis=0)
+    return {
+        "n": np.asarray(n, dtype=np.float64),
+        "mean_z": z.mean(axis=0),
+        "mean_y": y.mean(axis=0),
+        "cov_z": zc.T @ zc / n,
+        "cov_zy": zc.T @ yc / n,
+        "cov_y": yc.T @ yc / n,
+    }
+
+
+def _moments_result(acc: CrossMoments) -> dict:
+    m = acc.compute()
+    return tensor_results(
+        n=m.n, mean_z=m.mean_z, mean_y=m.mean_y, cov_z=m.cov_z, cov_zy=m.cov_zy, cov_y=m.cov_y
+    )
+
+
+CROSS = AccumulatorCase(
+    make=CrossMoments,
+    update=lambda acc, z, y: acc.update(z, y),
+    result=_moments_result,
+    dense=_dense_moments,
+)
+
+
+def _dense_gram(z: np.ndarray) -> dict:
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    h = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
+    return {"gram": h.T @ h / len(z)}
+
+
+GRAM = AccumulatorCase(
+    make=NormalizedGram,
+    update=lambda acc, z: acc.update(z),
+    result=lambda acc: tensor_results(gram=acc.compute()),
+    dense=_dense_gram,
+)
+
+SQUARED = AccumulatorCase(
+    make=SquaredError,
+    update=lambda acc, pred, y: acc.update(pred, y),
+    result=lambda acc: tensor_results(mse=acc.compute()),
+    dense=lambda pred, y: {"mse": np.asarray(np.mean((pred - y) ** 2))},
+)
+
+
+def _features(n: int, p: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    """Correlated features with per-column offsets and scales (not centred, not whitened)."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, p)) @ rng.standard_normal((p, p))
+    z = z * rng.uniform(0.1, 10, size=p) + rng.uniform(-50, 50, size=p)
+    return torch.from_numpy(z).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cross_moments_contract(dtype):
+    z = _features(1500, 6, seed=1, dtype=dtype)
+    y = torch.from_numpy(np.random.default_rng(2).standard_normal((1500, 3)) + 4).to(dtype)
+    y = y + 0.5 * z[:, :3]
+    check_accumulator_contract(CROSS, [z, y])
+
+
+def test_cross_moments_contract_single_target_and_feature():
+    z = _features(1100, 1, seed=3)
+    y = 2 * z + torch.from_numpy(np.random.default_rng(4).standard_normal((1100, 1)))
+    check_accumulator_contract(CROSS, [z, y])
+
+
+def test_normalized_gram_contract_with_zero_rows():
+    z = _features(1200, 5, seed=5)
+    z[::97] = 0.0  # zero rows stay zero after normalising (METRICS.md)
+    check_accumulator_contract(GRAM, [z])
+
+
+def test_normalized_gram_is_uncentred_and_scale_free():
+    z = _features(400, 4, seed=6)
+    a, b = NormalizedGram(), NormalizedGram()
+    a.update(z)
+    b.update(z * torch.linspace(0.5, 30, 400)[:, None])  # per-sample scaling: h̃ unchanged
+    torch.testing.assert_close(a.compute(), b.compute(), rtol=1e-12, atol=0)
+    assert float(torch.trace(a.compute())) == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_squared_error_contract(dtype):
+    rng = np.random.default_rng(7)
+    y = torch.from_numpy(rng.standard_normal((1300, 3)) * 3 + 1).to(dtype)
+    pred = y + torch.from_numpy(rng.standard_normal((1300, 3)) * 0.1).to(dtype)
+    check_accumulator_contract(SQUARED, [pred, y])
+
+
+def test_cross_moments_survive_a_large_offset_one_sample_at_a_time():
+    """Habit 4: a mean 1e6 times the spread must not cancel (raw Σz² would lose ~1e-4)."""
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((2000, 3)) + 1e6
+    y = rng.standard_normal((2000, 2)) - 1e6
+    acc = CrossMoments()
+    for i in range(len(z)):
+        acc.update(torch.from_numpy(z[i : i + 1]), torch.from_numpy(y[i : i + 1]))
+    got = _moments_result(acc)
+    want = _dense_moments(z, y)
+    for key in ("cov_z", "cov_zy", "cov_y"):
+        err = np.linalg.norm(got[key] - want[key]) / np.linalg.norm(want[key])
+        assert err < 1e-8, (key, err)
+
+
+def test_cross_moments_refuse_mismatched_shapes():
+    acc = CrossMoments()
+    with pytest.raises(ValueError, match=r"expected z \(b, p\) and y \(b, t\)"):
+        acc.update(torch.zeros(4, 3), torch.zeros(5, 2))
+    acc.update(torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="width changed"):
+        acc.update(torch.zeros(4, 5), torch.zeros(4, 2))
+
+
+def test_empty_batches_change_nothing():
+    z = _features(50, 3, seed=9)
+    y = z[:, :2] * 2
+    acc = CrossMoments()
+    acc.update(z[:0], y[:0])
+    acc.update(z, y)
+    acc.update(z[:0], y[:0])
+    want = _dense_moments(z.numpy(), y.numpy())
+    got = _moments_result(acc)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [CrossMoments, NormalizedGram, SquaredError])
+def test_compute_on_nothing_raises(make):
+    with pytest.raises(ValueError, match="no samples"):
+        make().compute()
