@@ -20,7 +20,7 @@ from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError, NrcError
 from nrc_cli.io.checkpoint import open_checkpoint
-from nrc_cli.io.data import NpzDataset
+from nrc_cli.io.data import Dataset, open_dataset
 from nrc_cli.linalg import gaussian_test_matrix, resolve_svd_method
 from nrc_cli.metrics.layer import (
     Spectrum,
@@ -117,12 +117,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, NpzDataset, list[WeightLayer]]:
+def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
     """Open the inputs, build the model and check that they fit, before anything runs."""
     config.validate()
     ckpt = open_checkpoint(config.checkpoint)
-    data = NpzDataset(
-        config.data, x_key=config.x_key, y_key=config.y_key, max_samples=config.max_samples
+    data = open_dataset(
+        config.data,
+        x_key=config.x_key,
+        y_key=config.y_key,
+        inputs=config.inputs,
+        max_samples=config.max_samples,
     )
     try:
         built = build_model(

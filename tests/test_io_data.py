@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tracemalloc
 import zipfile
 
@@ -11,7 +12,7 @@ import pytest
 from numpy.lib import format as npy_format
 
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.io.data import ArrayInfo, Batch, NpzDataset
+from nrc_cli.io.data import ArrayInfo, Batch, NpzDataset, open_dataset
 
 SAVERS = {"stored": np.savez, "compressed": np.savez_compressed}
 
@@ -394,3 +395,190 @@ def test_corrupted_compressed_member(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"array 'x' is damaged"), NpzDataset(path) as ds:
         list(ds.batches(300))
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory maps give their pages back: the resident set stays at about one batch
+# ------------------------------------------------------------------------------------------------
+
+
+def _vm_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line in /proc/self/status")
+
+
+def _write_big_npz(path, n: int, f: int, chunk: int = 16384) -> None:
+    """An uncompressed npz of x = row index (float32, (n, f)) and y, written in bounded chunks."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("x.npy", "w", force_zip64=True) as fp:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (n, f)}
+            npy_format.write_array_header_1_0(fp, header)
+            for s in range(0, n, chunk):
+                rows = np.arange(s, min(s + chunk, n), dtype=np.float32)
+                fp.write(np.repeat(rows[:, None], f, axis=1).tobytes())
+        zf.writestr("y.npy", _npy_bytes(np.arange(n, dtype=np.float32)))
+
+
+def _rss_growth_of_a_pass(ds, batch_size: int) -> tuple[int, int]:
+    """Largest VmRSS growth during one pass, and the rows checked on the way."""
+    base, peak, rows = _vm_rss(), 0, 0
+    for batch in ds.batches(batch_size):
+        x = batch.x
+        # The data come through intact (pages dropped earlier are mapped back on demand).
+        assert x[0, 0] == batch.start and x[-1, -1] == batch.start + len(x) - 1
+        rows += len(x)
+        peak = max(peak, _vm_rss() - base)
+    return peak, rows
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_memory_mapped_pass_keeps_rss_bounded(tmp_path):
+    n, f = 300_000, 256  # about 300 MB of float32, stored uncompressed
+    path = tmp_path / "big.npz"
+    _write_big_npz(path, n, f)
+    size = path.stat().st_size
+    with NpzDataset(path) as ds:
+        assert isinstance(ds._x.memmap, np.memmap)
+        for _ in range(2):  # a second pass maps the released pages back in
+            growth, rows = _rss_growth_of_a_pass(ds, 4096)
+            assert rows == n
+            # Without MADV_DONTNEED the growth is the file size (measured: 294 MB).
+            assert growth < size / 10, f"RSS grew {growth >> 20} MB over a {size >> 20} MB file"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_memory_mapped_npy_keeps_rss_bounded(tmp_path):
+    n, f = 150_000, 256  # about 150 MB
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=(n, f))
+    for s in range(0, n, 16384):
+        rows = np.arange(s, min(s + 16384, n), dtype=np.float32)
+        x[s : s + len(rows)] = rows[:, None]
+    x.flush()
+    del x
+    np.save(tmp_path / "y.npy", np.zeros(n, np.float32))
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[inputs]\nfile = "x.npy"\n[targets]\nfile = "y.npy"\n')
+    size = (tmp_path / "x.npy").stat().st_size
+    with open_dataset(spec) as ds:
+        growth, rows = _rss_growth_of_a_pass(ds, 2048)
+    assert rows == n
+    assert growth < size / 10, f"RSS grew {growth >> 20} MB over a {size >> 20} MB file"
+
+
+def test_page_release_keeps_fortran_and_offset_reads_exact(tmp_path):
+    x = np.asfortranarray(np.random.default_rng(3).standard_normal((5000, 7)))
+    path = _save(tmp_path, "stored", x=x, y=np.zeros(5000))
+    with NpzDataset(path) as ds:
+        assert ds._x.memmap.flags.f_contiguous
+        xs, _, _ = _concat(ds, 333)
+    np.testing.assert_array_equal(xs, x)
+
+
+# ------------------------------------------------------------------------------------------------
+# open_dataset: one entry point for .npz, data specs and named inputs
+# ------------------------------------------------------------------------------------------------
+
+
+def test_open_dataset_npz_is_an_npz_dataset(tmp_path):
+    x, y = np.ones((10, 3)), np.zeros(10)
+    path = _save(tmp_path, "stored", x=x, y=y, features=x)
+    with open_dataset(path, x_key="features", max_samples=4) as ds:
+        assert isinstance(ds, NpzDataset)
+        assert ds.input_names == ()
+        assert (ds.n_samples, ds.x_info.key) == (4, "features")
+    # An .npz saved under another name is still opened as one.
+    odd = tmp_path / "data.bin"
+    odd.write_bytes(path.read_bytes())
+    with open_dataset(odd) as ds:
+        assert isinstance(ds, NpzDataset)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("t.parquet", b"PAR1....", r"unsupported data: .*found a Parquet file"),
+        ("t.csv", b"a,b\n1,2\n", "found a text file"),
+        ("x.npy", None, "found a single .npy array"),
+        ("missing.parquet", "absent", "found no such file"),
+    ],
+)
+def test_open_dataset_refuses_other_types(tmp_path, name, content, match):
+    path = tmp_path / name
+    if content is None:
+        np.save(path, np.zeros(3))
+    elif content != "absent":
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=match) as info:
+        open_dataset(path)
+    assert ".toml data spec" in info.value.message
+    assert "docs/data-spec.md" in info.value.hint
+
+
+def test_open_dataset_directory(tmp_path):
+    with pytest.raises(DataError, match="found a directory"):
+        open_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["stored", "compressed"])
+def test_named_inputs_from_an_npz(tmp_path, kind):
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 1000, (70, 12))
+    mask = rng.integers(0, 2, (70, 12)).astype(bool)
+    y = rng.standard_normal((70, 3)).astype(np.float32)
+    path = _save(tmp_path, kind, input_ids=ids, attention_mask=mask, y=y)
+    with open_dataset(path, inputs=("input_ids", "attention_mask"), max_samples=65) as ds:
+        assert ds.input_names == ("input_ids", "attention_mask")
+        assert ds.x_info.key == "input_ids" and ds.x_info.shape == (70, 12)
+        assert (ds.x_sample_shape, ds.n_features, ds.target_dim) == ((12,), 12, 3)
+        assert ds.n_samples == 65
+        batches = list(ds.batches(16))
+    assert [b.start for b in batches] == [0, 16, 32, 48, 64]
+    for b in batches:
+        assert set(b.x) == {"input_ids", "attention_mask"}
+        assert b.x["input_ids"].dtype == ids.dtype and b.x["attention_mask"].dtype == bool
+        assert b.y.dtype == np.float64
+    np.testing.assert_array_equal(np.concatenate([b.x["input_ids"] for b in batches]), ids[:65])
+    np.testing.assert_array_equal(
+        np.concatenate([b.x["attention_mask"] for b in batches]), mask[:65]
+    )
+    np.testing.assert_array_equal(np.concatenate([b.y for b in batches]), y[:65])
+
+
+def test_named_inputs_errors(tmp_path):
+    path = _save(
+        tmp_path, "stored", input_ids=np.zeros((5, 2), int), short=np.zeros((4, 2)), y=np.zeros(5)
+    )
+    with pytest.raises(
+        DataError,
+        match=r"no array 'attention_mask' for the input 'attention_mask' \(--input\); the file "
+        r"holds: 'input_ids', 'short', 'y'",
+    ):
+        open_dataset(path, inputs=("input_ids", "attention_mask"))
+    with pytest.raises(DataError, match=r"input 'input_ids' .* has N = 5 and input 'short' .* has N = 4"):
+        open_dataset(path, inputs=("input_ids", "short"))
+    with pytest.raises(DataError, match=r"no array 'target' for the targets \(--y-key\)"):
+        open_dataset(path, inputs=("input_ids",), y_key="target")
+    with pytest.raises(ConfigError, match="'input-ids' is not a valid Python identifier"):
+        open_dataset(path, inputs=("input-ids",))
+    with pytest.raises(ConfigError, match="--input input_ids is given twice"):
+        open_dataset(path, inputs=("input_ids", "input_ids"))
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[inputs]\nfile = "data.npz"\n[targets]\nfile = "data.npz"\n')
+    with pytest.raises(ConfigError, match="a data spec names its inputs itself"):
+        open_dataset(spec, inputs=("input_ids",))
+
+
+def test_nan_in_a_named_input(tmp_path):
+    feats = np.zeros((30, 2))
+    feats[17, 1] = np.nan
+    path = _save(tmp_path, "stored", ids=np.zeros((30, 2), int), feats=feats, y=np.zeros(30))
+    with (
+        open_dataset(path, inputs=("ids", "feats")) as ds,
+        pytest.raises(
+            DataError, match=r"array 'feats' has a non-finite value \(nan\) at sample 17"
+        ),
+    ):
+        list(ds.batches(8))

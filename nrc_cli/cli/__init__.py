@@ -40,7 +40,7 @@ class _NrcGroup(TyperGroup):
         except (KeyboardInterrupt, Exit, SystemExit):
             raise
         except Exception as exc:
-            sys.exit(report_internal_error(exc))
+            sys.exit(report_internal_error(exc, args))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

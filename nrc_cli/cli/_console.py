@@ -21,7 +21,7 @@ def stderr_console() -> Console:
 
 def _env_width() -> int | None:
     cols = os.environ.get("COLUMNS")
-    return int(cols) if cols and cols.isdigit() else None
+    return int(cols) if cols and cols.isdigit() and int(cols) > 0 else None
 
 
 def progress_enabled(quiet: bool) -> bool:

@@ -18,8 +18,10 @@ except ImportError:  # older typer uses click itself
 __all__ = ["Abort", "ClickException", "Exit"]
 
 
-def debug_enabled() -> bool:
-    return os.environ.get("NRC_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
+def debug_enabled(args=None) -> bool:
+    """``--debug`` among the command's arguments, or NRC_DEBUG set to anything but 0."""
+    args = sys.argv if args is None else args
+    return os.environ.get("NRC_DEBUG", "") not in ("", "0") or "--debug" in args
 
 
 def _say(line: str) -> None:
@@ -43,10 +45,10 @@ def report_usage_error(err: ClickException) -> int:
     return 2
 
 
-def report_internal_error(exc: BaseException) -> int:
+def report_internal_error(exc: BaseException, args=None) -> int:
     """A bug: one short message; the traceback only with --debug or NRC_DEBUG=1."""
     _say(f"error: internal error: {type(exc).__name__}: {exc}")
-    if debug_enabled():
+    if debug_enabled(args):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     else:
         _say("hint: this is a bug in nrc; rerun with NRC_DEBUG=1 for the traceback and report it")

@@ -1,15 +1,35 @@
-"""Checkpoints: files -> a checked, lazily loaded set of named tensors plus metadata.
+"""Checkpoints: files and folders -> a checked, lazily loaded set of named tensors plus metadata.
+
+What :func:`open_checkpoint` accepts
+------------------------------------
+* a ``.safetensors`` file;
+* a ``.pt``/``.pth``/``.bin`` file holding a state dict, or a training script's
+  ``{"model": state_dict, ...}`` / ``{"state_dict": state_dict, ...}`` wrapper;
+* a Hugging Face style folder, looked at in this order (the order ``transformers`` uses), first
+  match wins: ``model.safetensors``; ``model.safetensors.index.json`` with its shards
+  ``model-0000i-of-0000n.safetensors``; ``pytorch_model.bin``; ``pytorch_model.bin.index.json``
+  with its ``.bin`` shards; otherwise exactly one ``*.safetensors.index.json``, else exactly one
+  ``*.safetensors``, else exactly one ``*.pt``/``*.pth``/``*.bin``. A ``config.json`` in the
+  folder is read (as data) into :attr:`Checkpoint.config`;
+* a ``*.index.json`` file itself (its folder is then the checkpoint folder).
 
 Reading is lazy and strict in the safetensors manner: the header (names, shapes, dtypes, byte
-ranges, ``__metadata__``) is read and validated first, against the file size, before any tensor
-is touched. ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)``: nothing is
-ever unpickled beyond plain tensors and containers.
+ranges, ``__metadata__``) of *every* file is read and validated first, against the file size,
+before any tensor is touched; for sharded checkpoints the index and the shards must agree (every
+shard present, every tensor the index names present in its shard, no tensor in two shards).
+Tensor data is then read shard by shard with ``safe_open``.
+
+``.pt``/``.pth``/``.bin`` files are read with ``torch.load(weights_only=True)``: nothing is ever
+unpickled beyond plain tensors and containers, and a file that holds any other Python object
+(an ``argparse.Namespace``, a whole ``nn.Module``...) is refused with a message naming it. Those
+files have no separate header, so their tensors are loaded when the checkpoint is opened.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +37,15 @@ from pathlib import Path
 import torch
 
 from nrc_cli.errors import CheckpointError
+
+__all__ = [
+    "SUFFIXES",
+    "Checkpoint",
+    "TensorInfo",
+    "open_checkpoint",
+    "parse_arch_metadata",
+    "unwrap_state_dict",
+]
 
 # safetensors dtype names -> torch dtypes (the ones a state dict holds in practice).
 _ST_DTYPES = {
@@ -37,7 +66,21 @@ _ST_ITEMSIZE.update({"U8": 1, "BOOL": 1})
 _MAX_HEADER = 100_000_000
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_PT_SUFFIXES = (".pt", ".pth", ".bin")
 _NOT_ST_HINT = "is this really a .safetensors file? re-save it with safetensors.torch.save_file"
+_PICKLE_HINT = (
+    "nrc never unpickles files; save a plain state dict "
+    "(torch.save(model.state_dict(), path)) or use safetensors"
+)
+_INDEX_HINT = "the index and the shards disagree: re-save the model (save_pretrained) in one go"
+# Hugging Face file names, in the order transformers looks for them.
+_HF_ORDER = (
+    ("model.safetensors", "safetensors"),
+    ("model.safetensors.index.json", "safetensors-sharded"),
+    ("pytorch_model.bin", "pt"),
+    ("pytorch_model.bin.index.json", "pt-sharded"),
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -58,18 +101,27 @@ class TensorInfo:
 
 @dataclass
 class Checkpoint:
-    """A checkpoint whose header has been read and checked.
+    """A checkpoint whose headers have been read and checked.
 
     Attributes
     ----------
     path : Path
-        The file.
+        What was opened: a file, a folder, or a ``*.index.json`` file.
     format : str
-        ``"safetensors"`` or ``"pt"``.
+        How the tensors are stored: ``"safetensors"`` (one file), ``"pt"`` (one
+        ``.pt``/``.pth``/``.bin`` file), ``"safetensors-sharded"`` or ``"pt-sharded"`` (an index
+        and its shards).
     metadata : dict[str, str]
-        The safetensors ``__metadata__`` (empty for ``.pt``).
+        The safetensors ``__metadata__``, merged over all shards (empty for ``.pt``).
     tensors : dict[str, TensorInfo]
-        Every stored tensor, by name, in file order.
+        Every stored tensor, by name: shard by shard, in file order within a shard.
+    files : list[Path]
+        The files the tensors live in (one, or the shards in index order).
+    container : str
+        ``"file"`` when a checkpoint file was given, ``"folder"`` for a folder or an index file.
+    config : dict or None
+        The folder's ``config.json`` (Hugging Face model configuration), parsed as plain JSON;
+        None when there is none (always None for a single file).
     """
 
     path: Path
@@ -77,24 +129,37 @@ class Checkpoint:
     metadata: dict[str, str]
     tensors: dict[str, TensorInfo]
     _loaded: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    files: list[Path] = field(default_factory=list)
+    container: str = "file"
+    config: dict | None = None
+    # tensor name -> the file that stores it (sharded checkpoints).
+    _file_of: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            self.files = [self.path]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Load every tensor (CPU) and return them by name."""
+        """Load every tensor (CPU) and return them by name, reading one shard at a time."""
         if self._loaded is not None:
             return dict(self._loaded)
         from safetensors import safe_open
 
+        by_file: dict[Path, list[str]] = {f: [] for f in self.files}
+        for name in self.tensors:
+            by_file[self._file_of.get(name, self.files[0])].append(name)
         out: dict[str, torch.Tensor] = {}
-        try:
-            with safe_open(str(self.path), framework="pt", device="cpu") as f:
-                for name in self.tensors:
-                    out[name] = f.get_tensor(name)
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(
-                f"{self.path}: cannot read tensor data: {exc}",
-                hint="the file may be corrupt or truncated; re-export it",
-            ) from exc
-        return out
+        for file, names in by_file.items():
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as f:
+                    for name in names:
+                        out[name] = f.get_tensor(name)
+            except Exception as exc:  # safetensors raises its own error types
+                raise CheckpointError(
+                    f"{file}: cannot read tensor data: {exc}",
+                    hint="the file may be corrupt or truncated; re-export it",
+                ) from exc
+        return {name: out[name] for name in self.tensors}
 
     @property
     def n_parameters(self) -> int:
@@ -102,36 +167,269 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a checkpoint file and validate its header without loading tensor data.
+    """Open a checkpoint file or folder and validate its headers without loading tensor data.
 
     Parameters
     ----------
     path : str or PathLike
-        A ``.safetensors`` file, or a ``.pt``/``.pth``/``.bin`` state dict.
+        A ``.safetensors`` file, a ``.pt``/``.pth``/``.bin`` state dict, a Hugging Face style
+        folder, or a ``*.index.json`` file (see the module docstring for the folder rules).
+
+    Returns
+    -------
+    Checkpoint
 
     Raises
     ------
     CheckpointError
-        Missing file, unknown suffix, truncated file, corrupt header, or a ``.pt`` file that
-        would need pickle.
+        Missing file, unknown suffix, a folder with no (or several) checkpoints, truncated file,
+        corrupt header, an index that disagrees with its shards, a missing shard, or a ``.pt``
+        file that would need pickle.
     """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint not found", hint="check the path")
     if p.is_dir():
-        raise CheckpointError(
-            f"{p}: is a folder, expected a checkpoint file (.safetensors, .pt, .pth)",
-        )
-    if p.suffix in (".pt", ".pth", ".bin"):
-        return _open_pt(p)
+        return _open_folder(p)
+    if p.name.endswith(".index.json"):
+        fmt = "pt-sharded" if p.name.endswith(".bin.index.json") else "safetensors-sharded"
+        return _open_sharded(p, p.parent, fmt, container="folder", path=p)
+    if p.suffix in _PT_SUFFIXES:
+        state = _load_pt(p)
+        return Checkpoint(p, "pt", {}, _infos(state), _loaded=state)
     if p.suffix != ".safetensors":
         raise CheckpointError(
-            f"{p}: unknown checkpoint type '{p.suffix}', expected .safetensors, .pt or .pth",
+            f"{p}: unknown checkpoint type '{p.suffix}', expected .safetensors, .pt, .pth, .bin, "
+            "a *.index.json file or a model folder",
         )
-    return _open_safetensors(p)
+    meta, tensors = _read_safetensors_header(p)
+    return Checkpoint(p, "safetensors", meta, tensors)
 
 
-def _open_safetensors(p: Path) -> Checkpoint:
+# ------------------------------------------------------------------------------------------------
+# Folders and shards
+# ------------------------------------------------------------------------------------------------
+
+
+def _open_folder(folder: Path) -> Checkpoint:
+    """Find the checkpoint inside a folder (module docstring, first match wins) and open it."""
+    name, fmt = _find_in_folder(folder)
+    file = folder / name
+    if fmt.endswith("-sharded"):
+        return _open_sharded(file, folder, fmt, container="folder", path=folder)
+    config = _read_config(folder)
+    if fmt == "pt":
+        state = _load_pt(file)
+        return Checkpoint(
+            folder,
+            "pt",
+            {},
+            _infos(state),
+            _loaded=state,
+            files=[file],
+            container="folder",
+            config=config,
+        )
+    meta, tensors = _read_safetensors_header(file)
+    return Checkpoint(
+        folder, "safetensors", meta, tensors, files=[file], container="folder", config=config
+    )
+
+
+def _find_in_folder(folder: Path) -> tuple[str, str]:
+    """Return (file name, format) of the checkpoint in ``folder``."""
+    for name, fmt in _HF_ORDER:
+        if (folder / name).is_file():
+            return name, fmt
+    names = sorted(e.name for e in folder.iterdir() if e.is_file())
+    groups = (
+        ("safetensors-sharded", [n for n in names if n.endswith(".safetensors.index.json")]),
+        ("pt-sharded", [n for n in names if n.endswith(".bin.index.json")]),
+        ("safetensors", [n for n in names if n.endswith(".safetensors")]),
+        ("pt", [n for n in names if n.endswith(_PT_SUFFIXES)]),
+    )
+    for fmt, matches in groups:
+        if len(matches) == 1:
+            return matches[0], fmt
+        if len(matches) > 1:
+            shown = ", ".join(matches[:8]) + (
+                f" and {len(matches) - 8} more" if len(matches) > 8 else ""
+            )
+            raise CheckpointError(
+                f"{folder}: found several {fmt} checkpoint files and no index to join them: "
+                f"{shown}",
+                hint="pass one of the files, or add model.safetensors.index.json for shards",
+            )
+    listed = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    raise CheckpointError(
+        f"{folder}: no checkpoint in this folder: expected model.safetensors, "
+        "model.safetensors.index.json with its shards, pytorch_model.bin, or one *.safetensors "
+        f"/ *.pt / *.pth / *.bin file; found {listed or 'no files'}",
+        hint="pass the checkpoint file itself, or the folder save_pretrained wrote",
+    )
+
+
+def _read_config(folder: Path) -> dict | None:
+    """Parse ``config.json`` as plain data (it never names code nrc would import)."""
+    p = folder / "config.json"
+    if not p.is_file():
+        return None
+    try:
+        config = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{p}: expected a JSON object (the model configuration), found invalid JSON: {exc}",
+            hint="repair or remove config.json",
+        ) from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{p}: expected a JSON object (the model configuration), found {type(config).__name__}",
+            hint="repair or remove config.json",
+        )
+    return config
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """Return the index's ``weight_map`` (tensor name -> shard file name), checked."""
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{index}: corrupt shard index: not valid JSON ({exc})", hint=_INDEX_HINT
+        ) from exc
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        found = f"keys {sorted(doc)}" if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise CheckpointError(
+            f"{index}: corrupt shard index: expected an object with a non-empty 'weight_map' "
+            f"(tensor name -> shard file), found {found}",
+            hint=_INDEX_HINT,
+        )
+    bad = [k for k, v in weight_map.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise CheckpointError(
+            f"{index}: corrupt shard index: 'weight_map' entry '{bad[0]}' is "
+            f"{weight_map[bad[0]]!r}, expected a shard file name",
+            hint=_INDEX_HINT,
+        )
+    return {str(k): v for k, v in weight_map.items()}
+
+
+def _shard_path(folder: Path, name: str, index: Path) -> Path:
+    """The shard's path; an index may only name files inside its own folder.
+
+    Checked on the name, not on the resolved path: in the Hugging Face cache every file of a
+    snapshot folder is a symbolic link into a shared ``blobs`` folder.
+    """
+    p = folder / name
+    parts = Path(os.path.normpath(name)).parts
+    if Path(name).is_absolute() or not parts or parts[0] == "..":
+        raise CheckpointError(
+            f"{index}: the index names shard '{name}', which is outside the folder {folder}",
+            hint="shard names must be plain file names next to the index",
+        )
+    return p
+
+
+def _open_sharded(
+    index: Path,
+    folder: Path,
+    fmt: str,
+    *,
+    container: str,
+    path: Path,
+) -> Checkpoint:
+    """Read the index, then every shard's header; check they agree before loading anything.
+
+    ``.bin`` shards have no header: they are loaded (weights only) one after the other.
+    """
+    config = _read_config(folder)
+    weight_map = _read_index(index)
+    shards: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        shards.setdefault(shard, []).append(key)
+    missing = [s for s in shards if not _shard_path(folder, s, index).is_file()]
+    if missing:
+        s = missing[0]
+        also = (
+            f" (and {len(missing) - 1} more shard(s): {', '.join(missing[1:4])})"
+            if missing[1:]
+            else ""
+        )
+        raise CheckpointError(
+            f"{index}: shard '{s}' is missing from {folder}; the index places "
+            f"{len(shards[s])} tensor(s) there, e.g. '{shards[s][0]}'{also}",
+            hint="download or copy every shard the index names",
+        )
+    tensors: dict[str, TensorInfo] = {}
+    file_of: dict[str, Path] = {}
+    metadata: dict[str, str] = {}
+    meta_from: dict[str, Path] = {}
+    loaded: dict[str, torch.Tensor] | None = {} if fmt == "pt-sharded" else None
+    files: list[Path] = []
+    for shard, listed in shards.items():
+        file = _shard_path(folder, shard, index)
+        files.append(file)
+        if loaded is not None:
+            state = _load_pt(file)
+            loaded.update(state)
+            held, meta = _infos(state), {}
+        else:
+            meta, held = _read_safetensors_header(file)
+        absent = [k for k in listed if k not in held]
+        if absent:
+            shown = ", ".join(f"'{k}'" for k in list(held)[:8]) or "nothing"
+            raise CheckpointError(
+                f"{index}: the index places tensor '{absent[0]}' in shard '{shard}', but that "
+                f"shard does not hold it ({len(absent)} such tensor(s); the shard holds "
+                f"{len(held)}: {shown}{', ...' if len(held) > 8 else ''})",
+                hint=_INDEX_HINT,
+            )
+        for name, info in held.items():
+            if name in file_of:
+                raise CheckpointError(
+                    f"{folder}: tensor '{name}' is stored twice, in shard "
+                    f"'{file_of[name].name}' and in shard '{shard}'",
+                    hint=_INDEX_HINT,
+                )
+            if weight_map.get(name) != shard:
+                raise CheckpointError(
+                    f"{file}: shard '{shard}' holds tensor '{name}', which the index "
+                    f"{index.name} does not place there"
+                    + (f" (it names '{weight_map[name]}')" if name in weight_map else ""),
+                    hint=_INDEX_HINT,
+                )
+            tensors[name] = info
+            file_of[name] = file
+        for key, value in meta.items():
+            if key in metadata and metadata[key] != value:
+                raise CheckpointError(
+                    f"{folder}: shards disagree on metadata '{key}': "
+                    f"'{meta_from[key].name}' says {metadata[key]!r}, '{shard}' says {value!r}",
+                    hint=_INDEX_HINT,
+                )
+            metadata.setdefault(key, value)
+            meta_from.setdefault(key, file)
+    return Checkpoint(
+        path,
+        fmt,
+        metadata,
+        tensors,
+        _loaded=loaded,
+        files=files,
+        container=container,
+        config=config,
+        _file_of=file_of,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# One file
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_safetensors_header(p: Path) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    """Read and check one safetensors header against the file size; return (metadata, tensors)."""
     size = p.stat().st_size
     with p.open("rb") as f:
         head = f.read(8)
@@ -187,33 +485,51 @@ def _open_safetensors(p: Path) -> Checkpoint:
                 f"and dtype {dtype} needs {numel * itemsize} bytes, header gives {end - start}",
             )
         tensors[name] = TensorInfo(name, shape, dtype)
-    return Checkpoint(p, "safetensors", {str(k): str(v) for k, v in meta.items()}, tensors)
+    return {str(k): str(v) for k, v in meta.items()}, tensors
 
 
-def _open_pt(p: Path) -> Checkpoint:
+def _infos(state: dict[str, torch.Tensor]) -> dict[str, TensorInfo]:
+    return {
+        k: TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
+        for k, v in state.items()
+    }
+
+
+def _load_pt(p: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` and unwrap; refuse anything that needs pickle."""
     import pickle
 
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{p}: refused: the file holds Python objects that would need pickle to load "
-            f"({first[:160]})",
-            hint="nrc never unpickles files; save a plain state dict "
-            "(torch.save(model.state_dict(), path)) or use safetensors",
+            f"{p}: refused: the file holds {_pickled_what(exc)}, which would need pickle to load",
+            hint=_PICKLE_HINT,
         ) from exc
     except Exception as exc:
         raise CheckpointError(
-            f"{p}: cannot read as a PyTorch checkpoint: {type(exc).__name__}: {exc}",
+            f"{p}: cannot read as a PyTorch checkpoint: {type(exc).__name__}: "
+            f"{_first_line(str(exc))}",
             hint="the file may be corrupt or truncated",
         ) from exc
-    state = unwrap_state_dict(obj, where=str(p))
-    tensors = {
-        k: TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
-        for k, v in state.items()
-    }
-    return Checkpoint(p, "pt", {}, tensors, _loaded=state)
+    return unwrap_state_dict(obj, where=str(p))
+
+
+def _pickled_what(exc: BaseException) -> str:
+    """Name the Python object torch's weights-only unpickler stopped at, if it says."""
+    text = _ANSI.sub("", str(exc))
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return f"a Python object of type {m.group(1)}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if m:
+        return f"Python objects ({m.group(1).strip()[:160]})"
+    return f"Python objects ({_first_line(text)[:160]})"
+
+
+def _first_line(text: str) -> str:
+    text = _ANSI.sub("", text).strip()
+    return text.splitlines()[0] if text else "no details"
 
 
 def unwrap_state_dict(obj: object, *, where: str) -> dict[str, torch.Tensor]:
@@ -236,7 +552,8 @@ def unwrap_state_dict(obj: object, *, where: str) -> dict[str, torch.Tensor]:
         bad = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
         raise CheckpointError(
             f"{where}: expected a state dict of tensors (or one under 'model'/'state_dict'), "
-            f"found non-tensor entries: {', '.join(bad[:8])}",
+            f"found non-tensor entries: {', '.join(bad[:8]) or 'none (the dict is empty)'}",
+            hint="save with torch.save(model.state_dict(), path)",
         )
     raise CheckpointError(
         f"{where}: expected a state dict (a dict of tensors), found {type(obj).__name__}",

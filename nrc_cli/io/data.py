@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import math
+import mmap
 import operator
 import os
 import struct
@@ -24,14 +25,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from nrc_cli.errors import ConfigError, DataError
 
-__all__ = ["ArrayInfo", "Batch", "NpzDataset"]
+__all__ = ["ArrayInfo", "Batch", "Dataset", "NpzDataset", "open_dataset"]
 
 # Size of the fixed part of a zip local file header (APPNOTE 4.3.7).
 _LOCAL_HEADER_SIZE = 30
@@ -60,12 +61,16 @@ class ArrayInfo:
         Stored dtype, byte order included.
     compressed : bool
         Whether the member is compressed in the zip (then it is streamed, not memory-mapped).
+    file : str
+        The file it comes from, when that is not the data set's own path (spec data sets);
+        empty otherwise.
     """
 
     key: str
     shape: tuple[int, ...]
     dtype: np.dtype
     compressed: bool
+    file: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,16 +80,157 @@ class Batch:
     Parameters
     ----------
     start : int
-        Index of the first sample of this batch in the whole data set.
-    x : numpy.ndarray, shape (b, *x_sample_shape)
-        Inputs in their stored dtype (native byte order), a fresh writable array.
+        Index of the first sample of this batch in the file(s): 0 for the first batch, except
+        for a spec data set whose ``[range]`` starts later, where it is that row.
+    x : numpy.ndarray, shape (b, *x_sample_shape), or dict of str to numpy.ndarray
+        Inputs in their stored dtype (native byte order), a fresh writable array. For a data
+        set with named inputs (``input_names`` not empty), a dict ``{name: array}`` of arrays
+        with ``b`` rows each, in ``input_names`` order: the model's keyword arguments.
     y : numpy.ndarray, shape (b, t), float64
         Targets, always 2-D: 1-D targets become ``(b, 1)``.
     """
 
     start: int
-    x: np.ndarray
+    x: np.ndarray | dict[str, np.ndarray]
     y: np.ndarray
+
+
+class Dataset(Protocol):
+    """What the pipeline needs from a data set: :class:`NpzDataset` and ``SpecDataset``.
+
+    Attributes
+    ----------
+    path : Path
+        The data file or spec file.
+    n_samples : int
+        Samples one pass of :meth:`batches` yields.
+    x_info, y_info : ArrayInfo
+        Headers of the (first) input and of the targets, shape ``(N, ...)``.
+    x_sample_shape : tuple of int
+        Shape of one sample of the (first) input.
+    n_features : int
+        ``x_sample_shape[0]``.
+    target_dim : int
+        Target columns t (1 for 1-D targets).
+    input_names : tuple of str
+        Names of the model's keyword inputs; empty when ``x`` is one positional array.
+    """
+
+    path: Path
+    n_samples: int
+    x_info: ArrayInfo
+    y_info: ArrayInfo
+    x_sample_shape: tuple[int, ...]
+    n_features: int
+    target_dim: int
+    input_names: tuple[str, ...]
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Consecutive batches over the samples; a fresh pass per call."""
+        ...
+
+    def close(self) -> None:
+        """Release files and maps; idempotent."""
+        ...
+
+    def __enter__(self) -> Dataset: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+DATA_SUFFIXES = (".npz", ".toml")
+
+
+def open_dataset(
+    path: str | os.PathLike,
+    *,
+    x_key: str = "x",
+    y_key: str = "y",
+    inputs: tuple[str, ...] = (),
+    max_samples: int | None = None,
+) -> Dataset:
+    """Open a data set by its suffix: an ``.npz`` file or a ``.toml`` data spec.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.npz`` (arrays ``x_key`` and ``y_key``) or ``.toml`` (a data spec naming ``.npz``,
+        ``.npy``, ``.parquet`` or ``.csv`` files: :mod:`nrc_cli.io.spec`, docs/data-spec.md).
+    x_key, y_key : str
+        ``.npz`` only: the input and target arrays. ``x_key`` is unused when ``inputs`` is given.
+    inputs : tuple of str
+        ``.npz`` only (``--input``): names of arrays passed to the model as keyword arguments;
+        each batch's ``x`` is then ``{name: array}``. All must have the same N as the targets;
+        integer arrays (token ids, masks) are passed unchanged.
+    max_samples : int, optional
+        Use only the first ``max_samples`` samples (of the spec's range, for a spec).
+
+    Returns
+    -------
+    Dataset
+        :class:`NpzDataset` for an ``.npz`` without ``inputs``, else a
+        :class:`nrc_cli.io.spec.SpecDataset`; both have the :class:`Dataset` interface.
+
+    Raises
+    ------
+    DataError
+        An unsupported file type, or any problem the data set finds when it opens.
+    ConfigError
+        ``inputs`` with a spec, an input name that is not an identifier or given twice, or a
+        bad spec.
+    """
+    from nrc_cli.io import spec as _spec  # spec builds on this module
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    inputs = tuple(inputs)
+    if suffix == ".toml":
+        if inputs:
+            raise ConfigError(
+                f"--input {inputs[0]}: a data spec names its inputs itself ({p})",
+                hint="name keyword inputs in the spec: [inputs.NAME] sections",
+            )
+        return _spec.SpecDataset(_spec.read_spec(p), max_samples=max_samples)
+    if suffix != ".npz" and not (p.is_file() and zipfile.is_zipfile(p)):
+        # (An existing zip is opened whatever its suffix: an .npz saved under another name.)
+        if p.is_dir():
+            found = "a directory"
+        elif p.exists():
+            found = _describe_file(p)
+        else:
+            found = "no such file"
+        raise DataError(
+            f"{p}: unsupported data: expected an .npz file (arrays x and y) or a .toml data spec "
+            f"(naming .npz, .npy, .parquet or .csv files), found {found}",
+            hint=_TABLE_HINTS.get(suffix, "see docs/data-spec.md"),
+        )
+    if not inputs:
+        return NpzDataset(p, x_key=x_key, y_key=y_key, max_samples=max_samples)
+    for name in inputs:
+        _spec._check_input_name(name, f"--input {name}")
+    if len(set(inputs)) != len(inputs):
+        dup = next(n for n in inputs if inputs.count(n) > 1)
+        raise ConfigError(f"--input {dup} is given twice", hint="name each input once")
+    spec = _spec.DataSpec(
+        path=p,
+        inputs=tuple((n, _spec.FieldSpec(p, "--input", array=n)) for n in inputs),
+        targets=_spec.FieldSpec(p, "--y-key", array=y_key),
+    )
+    return _spec.SpecDataset(spec, max_samples=max_samples)
+
+
+_SPEC_HINT = (
+    'write a data spec, e.g. data.toml holding [inputs] file = "{name}" columns = ["f*"] and '
+    "[targets] with the target columns; see docs/data-spec.md"
+)
+_TABLE_HINTS = {
+    suffix: _SPEC_HINT.format(name=f"table{suffix}")
+    for suffix in (".parquet", ".pq", ".csv", ".tsv")
+}
+_TABLE_HINTS[".npy"] = (
+    'write a data spec, e.g. data.toml holding [inputs] file = "x.npy" and [targets] '
+    'file = "y.npy"; see docs/data-spec.md'
+)
 
 
 class NpzDataset:
@@ -120,6 +266,9 @@ class NpzDataset:
     member (rare: ``np.savez_compressed`` of a transposed array) is loaded whole, once, and
     kept in memory for the life of the data set.
     """
+
+    #: Named model inputs; empty: the inputs are one array, passed positionally.
+    input_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -298,19 +447,27 @@ class _Member:
         key: str,
         role: str,
         where: str,
+        *,
+        what: str | None = None,
+        flag: str | None = None,
+        hint: str = "choose the arrays with --x-key NAME --y-key NAME",
     ) -> _Member:
-        """Find ``key`` in the archive and read its header (and map it if stored uncompressed)."""
+        """Find ``key`` in the archive and read its header (and map it if stored uncompressed).
+
+        ``what`` and ``flag`` name the array's use in the message when it is missing (default:
+        the inputs/targets and their ``--x-key``/``--y-key`` options, from ``role``).
+        """
         name = names.get(key)
         if name is None and key.endswith(".npy"):
             name = names.get(key[: -len(".npy")])
         if name is None:
             shown = ", ".join(repr(k) for k in list(names)[:20])
             more = f" and {len(names) - 20} more" if len(names) > 20 else ""
-            flag = "--x-key" if role == "x" else "--y-key"
+            flag = flag or ("--x-key" if role == "x" else "--y-key")
+            what = what or ("inputs" if role == "x" else "targets")
             raise DataError(
-                f"{where}: no array '{key}' for the {'inputs' if role == 'x' else 'targets'} "
-                f"({flag}); the file holds: {shown}{more}",
-                hint="choose the arrays with --x-key NAME --y-key NAME",
+                f"{where}: no array '{key}' for the {what} ({flag}); the file holds: {shown}{more}",
+                hint=hint,
             )
         zinfo = zf.getinfo(name)
         if zinfo.flag_bits & 0x1:
@@ -415,21 +572,92 @@ class _Member:
 
 
 class _MemmapReader:
-    """Rows of an array already addressable in place (memory map or in-memory array)."""
+    """Rows of an array already addressable in place (memory map or in-memory array).
+
+    For a memory map, the pages of each batch are handed back to the kernel once the batch has
+    been copied out (see :class:`_PageReleaser`), so a pass over a file larger than memory keeps
+    the resident set at about one batch.
+    """
 
     def __init__(self, array: np.ndarray) -> None:
         self._array = array
+        self._release = _PageReleaser.of(array)
 
     def read(self, start: int, rows: int) -> np.ndarray:
         # Copy: the batch must outlive the map and be writable; also fixes byte order and order.
         chunk = self._array[start : start + rows]
-        return np.array(chunk, dtype=chunk.dtype.newbyteorder("="), order="C", copy=True)
+        out = np.array(chunk, dtype=chunk.dtype.newbyteorder("="), order="C", copy=True)
+        if self._release is not None:
+            self._release.rows(start, start + rows)
+        return out
 
     def finish(self) -> None:
         """Nothing to verify for data read in place."""
 
     def close(self) -> None:
         self._array = None  # type: ignore[assignment]
+        self._release = None
+
+
+class _PageReleaser:
+    """Drop the pages of a read-only memory map that a pass has already copied out.
+
+    Why: pages of a file mapping that have been read stay mapped into the process, and count in
+    its resident set size (RSS), until memory pressure evicts them. A sequential pass over a
+    4 GB uncompressed array would thus show an RSS growing to 4 GB, although the data are used
+    one batch at a time; a job scheduler that limits RSS kills the run. ``MADV_DONTNEED`` on the
+    consumed range unmaps those pages at once. The map is read-only and shared, so nothing is
+    lost: the kernel's page cache still holds the data, and touching the range again (a second
+    pass) simply maps the pages back in.
+
+    Only on platforms with ``mmap.madvise`` and ``MADV_DONTNEED`` (Linux, macOS); elsewhere
+    :meth:`of` returns None and nothing is released.
+    """
+
+    def __init__(self, mm: mmap.mmap, offset: int, row_bytes: int | None) -> None:
+        self._mm: mmap.mmap | None = mm
+        self._offset = offset  # where element 0 of the array lies in the map
+        self._row_bytes = row_bytes  # None: rows are scattered (Fortran order)
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> _PageReleaser | None:
+        mm = getattr(array, "_mmap", None)  # set by np.memmap (also behind np.load(mmap_mode))
+        if (
+            mm is None
+            or not isinstance(mm, mmap.mmap)
+            or not hasattr(mm, "madvise")
+            or not hasattr(mmap, "MADV_DONTNEED")
+        ):
+            return None
+        try:
+            view = np.frombuffer(mm, dtype=np.uint8, count=1)
+            offset = array.ctypes.data - view.ctypes.data
+            del view  # a live export would keep the map from closing
+        except (TypeError, ValueError, BufferError):
+            return None
+        if not 0 <= offset <= len(mm):
+            return None
+        c_rows = array.ndim >= 1 and array.flags.c_contiguous
+        return cls(mm, offset, array.strides[0] if c_rows and array.ndim else None)
+
+    def rows(self, start: int, stop: int) -> None:
+        """Release the whole pages that lie within rows ``[start, stop)``."""
+        if self._mm is None:
+            return
+        if self._row_bytes is None:
+            lo, hi = 0, len(self._mm)  # a Fortran-ordered batch touches pages everywhere
+        else:
+            lo = self._offset + start * self._row_bytes
+            hi = min(self._offset + stop * self._row_bytes, len(self._mm))
+        page = mmap.PAGESIZE
+        lo -= lo % page  # madvise wants a page-aligned start
+        hi -= hi % page  # the last, partial page still holds rows of the next batch
+        if hi <= lo:
+            return
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):
+            self._mm = None  # the platform refuses: stop trying, reading still works
 
 
 class _StreamReader:
@@ -488,6 +716,13 @@ class _StreamReader:
         if not out.dtype.isnative:
             out = out.astype(out.dtype.newbyteorder("="))
         return out
+
+    def skip_to(self, start: int) -> None:
+        """Decompress and drop rows until row ``start`` is the next one (bounded chunks)."""
+        row_bytes = max(self._info.dtype.itemsize * math.prod(self._sample_shape), 1)
+        chunk = max(1, (1 << 22) // row_bytes)
+        while self._next < start:
+            self.read(self._next, min(chunk, start - self._next))
 
     def finish(self) -> None:
         """Read to the end of the member so that zipfile checks its CRC-32.

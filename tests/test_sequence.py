@@ -1,0 +1,175 @@
+"""Sequence models: a tiny BERT-style encoder, masked mean pooling, forward keyword inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_close, dense_layer
+from torch import nn
+from typer.testing import CliRunner
+
+from nrc_cli.cli import app
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_bert():
+    config = transformers.BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config)
+    model.eval()
+    return model
+
+
+def token_data(n: int, length: int, pad_to: int, seed: int = 0):
+    """Sequences of 3..length real tokens, padded with id 0 and mask 0 up to ``pad_to``."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, length + 1, size=n)
+    ids = np.zeros((n, pad_to), dtype=np.int64)
+    mask = np.zeros((n, pad_to), dtype=np.int64)
+    for i, m in enumerate(lengths):
+        ids[i, :m] = rng.integers(1, 40, size=m)
+        mask[i, :m] = 1
+    y = np.stack([lengths / length, (ids[:, 0] % 7) / 7.0], axis=1).astype(np.float32)
+    return ids, mask, y
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert")
+    model = tiny_bert()
+    model.save_pretrained(root / "model")
+    return root, model
+
+
+def dense_masked_features(model, ids, mask):
+    """Inputs of every Linear, masked-mean pooled over tokens, in float64."""
+    feats: dict[str, list] = {}
+
+    def hook(name):
+        def fn(module, args):
+            inp = args[0].detach().to(torch.float64)
+            if inp.ndim == 3:
+                w = torch.from_numpy(current["mask"]).to(torch.float64).unsqueeze(-1)
+                z = (inp * w).sum(1) / w.sum(1).clamp_min(1.0)
+            else:
+                z = inp
+            feats.setdefault(name, []).append(z.numpy())
+
+        return fn
+
+    current: dict = {}
+    handles = [
+        m.register_forward_pre_hook(hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    with torch.no_grad():
+        for i in range(0, len(ids), 50):
+            current["mask"] = mask[i : i + 50]
+            model(
+                input_ids=torch.from_numpy(ids[i : i + 50]),
+                attention_mask=torch.from_numpy(mask[i : i + 50]),
+            )
+    for h in handles:
+        h.remove()
+    return {n: np.concatenate(v) for n, v in feats.items()}
+
+
+def analyze(folder, data, *extra) -> dict:
+    args = [
+        "analyze",
+        str(folder),
+        "--data",
+        str(data),
+        "--arch",
+        "hf",
+        "--input",
+        "input_ids",
+        "--input",
+        "attention_mask",
+        "--no-prediction",
+        "--batch-size",
+        "50",
+        "-f",
+        "json",
+        *extra,
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_bert_encoder_matches_a_dense_masked_reference(bert_folder, tmp_path):
+    root, model = bert_folder
+    ids, mask, y = token_data(200, 10, 12)
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask, y=y)
+    report = analyze(root / "model", tmp_path / "tokens.npz")
+    feats = dense_masked_features(model, ids, mask)
+    modules = dict(model.named_modules())
+    assert [row["layer"] for row in report["layers"]] == list(feats)
+    assert report["summary"]["model_mse"] is None
+    assert report["summary"]["prediction"] == "none"
+    for row in report["layers"]:
+        w = modules[row["layer"]].weight.detach().to(torch.float64).numpy()
+        want = dense_layer(feats[row["layer"]], y, w, 2, None)
+        for col, value in want.items():
+            assert_close(row[col], value, rel=1e-4, abs_=1e-6, what=f"{row['layer']}.{col}")
+
+
+def test_padding_does_not_change_the_result(bert_folder, tmp_path):
+    root, _ = bert_folder
+    ids, mask, y = token_data(150, 10, 10, seed=4)
+    wide_ids = np.pad(ids, ((0, 0), (0, 9)))
+    wide_mask = np.pad(mask, ((0, 0), (0, 9)))
+    np.savez(tmp_path / "short.npz", input_ids=ids, attention_mask=mask, y=y)
+    np.savez(tmp_path / "long.npz", input_ids=wide_ids, attention_mask=wide_mask, y=y)
+    short = analyze(root / "model", tmp_path / "short.npz")
+    long = analyze(root / "model", tmp_path / "long.npz")
+    for a, b in zip(short["layers"], long["layers"], strict=True):
+        assert a["layer"] == b["layer"]
+        for col in ("nrc1_noise", "nrc2_cka", "nrc3_alignment", "nrc4_probe_mse"):
+            assert_close(b[col], a[col], rel=1e-5, abs_=1e-7, what=f"{a['layer']}.{col}")
+    # Without the mask, padding tokens enter the attention and the mean and move the numbers.
+    args = ["analyze", str(root / "model"), "--data", str(tmp_path / "long.npz"), "--arch", "hf"]
+    args += ["--input", "input_ids", "--no-prediction", "-f", "json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    unmasked = json.loads(result.stdout)
+    moved = [
+        abs(u["nrc2_cka"] - a["nrc2_cka"])
+        for u, a in zip(unmasked["layers"], short["layers"], strict=True)
+    ]
+    assert max(moved) > 1e-3
+
+
+def test_arch_hf_needs_a_config(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w.weight": torch.zeros(2, 2)}, tmp_path / "m.safetensors")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2), np.float32), y=np.zeros(4, np.float32))
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze",
+            str(tmp_path / "m.safetensors"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--arch",
+            "hf",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "error: --arch hf:" in result.stderr and "config.json" in result.stderr
