@@ -21,7 +21,7 @@ from nrc_cli.capture import Capture, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError, NrcError
 from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.io.data import Dataset, open_dataset
-from nrc_cli.linalg import gaussian_test_matrix, resolve_svd_method
+from nrc_cli.linalg import gaussian_test_matrix, resolve_svd_method, single_threaded
 from nrc_cli.metrics.layer import (
     Spectrum,
     layer_metrics,
@@ -274,7 +274,8 @@ class _Analysis:
             )
             if i == 0:
                 order = pass_order
-        return self._results(plan, order, accs, grams, sse)
+        with single_threaded():
+            return self._results(plan, order, accs, grams, sse)
 
     def _data_pass(self, hooked, active, accs, grams, sse, seen, total):
         config = self.config

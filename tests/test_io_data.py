@@ -557,7 +557,9 @@ def test_named_inputs_errors(tmp_path):
         r"holds: 'input_ids', 'short', 'y'",
     ):
         open_dataset(path, inputs=("input_ids", "attention_mask"))
-    with pytest.raises(DataError, match=r"input 'input_ids' .* has N = 5 and input 'short' .* has N = 4"):
+    with pytest.raises(
+        DataError, match=r"input 'input_ids' .* has N = 5 and input 'short' .* has N = 4"
+    ):
         open_dataset(path, inputs=("input_ids", "short"))
     with pytest.raises(DataError, match=r"no array 'target' for the targets \(--y-key\)"):
         open_dataset(path, inputs=("input_ids",), y_key="target")

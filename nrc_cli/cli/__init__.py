@@ -37,7 +37,10 @@ class _NrcGroup(TyperGroup):
             sys.exit(130)
         except ClickException as err:
             sys.exit(report_usage_error(err))
-        except (KeyboardInterrupt, Exit, SystemExit):
+        except KeyboardInterrupt:
+            sys.stderr.write("error: interrupted\n")
+            sys.exit(130)
+        except (Exit, SystemExit):
             raise
         except Exception as exc:
             sys.exit(report_internal_error(exc, args))

@@ -1,9 +1,389 @@
-"""``nrc audit``: not built yet."""
+"""``nrc audit``: many checkpoints, one table; and ``nrc audit merge OUT IN...`` for shards."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+from typing import Annotated
+
 import typer
+
+from nrc_cli.cli import _options as o
+from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_console
+from nrc_cli.cli._output import emit
+from nrc_cli.cli.analyze import build_config
+from nrc_cli.errors import CheckFailed, ConfigError
+from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
+from nrc_cli.report.writers import check_output_path, csv_text, resolve_format
+
+# Options of this command only (the shared ones live in _options.py).
+Paths = Annotated[
+    list[str],
+    typer.Argument(
+        help="Checkpoints, folders (searched recursively) or quoted globs. "
+        "'merge OUT IN...' combines audit tables instead.",
+        metavar="PATH",
+        show_default=False,
+    ),
+]
+AuditData = Annotated[
+    str | None, typer.Option("--data", "-d", help="Data set: .npz with arrays x and y.")
+]
+AuditFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--format", "-f", help="table, csv or parquet (default: from --output, else table)."
+    ),
+]
+Errors = Annotated[
+    str | None,
+    typer.Option("--errors", help="Write failed checkpoints (path, error type, message) here."),
+]
+Jobs = Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")]
+Shard = Annotated[
+    str | None,
+    typer.Option("--shard", help="I/N: audit only the I-th of N deterministic slices."),
+]
+FailOnError = Annotated[
+    bool,
+    typer.Option("--fail-on-error", help="Exit with code 1 when any checkpoint failed."),
+]
+Fresh = Annotated[
+    bool,
+    typer.Option("--fresh", help="Ignore earlier progress in OUTPUT.parts/ and start over."),
+]
+
+_MERGE = "merge"
+_MAX_LISTED = 20
+_MAX_META = 3  # metadata columns shown in the terminal table
+_AUDIT_ONLY = (
+    "data",
+    "errors",
+    "jobs",
+    "shard",
+    "fail_on_error",
+    "fresh",
+    "x_key",
+    "y_key",
+    "batch_size",
+    "max_samples",
+    "rank",
+    "collapse_rule",
+    "arch",
+    "arch_kwargs",
+    "activation",
+    "layers",
+    "exclude",
+    "inputs",
+    "mask_key",
+    "output_key",
+    "no_prediction",
+    "memory_budget",
+    "svd",
+    "oversample",
+    "power_iters",
+    "seed",
+    "device",
+    "dtype",
+    "threads",
+)
+
+
+def audit(
+    ctx: typer.Context,
+    paths: Paths,
+    data: AuditData = None,
+    output: o.Output = None,
+    format: AuditFormat = None,
+    errors: Errors = None,
+    jobs: Jobs = 1,
+    shard: Shard = None,
+    fail_on_error: FailOnError = False,
+    fresh: Fresh = False,
+    x_key: o.XKey = "x",
+    y_key: o.YKey = "y",
+    batch_size: o.BatchSize = 1024,
+    max_samples: o.MaxSamples = None,
+    rank: o.Rank = None,
+    collapse_rule: o.CollapseRuleOpt = DEFAULT_COLLAPSE_RULE,
+    arch: o.Arch = None,
+    arch_kwargs: o.ArchKwargs = None,
+    activation: o.Activation = None,
+    layers: o.Layers = None,
+    exclude: o.Exclude = None,
+    inputs: o.Inputs = None,
+    mask_key: o.MaskKey = None,
+    output_key: o.OutputKey = None,
+    no_prediction: o.NoPrediction = False,
+    svd: o.Svd = "auto",
+    oversample: o.Oversample = 10,
+    power_iters: o.PowerIters = 4,
+    seed: o.Seed = 0,
+    device: o.Device = "cpu",
+    dtype: o.Dtype = "float32",
+    memory_budget: o.MemoryBudget = None,
+    threads: o.Threads = None,
+    quiet: o.Quiet = False,
+    debug: o.Debug = False,
+) -> None:
+    """Analyze many checkpoints on DATA into one tidy table: a row per (checkpoint, layer),
+    with every metadata key as a meta.* column.
+
+    Resumable: rerunning the same command analyzes only what is not in OUTPUT yet (progress is
+    kept in OUTPUT.parts/). Failed checkpoints go to --errors and the audit goes on.
+    'nrc audit merge OUT IN...' combines the outputs of --shard runs.
+    """
+    if paths and paths[0] == _MERGE:
+        _refuse_audit_options(ctx)
+        _merge(paths[1:], format=format, output=output, quiet=quiet)
+        return
+    from nrc_cli import audit as lib
+
+    if data is None:
+        raise ConfigError(
+            "nrc audit: expected --data DATA.npz (the data set every checkpoint is run on)",
+            hint="nrc audit zoo/ --data data.npz --output audit.parquet",
+        )
+    if output is None:
+        fmt = resolve_format(format, None, allowed=("table", "csv", "parquet"))
+    else:
+        fmt = resolve_format(format, output, allowed=("csv", "parquet"))
+    check_output_path(output)
+    check_output_path(errors)
+    if errors is not None:
+        lib.table_format(errors)
+    config = build_config(
+        "",
+        data,
+        x_key=x_key,
+        y_key=y_key,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        rank=rank,
+        collapse_rule=collapse_rule,
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        activation=activation,
+        svd=svd,
+        oversample=oversample,
+        power_iters=power_iters,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        layers=layers,
+        exclude=exclude,
+        memory_budget=memory_budget,
+        output_key=output_key,
+        no_prediction=no_prediction,
+        inputs=inputs,
+        mask_key=mask_key,
+    )
+    found = lib.discover(paths)
+    selection = lib.select_shard(found, lib.parse_shard(shard))
+    with _sigterm_exits(), _progress(quiet, len(selection)) as progress:
+        result = lib.run_audit(
+            selection,
+            config,
+            output=output,
+            fmt=fmt if output is not None else None,
+            jobs=jobs,
+            threads=threads,
+            fresh=fresh,
+            progress=progress,
+        )
+    if errors is not None:
+        lib.write_table(result.errors, errors)
+    if output is None:
+        _emit_stdout(result.frame, fmt)
+    _report(result, output=output, errors=errors, shard=shard, quiet=quiet)
+    if fail_on_error and result.failed:
+        raise CheckFailed(
+            f"{result.failed} of {result.total} checkpoint(s) failed",
+            hint=f"see {errors}" if errors else "list them with --errors errors.csv",
+        )
+
+
+def _refuse_audit_options(ctx: typer.Context) -> None:
+    # Compared by name: typer may carry its own copy of click's ParameterSource enum.
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in _AUDIT_ONLY
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    ]
+    if given:
+        raise ConfigError(
+            f"nrc audit merge: option(s) {', '.join(given)} apply to an audit, not to a merge",
+            hint="nrc audit merge OUT.parquet SHARD1.parquet SHARD2.parquet ...",
+        )
+
+
+def _merge(args: list[str], *, format: str | None, output: str | None, quiet: bool) -> None:
+    from nrc_cli import audit as lib
+
+    if output is not None:
+        raise ConfigError(
+            "nrc audit merge: the output is the first argument, found --output too",
+            hint="nrc audit merge OUT.parquet IN1.parquet IN2.parquet ...",
+        )
+    if len(args) < 2:
+        raise ConfigError(
+            f"nrc audit merge: expected OUT and at least one IN table, found {len(args)} path(s)",
+            hint="nrc audit merge OUT.parquet IN1.parquet IN2.parquet ...",
+        )
+    out, inputs = args[0], args[1:]
+    fmt = lib.table_format(out, format)
+    check_output_path(out)
+    frame = lib.merge_tables(inputs)
+    lib.write_table(frame, out, fmt)
+    if not quiet:
+        n = frame["checkpoint"].nunique() if len(frame) else 0
+        sys.stderr.write(
+            f"merged {len(inputs)} table(s): {n} checkpoint(s), {len(frame)} row(s) -> {out}\n"
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Turn SIGTERM (a batch scheduler's 'stop') into a normal exit, so that temporary files
+    are removed and worker processes are stopped; committed checkpoints stay committed."""
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, total: int):
+    """A progress bar over checkpoints (with ETA) on an interactive stderr, else nothing."""
+    if not progress_enabled(quiet) or total == 0:
+        yield None
+        return
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("audit"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} checkpoints"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(done: int, todo: int, checkpoint: str, status: str) -> None:
+            # Skipped checkpoints are not work: the bar (and its ETA) counts what is left to do.
+            bar.update(task, completed=done, total=todo, description=escape(checkpoint))
+
+        yield update
+
+
+def _emit_stdout(frame, fmt: str) -> None:
+    from nrc_cli import audit as lib
+
+    if fmt == "csv":
+        emit("csv", None, text=lambda: csv_text(frame))
+        return
+    stdout_console().print(_summary_table(lib.checkpoint_summary(frame)))
+
+
+def _summary_table(summary):
+    """One line per checkpoint: the metadata that varies, where it collapses, its MSE and the
+    last-layer NRC. Paths are shown below their common folder, named in the title."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from nrc_cli.audit import META_PREFIX
+    from nrc_cli.report.table import fmt
+
+    labels = [str(c) for c in summary["checkpoint"]]
+    common = os.path.commonpath(labels) if len(labels) > 1 else os.path.dirname(labels[0])
+    if not common or not all(label.startswith(common + "/") for label in labels):
+        common = ""
+    shown = [label[len(common) + 1 :] if common else label for label in labels]
+    # The settings of a sweep: metadata that varies but repeats (a per-run number such as
+    # train_mse is left to the table files).
+    varying = [
+        c
+        for c in summary.columns
+        if str(c).startswith(META_PREFIX)
+        and 1 < summary[c].nunique(dropna=False) < max(len(summary), 3)
+        and summary[c].astype("string").str.len().max() <= 16
+    ][:_MAX_META]
+    summary = summary.assign(
+        _collapse=[
+            None if _missing(i) else f"{int(i)} ({name})"
+            for i, name in zip(
+                summary["first_collapsed_index"], summary["first_collapsed_layer"], strict=True
+            )
+        ]
+    )
+    columns = [(c, c.removeprefix(META_PREFIX)) for c in varying]
+    columns += [
+        ("layers", "layers"),
+        ("_collapse", "collapsed from"),
+        ("model_mse", "model_mse"),
+        ("nrc1_last", "nrc1_last"),
+        ("nrc3_last", "nrc3_last"),
+    ]
+    title = "Deep NRC audit" + (f" of {common}/" if common else "")
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column("checkpoint", no_wrap=True)
+    for name, header in columns:
+        left = name == "_collapse"
+        table.add_column(header, justify="left" if left else "right", no_wrap=left)
+    for label, record in zip(shown, summary.to_dict("records"), strict=True):
+        cells = [escape(label)]
+        for name, _ in columns:
+            value = record.get(name)
+            value = None if _missing(value) else value
+            cells.append(escape(fmt(value.item() if hasattr(value, "item") else value)))
+        table.add_row(*cells)
+    return table
+
+
+def _missing(value) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
+def _report(result, *, output: str | None, errors: str | None, shard, quiet: bool) -> None:
+    """The closing lines on stderr: each failure (unless --quiet), then the counts."""
+    err = sys.stderr
+    if not quiet:
+        for record in result.errors.to_dict("records")[:_MAX_LISTED]:
+            err.write(
+                f"warning: failed: {record['checkpoint']}: {record['error_type']}: "
+                f"{record['message']}\n"
+            )
+        if result.failed > _MAX_LISTED:
+            err.write(f"warning: ... and {result.failed - _MAX_LISTED} more failed\n")
+    where = f" -> {output}" if output else ""
+    scope = f" (shard {shard})" if shard else ""
+    line = (
+        f"audit{scope}: {result.total} checkpoint(s): {result.analyzed} analyzed, "
+        f"{result.skipped} skipped (already done), {result.failed} failed; "
+        f"{len(result.frame)} row(s){where}"
+    )
+    if errors is not None:
+        line += f"; errors -> {errors}"
+    err.write(line + "\n")
+    err.flush()
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (nothing yet)."""
+    """Add ``nrc audit`` (with its ``merge`` mode) to the app."""
+    app.command("audit")(audit)

@@ -1,9 +1,164 @@
-"""``nrc plot``: not built yet."""
+"""``nrc plot``: a report's layer profile, or a metric across an audit, as PNG or SVG."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from nrc_cli.cli import _options as o
+from nrc_cli.errors import ConfigError, DataError
+
+Input = Annotated[
+    str,
+    typer.Argument(
+        help="A report (.json from nrc analyze) or a table (.parquet/.csv from nrc audit or "
+        "nrc analyze).",
+        metavar="REPORT",
+        show_default=False,
+    ),
+]
+FigureOutput = Annotated[
+    str | None, typer.Option("--output", "-o", help="The figure: a .png or .svg file.")
+]
+FigureFormat = Annotated[
+    str | None, typer.Option("--format", "-f", help="png or svg (default: from --output).")
+]
+X = Annotated[
+    str | None,
+    typer.Option(
+        "--x",
+        help="Plot --metric against this column across checkpoints: a metadata key "
+        "(weight_decay, or meta.weight_decay) or any column.",
+    ),
+]
+Metric = Annotated[str, typer.Option("--metric", help="The column on the y axis of an --x plot.")]
+Hue = Annotated[
+    str | None,
+    typer.Option("--hue", help="One line per value of this column (default: one per layer)."),
+]
+Layer = Annotated[
+    str | None,
+    typer.Option(
+        "--layer", help="Keep one layer of an --x plot: name, 1-based index, or -1 for the last."
+    ),
+]
+CheckpointOpt = Annotated[
+    str | None,
+    typer.Option("--checkpoint", help="The checkpoint to profile when a table holds several."),
+]
+Title = Annotated[str | None, typer.Option("--title", help="Figure title.")]
+XScale = Annotated[
+    str, typer.Option("--xscale", help="auto, linear, log or symlog (for --x plots).")
+]
+YScale = Annotated[str, typer.Option("--yscale", help="auto, linear or log (for --x plots).")]
+
+
+def plot(
+    report: Input,
+    output: FigureOutput = None,
+    format: FigureFormat = None,
+    x: X = None,
+    metric: Metric = "nrc3_alignment",
+    hue: Hue = None,
+    layer: Layer = None,
+    checkpoint: CheckpointOpt = None,
+    title: Title = None,
+    xscale: XScale = "auto",
+    yscale: YScale = "auto",
+    quiet: o.Quiet = False,
+    debug: o.Debug = False,
+) -> None:
+    """Draw REPORT: the layer profile (NRC1-4 by layer, first collapsed layer marked) of one
+    report, or with --x, --metric against a metadata column of an audit."""
+    from nrc_cli.report import plot as draw
+
+    if output is None:
+        raise ConfigError(
+            "nrc plot: expected --output FIGURE.png or FIGURE.svg, found none",
+            hint="figures are files: nrc plot run.json --output profile.png",
+        )
+    draw.image_format(output, format)
+    from nrc_cli.report.writers import check_output_path
+
+    check_output_path(output)
+    suffix = Path(report).suffix.lower()
+    if suffix == ".json":
+        if x is not None or hue is not None or layer is not None:
+            raise ConfigError(
+                f"'{report}': a single report has one checkpoint; --x, --hue and --layer "
+                "plot a table of many (nrc audit ... --output audit.parquet)",
+            )
+        shown = draw.plot_profile(_read_report(report), output, fmt=format, title=title)
+        what = f"layer profile of {len(shown.layers)} layers"
+    elif suffix in (".parquet", ".csv"):
+        from nrc_cli import audit as lib
+
+        frame = lib.read_table(report)
+        if x is None:
+            if hue is not None or layer is not None:
+                raise ConfigError("--hue and --layer go with --x COLUMN", hint="add --x COLUMN")
+            results = draw.results_from_table(frame, checkpoint)
+            shown = draw.plot_profile(results, output, fmt=format, title=title)
+            what = f"layer profile of {len(shown.layers)} layers"
+        else:
+            x_col = lib.resolve_column(frame, x, flag="--x")
+            metric_col = lib.resolve_column(frame, metric, flag="--metric")
+            hue_col = lib.resolve_column(frame, hue, flag="--hue") if hue else None
+            shown = draw.plot_metric(
+                frame,
+                output,
+                x=x_col,
+                metric=metric_col,
+                hue=hue_col,
+                layer=layer,
+                fmt=format,
+                title=title,
+                xscale=xscale,
+                yscale=yscale,
+            )
+            what = f"{metric_col} against {x_col}, {len(shown.series)} line(s)"
+    else:
+        raise ConfigError(
+            f"'{report}': expected a report (.json) or a table (.parquet, .csv), "
+            f"found suffix '{Path(report).suffix}'",
+        )
+    if not quiet:
+        sys.stderr.write(f"wrote {output}: {what}\n")
+
+
+def _read_report(path: str):
+    """A JSON report of ``nrc analyze``, checked enough to name what is wrong."""
+    from nrc_cli.results import Results
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"'{path}': report not found", hint="check the path")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"'{path}': not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or "layers" not in doc or "summary" not in doc:
+        raise DataError(
+            f"'{path}': expected a report with 'summary' and 'layers' "
+            "(nrc analyze --format json), found "
+            + (f"keys {', '.join(sorted(doc)[:8])}" if isinstance(doc, dict) else "no object"),
+            hint="write one with: nrc analyze MODEL --data DATA --output run.json",
+        )
+    layers = doc["layers"]
+    if not isinstance(layers, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("index"), int) for r in layers
+    ):
+        raise DataError(
+            f"'{path}': 'layers' must be a list of objects with an integer 'index'",
+            hint="write the report with: nrc analyze MODEL --data DATA --output run.json",
+        )
+    return Results.from_dict(doc)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (nothing yet)."""
+    """Add ``nrc plot`` to the app."""
+    app.command("plot")(plot)
