@@ -137,14 +137,14 @@ def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLaye
         )
         if built.in_features is not None and data.x_sample_shape[-1] != built.in_features:
             raise DataError(
-                f"{config.data}: array '{config.x_key}' has {data.x_sample_shape[-1]} features "
+                f"{config.data}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
                 f"(shape {list(data.x_info.shape)}), but the model's first layer "
                 f"'{built.spec.blocks[0].linear}' expects {built.in_features}",
                 hint="is this the data the model was trained on? pick arrays with --x-key",
             )
         if built.out_features is not None and data.target_dim != built.out_features:
             raise DataError(
-                f"{config.data}: array '{config.y_key}' has {data.target_dim} target column(s) "
+                f"{config.data}: targets '{data.y_info.key}' have {data.target_dim} column(s) "
                 f"(shape {list(data.y_info.shape)}), but the model outputs {built.out_features}",
                 hint="pick the target array with --y-key",
             )

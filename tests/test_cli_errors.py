@@ -92,13 +92,13 @@ def test_zero_samples(case, out_dir):
 def test_feature_count_differs_from_the_model_input(case, out_dir):
     save_npz(case.data, x=np.ones((60, 5), np.float32), y=case.y)
     line, _ = _analyze(case.checkpoint, case.data, out_dir)
-    assert re.search(r"array 'x' has 5 features .*first layer 'net\.0' expects 4", line)
+    assert re.search(r"input 'x' has 5 features .*first layer 'net\.0' expects 4", line)
 
 
 def test_target_width_differs_from_the_model_output(case, out_dir):
     save_npz(case.data, x=case.x, y=np.ones((60, 3), np.float32))
     line, err = _analyze(case.checkpoint, case.data, out_dir)
-    assert re.search(r"array 'y' has 3 target column\(s\) .*the model outputs 2", line)
+    assert re.search(r"targets 'y' have 3 column\(s\) .*the model outputs 2", line)
     assert "--y-key" in _hint(err)
 
 

@@ -8,8 +8,17 @@ import typer
 
 from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
 
-Checkpoint = Annotated[str, typer.Argument(help="Checkpoint: .safetensors, .pt or .pth.")]
-Data = Annotated[str, typer.Option("--data", "-d", help="Data set: .npz with arrays x and y.")]
+Checkpoint = Annotated[
+    str,
+    typer.Argument(
+        help="Checkpoint: .safetensors, .pt/.pth, a model folder (single or sharded "
+        "safetensors), or a *.index.json."
+    ),
+]
+Data = Annotated[
+    str,
+    typer.Option("--data", "-d", help="Data set: .npz with arrays x and y, or a .toml data spec."),
+]
 XKey = Annotated[str, typer.Option("--x-key", help="Name of the input array in the data file.")]
 YKey = Annotated[str, typer.Option("--y-key", help="Name of the target array in the data file.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")]

@@ -29,6 +29,9 @@ def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -
     doc: dict = {
         "checkpoint": str(checkpoint),
         "format": ckpt.format,
+        "container": getattr(ckpt, "container", "file"),
+        "files": [str(f) for f in getattr(ckpt, "files", None) or [ckpt.path]],
+        "config_json": getattr(ckpt, "config", None) is not None,
         "n_parameters": ckpt.n_parameters,
         "metadata": dict(ckpt.metadata),
         "tensors": [
