@@ -20,59 +20,66 @@ from nrc_cli.report.writers import (
 )
 from nrc_cli.results import Results
 
+# The analysis options every analyzing command (analyze, check, audit) takes, by parameter name.
+ANALYSIS_OPTIONS = (
+    "x_key",
+    "y_key",
+    "batch_size",
+    "max_samples",
+    "rank",
+    "collapse_rule",
+    "arch",
+    "arch_kwargs",
+    "activation",
+    "layers",
+    "exclude",
+    "inputs",
+    "mask_key",
+    "output_key",
+    "no_prediction",
+    "svd",
+    "oversample",
+    "power_iters",
+    "seed",
+    "device",
+    "dtype",
+    "memory_budget",
+)
 
-def build_config(
-    checkpoint: str,
-    data: str,
-    *,
-    x_key: str,
-    y_key: str,
-    batch_size: int,
-    max_samples: int | None,
-    rank: int | None,
-    collapse_rule: str,
-    arch: str | None,
-    arch_kwargs: str | None,
-    activation: str | None,
-    svd: str,
-    oversample: int,
-    power_iters: int,
-    seed: int,
-    device: str,
-    dtype: str,
-    layers: list[str] | None,
-    exclude: list[str] | None,
-    memory_budget: str | None = None,
-    output_key: str | None = None,
-    no_prediction: bool = False,
-    inputs: list[str] | None = None,
-    mask_key: str | None = None,
-) -> AnalyzeConfig:
+
+def build_config(checkpoint: str, data: str, options: dict) -> AnalyzeConfig:
+    """The frozen analysis config from a command's parameters.
+
+    ``options`` is the command's ``locals()`` (or any mapping holding every name of
+    ``ANALYSIS_OPTIONS``); other entries are ignored, so each command declares the shared
+    options once in its signature and passes them on in one line.
+    """
+    opt = {name: options[name] for name in ANALYSIS_OPTIONS}
     config = AnalyzeConfig(
         checkpoint=checkpoint,
         data=data,
-        x_key=x_key,
-        y_key=y_key,
-        batch_size=batch_size,
-        max_samples=max_samples,
-        rank=rank,
-        collapse_rule=collapse_rule,
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        activation=activation,
-        svd=svd,
-        oversample=oversample,
-        power_iters=power_iters,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        layers=tuple(layers or ()),
-        exclude=tuple(exclude or ()),
-        memory_budget=memory_budget,
-        output_key=output_key,
-        prediction=not no_prediction,
-        inputs=tuple(inputs or ()),
-        mask_key=mask_key,
+        x_key=opt["x_key"],
+        y_key=opt["y_key"],
+        batch_size=opt["batch_size"],
+        max_samples=opt["max_samples"],
+        rank=opt["rank"],
+        collapse_rule=opt["collapse_rule"],
+        arch=opt["arch"],
+        arch_kwargs=opt["arch_kwargs"],
+        activation=opt["activation"],
+        svd=opt["svd"],
+        oversample=opt["oversample"],
+        power_iters=opt["power_iters"],
+        seed=opt["seed"],
+        device=opt["device"],
+        dtype=opt["dtype"],
+        layers=tuple(opt["layers"] or ()),
+        exclude=tuple(opt["exclude"] or ()),
+        memory_budget=opt["memory_budget"],
+        output_key=opt["output_key"],
+        prediction=not opt["no_prediction"],
+        inputs=tuple(opt["inputs"] or ()),
+        mask_key=opt["mask_key"],
     )
     config.validate()
     return config
@@ -176,32 +183,7 @@ def analyze(
     """Stream DATA through CHECKPOINT once and report Deep NRC for every weight layer."""
     fmt = resolve_format(format, output)
     check_output_path(output)
-    config = build_config(
-        checkpoint,
-        data,
-        x_key=x_key,
-        y_key=y_key,
-        batch_size=batch_size,
-        max_samples=max_samples,
-        rank=rank,
-        collapse_rule=collapse_rule,
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        activation=activation,
-        svd=svd,
-        oversample=oversample,
-        power_iters=power_iters,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        layers=layers,
-        exclude=exclude,
-        memory_budget=memory_budget,
-        output_key=output_key,
-        no_prediction=no_prediction,
-        inputs=inputs,
-        mask_key=mask_key,
-    )
+    config = build_config(checkpoint, data, locals())
     results = run_with_progress(config, quiet=quiet, threads=threads)
     emit_results(results, fmt, output)
 

@@ -154,32 +154,7 @@ def audit(
     check_output_path(errors)
     if errors is not None:
         lib.table_format(errors)
-    config = build_config(
-        "",
-        data,
-        x_key=x_key,
-        y_key=y_key,
-        batch_size=batch_size,
-        max_samples=max_samples,
-        rank=rank,
-        collapse_rule=collapse_rule,
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        activation=activation,
-        svd=svd,
-        oversample=oversample,
-        power_iters=power_iters,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        layers=layers,
-        exclude=exclude,
-        memory_budget=memory_budget,
-        output_key=output_key,
-        no_prediction=no_prediction,
-        inputs=inputs,
-        mask_key=mask_key,
-    )
+    config = build_config("", data, locals())
     found = lib.discover(paths)
     selection = lib.select_shard(found, lib.parse_shard(shard))
     with _sigterm_exits(), _progress(quiet, len(selection)) as progress:

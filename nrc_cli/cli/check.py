@@ -157,12 +157,17 @@ def check(
     activation: o.Activation = None,
     layers: o.Layers = None,
     exclude: o.Exclude = None,
+    inputs: o.Inputs = None,
+    mask_key: o.MaskKey = None,
+    output_key: o.OutputKey = None,
+    no_prediction: o.NoPrediction = False,
     svd: o.Svd = "auto",
     oversample: o.Oversample = 10,
     power_iters: o.PowerIters = 4,
     seed: o.Seed = 0,
     device: o.Device = "cpu",
     dtype: o.Dtype = "float32",
+    memory_budget: o.MemoryBudget = None,
     threads: o.Threads = None,
     format: CheckFormat = None,
     output: o.Output = None,
@@ -208,27 +213,7 @@ def check(
     if report is not None:
         results = load_report(report, option="--report")
     else:
-        config = build_config(
-            checkpoint,
-            data,
-            x_key=x_key,
-            y_key=y_key,
-            batch_size=batch_size,
-            max_samples=max_samples,
-            rank=rank,
-            collapse_rule=collapse_rule,
-            arch=arch,
-            arch_kwargs=arch_kwargs,
-            activation=activation,
-            svd=svd,
-            oversample=oversample,
-            power_iters=power_iters,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            layers=layers,
-            exclude=exclude,
-        )
+        config = build_config(checkpoint, data, locals())
         fresh = run_with_progress(config, quiet=quiet, threads=threads)
         # Through the saved-report schema, so gating a fresh analysis and gating its saved
         # report see the very same values (NaN -> null, schema columns only).
