@@ -1,0 +1,61 @@
+"""The README's opening commands and Python example run as written."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nrc_cli.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(lang: str = "") -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", README, flags=re.S | re.M)
+
+
+def test_first_block_installs_then_analyzes_the_sample(monkeypatch):
+    first = blocks()[0].strip().splitlines()
+    assert (
+        first[0].startswith("pip install torch==2.13.0") and 'pip install -e ".[dev]"' in first[0]
+    )
+    monkeypatch.chdir(ROOT)
+    args = shlex.split(first[1])
+    assert args[:2] == ["nrc", "analyze"]
+    result = CliRunner().invoke(app, args[1:], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.stderr
+    assert "collapsed from layer `net.2` (layers 2–6 of 6) under nrc1_noise<=0.2" in result.stdout
+
+
+def test_the_side_by_side_tables_are_what_nrc_prints(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for model in ("mlp_wd", "mlp_nowd"):
+        command = f"nrc analyze sample_checkpoints/{model}.safetensors --data sample_checkpoints/lowrank.npz"
+        assert f"(`{command}`)" in README
+        shown = README[README.index(f"(`{command}`)") :]
+        shown = shown[shown.index("```\n") + 4 : shown.index("\n```", shown.index("```\n") + 4)]
+        result = CliRunner().invoke(app, shlex.split(command)[1:], env={"COLUMNS": "160"})
+        assert result.exit_code == 0
+        printed = [" ".join(line.split()) for line in result.stdout.splitlines()]
+        for line in shown.splitlines():
+            assert " ".join(line.split()) in printed, line
+
+
+def test_python_example_runs(monkeypatch):
+    (code,) = [b for b in blocks("python") if "from nrc_cli import analyze" in b]
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    frame = namespace["results"].to_frame()
+    assert list(frame["layer"]) == ["net.0", "net.2", "net.4", "net.6", "net.8", "net.10"]
+
+
+@pytest.mark.parametrize("path", ["docs/metrics.md", "docs/data-spec.md"])
+def test_linked_docs_exist(path):
+    assert f"({path})" in README
+    assert (ROOT / path).is_file()
