@@ -282,9 +282,17 @@ class _Analysis:
         state: dict = {}
 
         def on_features(name: str, z: torch.Tensor) -> None:
-            bad = ~torch.isfinite(z).all(dim=1)
-            if bool(bad.any()):
-                row = int(bad.nonzero()[0])
+            # One reduction finds any nan/inf (they propagate into the sum); only then is the
+            # batch scanned row by row for the first bad sample.
+            if not bool(torch.isfinite(z.sum())):
+                bad = ~torch.isfinite(z).all(dim=1)
+                row = int(bad.nonzero()[0]) if bool(bad.any()) else None
+                if row is None:
+                    raise DataError(
+                        f"layer '{name}': features too large to sum in float64 in the batch "
+                        f"starting at sample {state['start']}",
+                        hint="check the input scale",
+                    )
                 raise DataError(
                     f"layer '{name}': non-finite features (nan or inf) at sample "
                     f"{state['start'] + row}",

@@ -135,9 +135,28 @@ def weight_input_basis(
     if randomized and rank is not None:
         s, b = randomized_svd(a, min(rank, *a.shape), **randomized)
     else:
-        _, s, vh = torch.linalg.svd(a, full_matrices=False)
-        b = vh.T
+        s, b = _right_singular(a)
     return WeightBasis(b, float(s[0]) if s.numel() else 0.0, fro2)
+
+
+def _right_singular(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (descending) and right singular vectors of ``a`` (q×p), all of them.
+
+    Through the eigendecomposition of the smaller Gram matrix, which costs about a third of a
+    full SVD at width 1024 (0.4 s against 1.0 s, the largest fixed cost of an analysis). The
+    Gram squares the condition number, which only blurs directions with σ ≲ 1e-8·σ_1; when such
+    a direction would be needed to complete the basis from the q×q side, the SVD is used.
+    """
+    q, p = a.shape
+    if p <= q:
+        lam, v = torch.linalg.eigh(a.T @ a)
+        return lam.flip(0).clamp_min(0.0).sqrt(), v.flip(1)
+    lam, u = torch.linalg.eigh(a @ a.T)
+    s = lam.flip(0).clamp_min(0.0).sqrt()
+    if s.numel() == 0 or float(s[-1]) <= 1e-6 * float(s[0]):
+        _, s, vh = torch.linalg.svd(a, full_matrices=False)
+        return s, vh.T
+    return s, (a.T @ u.flip(1)) / s
 
 
 def layer_metrics(
