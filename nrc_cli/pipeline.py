@@ -62,7 +62,7 @@ class AnalyzeConfig:
     oversample: int = 10
     power_iters: int = 4
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     dtype: str = "float32"
     layers: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)

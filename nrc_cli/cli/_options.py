@@ -58,7 +58,10 @@ Svd = Annotated[
 Oversample = Annotated[int, typer.Option("--oversample", help="Randomized SVD oversampling.")]
 PowerIters = Annotated[int, typer.Option("--power-iters", help="Randomized SVD power iterations.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for every randomized step.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:i].")]
+Device = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA when available, else CPU), cpu or cuda[:i]."),
+]
 Dtype = Annotated[
     str, typer.Option("--dtype", help="Forward-pass dtype: float32, bfloat16 or float16.")
 ]

@@ -171,7 +171,7 @@ def analyze(
     oversample: o.Oversample = 10,
     power_iters: o.PowerIters = 4,
     seed: o.Seed = 0,
-    device: o.Device = "cpu",
+    device: o.Device = "auto",
     dtype: o.Dtype = "float32",
     memory_budget: o.MemoryBudget = None,
     threads: o.Threads = None,
