@@ -188,11 +188,9 @@ class NormalizedGram:
         z = z.to(device=device, dtype=_F64)
         norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
         h = torch.where(norms > 0, z / torch.where(norms > 0, norms, 1.0), 0.0)
-        g = h.T @ h
         if self.gram is None:
-            self.gram = g
-        else:
-            self.gram.add_(g)
+            self.gram = torch.zeros(h.shape[1], h.shape[1], dtype=_F64, device=h.device)
+        add_gram_(self.gram, h)
         self.n += z.shape[0]
 
     def merge(self, other: NormalizedGram) -> NormalizedGram:
