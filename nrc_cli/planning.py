@@ -1,7 +1,7 @@
 """How the accumulation fits in memory: which layers go in which data pass, exact or sketched.
 
 Every selected layer needs its float64 state for the whole pass: Σzzᵀ (p×p) and Σzyᵀ (p×t) in
-exact mode, or Σ_Z·Ω (p×s) with s = rank + oversample in sketch mode (O(p·s)). While a batch is
+exact mode, or Σ_Z·Ω (p×s) with s = max(rank + oversample, 128) in sketch mode (O(p·s)). While a batch is
 folded in, one layer at a time also holds that batch's features (b×p, twice: raw and centred)
 and one block of its co-moment matrix (256×p exact, p×s sketched). The plan keeps, for every pass,
 
@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from nrc_cli.errors import ConfigError
 
 _F64 = 8
+# A single pass allows no power iterations, so the sketch gets more columns than k + oversample:
+# at 128 its memory is still O(p) (1 MB per 1000 features) and its cost per batch b·p·128.
+MIN_SKETCH = 128
 DEFAULT_BUDGET_FRACTION = 0.5
 _UNITS = {
     "": 1,
@@ -90,7 +93,7 @@ def layer_need(
     name: str, p: int, t: int, k: int, *, oversample: int, batch: int, head: bool
 ) -> LayerNeed:
     """Bytes of state and per-batch temporaries for one layer of width p (see module doc)."""
-    s = min(p, min(k, p) + oversample)
+    s = min(p, max(min(k, p) + oversample, MIN_SKETCH))
     features = 2 * batch * p
     exact_state = p * p + p * t + t * t + 2 * p + 2 * t
     if head:  # the normalised Gram of a possible regression head
