@@ -194,8 +194,9 @@ class _Analysis:
         self.model: nn.Module = built.module.to(device=device, dtype=DTYPES[config.dtype])
         self.t = data.target_dim
         self.k = config.rank or self.t
-        # The head is known only after the first forward pass; the normalised Gram is cheap
-        # next to the covariance, so keep it for every Linear that could be a head (t outputs).
+        # The head is known only after the first forward pass, so the normalised Gram of the
+        # last-layer NRC is kept for every Linear that could be one (t outputs): in practice
+        # only the head itself has that width.
         self.heads = {
             w.name
             for w in layers

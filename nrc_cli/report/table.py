@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nrc_cli.results import Results
+from nrc_cli.results import LAYER_COLUMNS, Results
 
 DASH = "–"
 # Table headers may abbreviate (METRICS.md); machine formats never do.
@@ -26,22 +26,8 @@ _HEADERS = {
     "stable_rank_w": "srank_w",
     "collapsed": "collapsed",
 }
-_LAYER_COLS = (
-    "index",
-    "layer",
-    "type",
-    "in_dim",
-    "rank",
-    "nrc1_noise",
-    "nrc2_cka",
-    "nrc2_cka_signal",
-    "nrc3_alignment",
-    "nrc4_probe_mse",
-    "nrc4_ratio",
-    "stable_rank_h",
-    "stable_rank_w",
-    "collapsed",
-)
+# Every per-layer column but the free-text note, with the index first.
+_LAYER_COLS = ("index", *(n for n, _ in LAYER_COLUMNS if n not in ("index", "note")))
 
 
 def fmt(value) -> str:
