@@ -71,7 +71,12 @@ def weight_layers(
 
 
 def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Pool a layer input to (batch, p) in float64 (METRICS.md pooling rules).
+    """Pool a layer input to (batch, p), returned in float64 (METRICS.md pooling rules).
+
+    A 2-D Linear input is converted exactly. Means over tokens or spatial positions are taken in
+    the activation's own precision (at least float32), with torch's cascaded summation, and then
+    converted: casting a whole conv activation to float64 first would cost more than the
+    forward pass itself, for a difference far below the float32 forward's own rounding.
 
     ``mask`` (batch, T), when given, turns the token mean of a (batch, T, p) Linear input into a
     masked mean over the tokens where the mask is non-zero (padding ignored).
@@ -81,13 +86,18 @@ def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None)
             return inp.to(torch.float64)
         if inp.ndim < 2:
             return inp.reshape(1, -1).to(torch.float64)
+        work = _at_least_float32(inp)
         if mask is not None and inp.ndim == 3 and tuple(mask.shape) == tuple(inp.shape[:2]):
-            w = (mask != 0).to(torch.float64)
-            total = (inp.to(torch.float64) * w.unsqueeze(-1)).sum(dim=1)
-            return total / w.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return inp.mean(dim=tuple(range(1, inp.ndim - 1)), dtype=torch.float64)
+            w = (mask != 0).to(work.dtype)
+            total = (work * w.unsqueeze(-1)).sum(dim=1).to(torch.float64)
+            return total / w.sum(dim=1, keepdim=True).to(torch.float64).clamp_min(1.0)
+        return work.mean(dim=tuple(range(1, inp.ndim - 1))).to(torch.float64)
     # Conv: (batch, channels, *spatial) -> mean over spatial positions.
-    return inp.mean(dim=tuple(range(2, inp.ndim)), dtype=torch.float64)
+    return _at_least_float32(inp).mean(dim=tuple(range(2, inp.ndim))).to(torch.float64)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
 
 
 FeatureCallback = Callable[[str, torch.Tensor], None]
