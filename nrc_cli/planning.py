@@ -1,9 +1,10 @@
 """How the accumulation fits in memory: which layers go in which data pass, exact or sketched.
 
 Every selected layer needs its float64 state for the whole pass: Σzzᵀ (p×p) and Σzyᵀ (p×t) in
-exact mode, or Σ_Z·Ω (p×s) with s = max(rank + oversample, 128) in sketch mode (O(p·s)). While a batch is
-folded in, one layer at a time also holds that batch's features (b×p, twice: raw and centred)
-and one block of its co-moment matrix (256×p exact, p×s sketched). The plan keeps, for every pass,
+exact mode, or Σ_Z·Ω (p×s) with s = max(rank + oversample, 128) in sketch mode (O(p·s)). While
+a batch is folded in, one layer at a time also holds that batch's features (b×p, twice: raw and
+centred) and, when sketched, their product with Ω; exact co-moments are added in place. The
+plan keeps, for every pass,
 
     Σ_layers state  +  max_layers per-batch temporaries  <=  budget
 
@@ -102,7 +103,7 @@ def layer_need(
         name=name,
         p=p,
         exact_state=_F64 * exact_state,
-        exact_temp=_F64 * (min(p, 256) * p + features),
+        exact_temp=_F64 * features,
         sketch_state=_F64 * (2 * p * s + 3 * p + p * t + t * t),
         sketch_temp=_F64 * (p * s + features),
         sketch_size=s,

@@ -201,7 +201,7 @@ def test_parse_size_refuses_nonsense(text):
 
 
 def test_plan_splits_passes_then_sketches():
-    needs = [layer_need(f"l{i}", 256, 2, 2, oversample=10, batch=64, head=False) for i in range(4)]
+    needs = [layer_need(f"l{i}", 1024, 2, 2, oversample=10, batch=64, head=False) for i in range(4)]
     one = needs[0].exact_state + needs[0].exact_temp
     assert len(make_plan(needs, 10 * one).passes) == 1
     split = make_plan(needs, one + needs[0].exact_state)
@@ -253,7 +253,7 @@ def analyze_json(ckpt, data, *args) -> dict:
 
 def test_several_passes_give_the_one_pass_numbers(wide_case):
     one = analyze_json(*wide_case, "--batch-size", "64")
-    many = analyze_json(*wide_case, "--batch-size", "64", "--memory-budget", "2MB", "-q")
+    many = analyze_json(*wide_case, "--batch-size", "64", "--memory-budget", "1.5MB", "-q")
     assert one["summary"]["passes"] == 1
     assert many["summary"]["passes"] > 1
     assert {row["accumulator"] for row in many["summary"]["plan"]["layers"]} == {"exact"}

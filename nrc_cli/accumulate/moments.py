@@ -16,25 +16,14 @@ import torch
 _F64 = torch.float64
 
 
-_GRAM_BLOCK = 256
-
-
 def add_gram_(target: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """target += aᵀa, in place, computing only the blocks on and above the diagonal.
+    """target += aᵀa, in place, with one GEMM straight into the accumulator.
 
-    aᵀa is symmetric, so for p ≥ 2·256 the upper block rows are multiplied and mirrored:
-    about 5/8 of the flops of the full product at p = 1024 (measured 20–25% faster in float64).
+    Computing only the upper blocks of the symmetric product saves flops on one thread but was
+    measured 2.5× slower on two (small GEMMs parallelise poorly and the mirrored adds are
+    strided), so the full product it is; no p×p temporary is allocated either way.
     """
-    p = a.shape[1]
-    if p < 2 * _GRAM_BLOCK:
-        return target.addmm_(a.T, a)
-    for i in range(0, p, _GRAM_BLOCK):
-        j = min(i + _GRAM_BLOCK, p)
-        block = a[:, i:j].T @ a[:, i:]
-        target[i:j, i:] += block
-        if j < p:
-            target[j:, i:j] += block[:, j - i :].T
-    return target
+    return target.addmm_(a.T, a)
 
 
 @dataclass(frozen=True)
