@@ -1,0 +1,56 @@
+"""The floor: a bare forward pass over the data, nothing measured.
+
+Streams ``x`` from the same ``.npz`` file that ``nrc analyze`` reads (memory-mapped, one copied
+batch at a time, the same batch size), runs the model under ``torch.inference_mode`` and throws the
+output away. Writes the in-process timings to ``--json``.
+
+    python benchmarks/bare_forward.py --factory mlp --kwargs '{"in_dim": 32}' \\
+        --ckpt model.safetensors --data data.npz --n 100000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import common
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--factory", required=True, help="a factory of benchmarks/models.py")
+    ap.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the factory")
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--n", type=int, required=True, help="use the first N samples")
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--json", required=True, help="where to write timings")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    model = common.load_model(args.factory, args.kwargs, args.ckpt)
+    t_load = time.perf_counter() - t0
+    seen = 0
+    checksum = 0.0
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        for x, _ in common.batches(args.data, args.n, args.batch_size, with_y=False):
+            out = model(x)
+            checksum += float(out[0, 0])  # keep the result alive; costs nothing
+            seen += x.shape[0]
+    t_pass = time.perf_counter() - t1
+    common.write_json(
+        args.json,
+        {
+            "n_samples": seen,
+            "load_s": t_load,
+            "pass_s": t_pass,
+            "threads": torch.get_num_threads(),
+            "checksum": checksum,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
