@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nrc_cli._threads import single_threaded
 from nrc_cli.errors import ConfigError, DataError
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -155,7 +156,10 @@ class Capture:
             if name not in self.order:
                 self.order.append(name)
             if self.active is None or name in self.active:
-                self.callback(name, pool(module, args[0].detach(), self.mask))
+                inp = args[0].detach()
+                with single_threaded(inp.device):
+                    features = pool(module, inp, self.mask)
+                self.callback(name, features)
 
         return hook
 

@@ -30,10 +30,9 @@ References
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
+from nrc_cli._threads import single_threaded
 from nrc_cli.errors import ConfigError
 
 __all__ = [
@@ -536,20 +535,3 @@ def randomized_svd(
         Q, _ = torch.linalg.qr(W.T @ (W @ Q))
     _, s, vbh = torch.linalg.svd(W @ Q, full_matrices=False)
     return s[:rank], _fix_signs(Q @ vbh[:rank].T)
-
-
-@contextmanager
-def single_threaded():
-    """Run the enclosed LAPACK calls on one CPU thread.
-
-    The dense eigensolvers and SVDs here work on matrices of at most a few thousand rows, where
-    LAPACK's threading gains little; on a busy machine its OpenMP threads spin against other
-    processes and a 1024×1024 ``eigh`` was measured at 0.9 to 25 s on two threads against a
-    steady 0.4 s on one. Matrix products outside this block keep every thread.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

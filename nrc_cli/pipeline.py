@@ -285,7 +285,9 @@ class _Analysis:
         def on_features(name: str, z: torch.Tensor) -> None:
             # One reduction finds any nan/inf (they propagate into the sum); only then is the
             # batch scanned row by row for the first bad sample.
-            if not bool(torch.isfinite(z.sum())):
+            with single_threaded(z.device):
+                total = z.sum()
+            if not bool(torch.isfinite(total)):
                 bad = ~torch.isfinite(z).all(dim=1)
                 row = int(bad.nonzero()[0]) if bool(bad.any()) else None
                 if row is None:

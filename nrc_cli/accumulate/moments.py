@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nrc_cli._threads import single_threaded
+
 _F64 = torch.float64
 
 
@@ -83,29 +85,31 @@ class CrossMoments:
         if b == 0:
             return
         device = self.device if self.device is not None else z.device
-        z = z.to(device=device, dtype=_F64)
-        y = y.to(device=device, dtype=_F64)
-        mz = z.mean(dim=0)
-        my = y.mean(dim=0)
-        zc = z - mz
-        yc = y - my
-        if self.n == 0:
-            p, t = z.shape[1], y.shape[1]
-            self.n, self.mean_z, self.mean_y = 0, torch.zeros_like(mz), torch.zeros_like(my)
-            self.czz = torch.zeros(p, p, dtype=_F64, device=device)
-            self.czy = torch.zeros(p, t, dtype=_F64, device=device)
-            self.cyy = torch.zeros(t, t, dtype=_F64, device=device)
-        elif mz.shape != self.mean_z.shape or my.shape != self.mean_y.shape:
-            raise ValueError(
-                f"feature/target width changed: had ({self.mean_z.shape[0]}, "
-                f"{self.mean_y.shape[0]}), got ({mz.shape[0]}, {my.shape[0]})"
-            )
+        with single_threaded(device):
+            z = z.to(device=device, dtype=_F64)
+            y = y.to(device=device, dtype=_F64)
+            mz = z.mean(dim=0)
+            my = y.mean(dim=0)
+            zc = z - mz
+            yc = y - my
+            if self.n == 0:
+                p, t = z.shape[1], y.shape[1]
+                self.n, self.mean_z, self.mean_y = 0, torch.zeros_like(mz), torch.zeros_like(my)
+                self.czz = torch.zeros(p, p, dtype=_F64, device=device)
+                self.czy = torch.zeros(p, t, dtype=_F64, device=device)
+                self.cyy = torch.zeros(t, t, dtype=_F64, device=device)
+            elif mz.shape != self.mean_z.shape or my.shape != self.mean_y.shape:
+                raise ValueError(
+                    f"feature/target width changed: had ({self.mean_z.shape[0]}, "
+                    f"{self.mean_y.shape[0]}), got ({mz.shape[0]}, {my.shape[0]})"
+                )
+            self.czy.addmm_(zc.T, yc)
+            self.cyy.addmm_(yc.T, yc)
         # Fold the batch's centred co-moments straight into the state (no p×p temporary),
-        # then the Chan et al. correction for the shift between the two means.
+        # with every thread, then the Chan et al. correction for the shift between the means.
         add_gram_(self.czz, zc)
-        self.czy.addmm_(zc.T, yc)
-        self.cyy.addmm_(yc.T, yc)
-        self._shift(b, mz, my)
+        with single_threaded(device):
+            self._shift(b, mz, my)
 
     def _shift(self, nb: int, mz: torch.Tensor, my: torch.Tensor) -> None:
         """Account for a block of ``nb`` samples with means (mz, my), co-moments already added."""
@@ -174,11 +178,12 @@ class NormalizedGram:
 
     def update(self, z: torch.Tensor) -> None:
         device = self.device if self.device is not None else z.device
-        z = z.to(device=device, dtype=_F64)
-        norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
-        h = torch.where(norms > 0, z / torch.where(norms > 0, norms, 1.0), 0.0)
-        if self.gram is None:
-            self.gram = torch.zeros(h.shape[1], h.shape[1], dtype=_F64, device=h.device)
+        with single_threaded(device):
+            z = z.to(device=device, dtype=_F64)
+            norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+            h = torch.where(norms > 0, z / torch.where(norms > 0, norms, 1.0), 0.0)
+            if self.gram is None:
+                self.gram = torch.zeros(h.shape[1], h.shape[1], dtype=_F64, device=h.device)
         add_gram_(self.gram, h)
         self.n += z.shape[0]
 
