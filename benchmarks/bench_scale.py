@@ -174,7 +174,8 @@ def snapshot_package(dest: Path) -> tuple[Path, str]:
 
     The working tree may change while a long benchmark runs; the measured commands get ``dest``
     first on PYTHONPATH (and run from the output folder, so the tree's own copy is not found
-    through the current directory). Returns the folder and a digest of the copied sources.
+    through the current directory). ``dest`` is private to one run and removed at its end.
+    Returns the folder and a digest of the copied sources.
     """
     import hashlib
     import shutil
@@ -233,7 +234,8 @@ class Bench:
         self.args = args
         self.out = Path(args.out_dir).resolve()
         self.data_dir = self.out / "data"
-        self.run_dir = self.out / "runs"
+        # Per report, so that two runs with different --results never share files.
+        self.run_dir = self.out / "runs" / Path(args.results).stem
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.all_workloads = common.workloads(conv_width=args.conv_width)
@@ -245,8 +247,10 @@ class Bench:
         self.gflops = calibrate()
         self.info["gflops"] = self.gflops
         self.env = dict(os.environ, CI="1")  # CI: no progress bars
+        self.snapshot: Path | None = None
         if args.snapshot:
-            snap, digest = snapshot_package(self.out / "nrc_snapshot")
+            self.snapshot = self.out / "nrc_snapshot" / f"run-{os.getpid()}"
+            snap, digest = snapshot_package(self.snapshot)
             self.env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(snap), os.environ.get("PYTHONPATH")])
             )
@@ -380,6 +384,15 @@ class Bench:
     # -- the run --------------------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.snapshot is not None:
+                import shutil
+
+                shutil.rmtree(self.snapshot, ignore_errors=True)
+
+    def _run(self) -> None:
         args = self.args
         for name in args.workloads:
             w = self.all_workloads[name]
@@ -461,7 +474,7 @@ class Bench:
         if m["rc"] != 0 or not out_json.exists():
             cell.status, cell.measure = "failed", m
             why = "timed out" if m.get("timed_out") else f"exit code {m['rc']}"
-            cell.reason = f"{why}; log: {self.run_dir.name}/{stem}.log"
+            cell.reason = f"{why}; log: {self.run_dir.relative_to(self.out)}/{stem}.log"
             log(f"  {method:8s} N={fmt_n(n):>7s}: FAILED ({cell.reason})")
             return
         with open(out_json) as f:
@@ -650,7 +663,7 @@ class Bench:
         text = self.report(final)
         path = Path(self.args.results)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
         if final:

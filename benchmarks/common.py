@@ -201,7 +201,7 @@ def _write_member(
 def generate_data(w: Workload, n: int, path: Path) -> Path:
     """Write ``n`` samples of workload ``w`` to ``path`` (.npz, stored, float32) in chunks."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent runs may share the cache
     starts = range(0, n, CHUNK_ROWS)
 
     def xs() -> Iterator[np.ndarray]:
@@ -310,7 +310,7 @@ def make_checkpoint(w: Workload, path: Path) -> Path:
     model = w.build()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata={"benchmark_workload": w.name, "model": w.kwargs_json})
     os.replace(tmp, path)
     return path
@@ -442,7 +442,7 @@ def compare_metrics(ref: dict, other: dict) -> dict:
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:
-    tmp = f"{os.fspath(path)}.tmp"
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
     os.replace(tmp, path)

@@ -119,7 +119,7 @@ def main() -> None:
         # Average number of cores that OTHER processes kept busy while this one ran.
         "other_cores_busy": other_cores,
     }
-    tmp = args.json + ".tmp"
+    tmp = f"{args.json}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
     os.replace(tmp, args.json)

@@ -619,16 +619,6 @@ def test_missing_spec_file(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def _pipeline_uses_open_dataset() -> bool:
-    import nrc_cli.pipeline
-
-    return hasattr(nrc_cli.pipeline, "open_dataset")
-
-
-@pytest.mark.skipif(
-    not _pipeline_uses_open_dataset(),
-    reason="nrc_cli.pipeline.prepare() does not call open_dataset yet, so --data cannot be a spec",
-)
 def test_cli_spec_gives_the_npz_analysis(tmp_path):
     import torch
     from safetensors.torch import save_file
