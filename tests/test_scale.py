@@ -117,10 +117,11 @@ def test_regularized_probe_is_close_to_the_exact_cutoff_probe():
 
 def test_randomized_weight_basis_matches_the_full_svd():
     torch.manual_seed(0)
-    lin = nn.Linear(600, 50)
+    lin = nn.Linear(2600, 2100)  # both sides above the exact limit: the randomized path
     with torch.no_grad():
-        u, _, vh = torch.linalg.svd(torch.randn(50, 600), full_matrices=False)
-        lin.weight.copy_((u * (0.5 ** torch.arange(50.0))) @ vh)
+        u, _, _ = torch.linalg.svd(torch.randn(2100, 50), full_matrices=False)
+        _, _, vh2 = torch.linalg.svd(torch.randn(50, 2600), full_matrices=False)
+        lin.weight.copy_((u * (0.5 ** torch.arange(50.0))) @ vh2)
     full = weight_input_basis(lin)
     fast = weight_input_basis(lin, 4, oversample=10, power_iters=4, seed=0)
     assert isinstance(fast, WeightBasis)

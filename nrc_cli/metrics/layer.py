@@ -17,6 +17,7 @@ from nrc_cli.linalg import nystrom_eigh, principal_alignment, randomized_eigh, r
 # Directions with λ_j < PROBE_CUTOFF·λ_1 are ignored by the probe (singular values below 1e-3 of
 # the largest), as in the paper's code.
 PROBE_CUTOFF = 1e-6
+EXACT_WEIGHT_LIMIT = 2048
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,9 @@ def weight_input_basis(
     else:
         a = w.transpose(0, 1).reshape(w.shape[1], -1).T  # rows of W̃ᵀ span W̃'s column space
     fro2 = float((a * a).sum())
-    if randomized and rank is not None:
+    # The Gram of the smaller side is cheap up to this size whatever the layer's width, and
+    # exact: a randomized σ_1 is biased low on the flat spectra of untrained weights.
+    if randomized and rank is not None and min(a.shape) > EXACT_WEIGHT_LIMIT:
         s, b = randomized_svd(a, min(rank, *a.shape), **randomized)
     else:
         s, b = _right_singular(a)
