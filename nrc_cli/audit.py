@@ -38,7 +38,7 @@ from pathlib import Path
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
-from nrc_cli.io.checkpoint import SUFFIXES
+from nrc_cli.io.checkpoint import SUFFIXES, is_model_folder_listing
 from nrc_cli.pipeline import AnalyzeConfig, resolve_device, run
 from nrc_cli.report.writers import atomic_write, csv_text, json_text, parquet_bytes
 from nrc_cli.results import Results, frame_from_rows, tidy_columns
@@ -80,8 +80,6 @@ TABLE_FORMATS = ("csv", "parquet")
 _PART_FORMAT = "nrc-audit-part/1"
 _INT64_MAX = 2**63 - 1
 _INT_RE = re.compile(r"[+-]?\d+")
-# Files that make a folder one checkpoint (the names io/checkpoint.py looks for in a folder).
-_MODEL_FILES = frozenset({"model.safetensors", "pytorch_model.bin"})
 
 # progress(done, total, checkpoint, status): once before the first checkpoint (0, total, "",
 # "start"), then after each checkpoint this run analyzes, with status "ok" or "failed";
@@ -105,7 +103,7 @@ def _is_model_folder(folder: Path) -> bool:
         names = {entry.name for entry in os.scandir(folder) if entry.is_file()}
     except OSError:
         return False
-    return bool(names & _MODEL_FILES) or any(n.endswith(".index.json") for n in names)
+    return is_model_folder_listing(names)
 
 
 def _walk(folder: Path) -> list[Path]:

@@ -118,8 +118,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
-    """Open the inputs, build the model and check that they fit, before anything runs."""
-    config.validate()
+    """Open the inputs, build the model and check that they fit, before anything runs.
+
+    ``config`` must have passed :meth:`AnalyzeConfig.validate` (as :func:`run` does).
+    """
     ckpt = open_checkpoint(config.checkpoint)
     data = open_dataset(
         config.data,
@@ -276,7 +278,7 @@ class _Analysis:
             if i == 0:
                 order = pass_order
         with single_threaded():
-            return self._results(plan, order, accs, grams, sse)
+            return self._results(plan, methods, order, accs, grams, sse)
 
     def _data_pass(self, hooked, active, accs, grams, sse, seen, total):
         config = self.config
@@ -350,7 +352,7 @@ class _Analysis:
 
     # -- metrics ----------------------------------------------------------------------------
 
-    def _results(self, plan, order, accs, grams, sse) -> Results:
+    def _results(self, plan, methods, order, accs, grams, sse) -> Results:
         config = self.config
         by_name = {w.name: w for w in self.layers}
         model_mse = sse.compute() if sse is not None else None
@@ -361,7 +363,6 @@ class _Analysis:
         }
         rows: list[dict] = []
         spectra: dict = {}
-        methods = {n: self.spectrum_method(n, by_name[n].in_dim, plan) for n in order}
         cov_y = None
         for i, name in enumerate(order, start=1):
             w = by_name[name]

@@ -71,10 +71,6 @@ class CrossMoments:
         self.czy: torch.Tensor | None = None
         self.cyy: torch.Tensor | None = None
 
-    @property
-    def p(self) -> int | None:
-        return None if self.mean_z is None else self.mean_z.shape[0]
-
     def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch: ``z`` of shape (b, p), ``y`` of shape (b, t); neither is modified."""
         if z.ndim != 2 or y.ndim != 2 or z.shape[0] != y.shape[0]:
@@ -155,13 +151,6 @@ class CrossMoments:
         n = self.n
         return Moments(
             n, self.mean_z.clone(), self.mean_y.clone(), self.czz / n, self.czy / n, self.cyy / n
-        )
-
-    def nbytes(self) -> int:
-        return sum(
-            t.numel() * 8
-            for t in (self.mean_z, self.mean_y, self.czz, self.czy, self.cyy)
-            if t is not None
         )
 
 

@@ -140,7 +140,3 @@ class CovarianceSketch:
         trace = float((self.diag / n - dz * dz).clamp_min(0).sum())
         moments = Moments(n, self.cz + dz, self.cy + dy, None, cov_zy, cov_y)
         return SketchResult(moments, sketch, self.omega, trace)
-
-    def nbytes(self) -> int:
-        p, s = self.omega.shape
-        return 8 * (2 * p * s + 3 * p)

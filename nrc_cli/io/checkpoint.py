@@ -42,6 +42,7 @@ __all__ = [
     "SUFFIXES",
     "Checkpoint",
     "TensorInfo",
+    "is_model_folder_listing",
     "open_checkpoint",
     "parse_arch_metadata",
     "unwrap_state_dict",
@@ -81,6 +82,12 @@ _HF_ORDER = (
     ("pytorch_model.bin.index.json", "pt-sharded"),
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def is_model_folder_listing(names: set[str]) -> bool:
+    """Whether a folder holding the files ``names`` is one checkpoint for :func:`open_checkpoint`
+    (a Hugging Face file it looks for, or an index of shards)."""
+    return any(n in names for n, _ in _HF_ORDER) or any(n.endswith(".index.json") for n in names)
 
 
 @dataclass(frozen=True)
