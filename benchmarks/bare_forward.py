@@ -10,7 +10,6 @@ output away. Writes the in-process timings to ``--json``.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -18,14 +17,7 @@ import torch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--factory", required=True, help="a factory of benchmarks/models.py")
-    ap.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the factory")
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, required=True, help="use the first N samples")
-    ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--json", required=True, help="where to write timings")
+    ap = common.method_parser(__doc__, "where to write timings")
     args = ap.parse_args()
 
     t0 = time.perf_counter()

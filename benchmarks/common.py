@@ -8,6 +8,7 @@ holds the whole array in memory; ``np.load`` and ``nrc`` read them like any ``np
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import mmap
@@ -314,6 +315,20 @@ def make_checkpoint(w: Workload, path: Path) -> Path:
     save_file(state, str(tmp), metadata={"benchmark_workload": w.name, "model": w.kwargs_json})
     os.replace(tmp, path)
     return path
+
+
+def method_parser(doc: str, json_help: str) -> argparse.ArgumentParser:
+    """The command line every measured method shares: model, checkpoint, data, N, batch size
+    and where to write its JSON (the baselines add their own options to it)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--factory", required=True, help="a factory of benchmarks/models.py")
+    ap.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the factory")
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--n", type=int, required=True, help="use the first N samples")
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--json", required=True, help=json_help)
+    return ap
 
 
 def load_model(factory: str, kwargs_json: str, ckpt: str | os.PathLike) -> nn.Module:

@@ -11,7 +11,6 @@ Writes an ``nrc``-shaped JSON (``summary``, ``layers``) plus per-stage timings t
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -62,14 +61,7 @@ def layer_row(z: torch.Tensor, y: torch.Tensor, module, k_req: int, model_mse: f
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--factory", required=True, help="a factory of benchmarks/models.py")
-    ap.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the factory")
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, required=True, help="use the first N samples")
-    ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--json", required=True, help="where to write results and timings")
+    ap = common.method_parser(__doc__, "where to write results and timings")
     args = ap.parse_args()
 
     t_all = time.perf_counter()

@@ -34,7 +34,6 @@ Writes an ``nrc``-shaped JSON (``summary``, ``layers``) plus per-stage timings t
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -120,20 +119,13 @@ def cka_fast(h1: torch.Tensor, h2: torch.Tensor) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--factory", required=True, help="a factory of benchmarks/models.py")
-    ap.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the factory")
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, required=True, help="use the first N samples")
-    ap.add_argument("--batch-size", type=int, default=1024)
+    ap = common.method_parser(__doc__, "where to write results and timings")
     ap.add_argument("--cka-impl", choices=("published", "fast"), default="published")
     ap.add_argument(
         "--published-extras",
         action="store_true",
         help="also compute the published truncated CKA and the no-intercept probe",
     )
-    ap.add_argument("--json", required=True, help="where to write results and timings")
     args = ap.parse_args()
 
     cka = cka_published if args.cka_impl == "published" else cka_fast
