@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from nrc_cli.accumulate.moments import Moments
-from nrc_cli.linalg import nystrom_eigh, principal_alignment, randomized_eigh, randomized_svd
+from nrc_cli.linalg import (
+    exact_eigh,
+    nystrom_eigh,
+    principal_alignment,
+    randomized_eigh,
+    randomized_svd,
+)
 
 # Directions with λ_j < PROBE_CUTOFF·λ_1 are ignored by the probe (singular values below 1e-3 of
 # the largest), as in the paper's code.
@@ -47,10 +53,8 @@ class Spectrum:
     @classmethod
     def exact(cls, cov: torch.Tensor) -> Spectrum:
         """Full eigendecomposition of a symmetric PSD matrix (float64, O(p³))."""
-        cov = (cov + cov.T) / 2
-        vals, vecs = torch.linalg.eigh(cov)
-        vals = vals.flip(0).clamp_min(0.0)
-        vecs = vecs.flip(1)
+        vals, vecs = exact_eigh(cov)
+        vals = vals.clamp_min(0.0)
         return cls(vals, vecs, float(vals.sum()), float((vals * vals).sum()), True)
 
     @classmethod
