@@ -166,6 +166,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "torch_threads": torch.get_num_threads(),
         "nrc": f"{nrc_version} (git {git})",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -287,7 +288,7 @@ class Bench:
         if method == "nrc":
             cmd = [py, "-m", "nrc_cli", "analyze", str(ckpt), "--data", str(data)]
             cmd += ["--batch-size", bs, "--max-samples", str(n), "--format", "json"]
-            cmd += ["-o", str(out_json), "--quiet"]
+            cmd += ["-o", str(out_json), "--quiet", "--device", self.args.device]
             if w.arch:
                 cmd += ["--arch", f"{HERE / 'models.py'}:{w.factory}"]
                 cmd += ["--arch-kwargs", w.kwargs_json]
@@ -301,6 +302,8 @@ class Bench:
         cmd = [py, str(HERE / script), "--factory", w.factory, "--kwargs", w.kwargs_json]
         cmd += ["--ckpt", str(ckpt), "--data", str(data), "--n", str(n), "--batch-size", bs]
         cmd += ["--json", str(out_json)]
+        if method == "forward":
+            cmd += ["--device", self.args.device]
         return cmd
 
     def measure(self, cmd: list[str], stem: str, timeout: float | None) -> dict:
@@ -320,6 +323,8 @@ class Bench:
         meta = self.meta[w.name]
         widths = meta["widths"]
         avail = mem_available() * 0.85
+        if method in ("inmem", "naive") and self.args.device != "cpu":
+            return "CPU only (these baselines are measured on the CPU)"
         if method == "inmem":
             item, kind = (4, "float32") if len(w.x_shape) == 1 else (8, "float64")
             need = n * sum(widths) * item + n * max(widths) * (item + 8 + 8)
@@ -509,6 +514,7 @@ class Bench:
             f"({info['torch_threads']} threads, the default), numpy {info['numpy']}; "
             f"matmul rate at start: {info['gflops']['f32'] / 1e9:.0f} GFLOP/s float32, "
             f"{info['gflops']['f64'] / 1e9:.0f} GFLOP/s float64",
+            f"- device: `{a.device}`" + (f" ({info['gpu']})" if a.device != "cpu" else ""),
             f"- nrc {info['nrc']}",
             f"- command: `{' '.join(shlex.quote(x) for x in a.argv)}`",
             f"- batch size {a.batch_size} everywhere; each cell is a fresh process "
@@ -715,6 +721,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=600.0,
         help="skip a baseline cell whose estimated time exceeds this many seconds",
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="where nrc analyze and the bare forward pass run: cpu or cuda[:i] "
+        "(the in-memory and naive baselines are CPU only)",
     )
     ap.add_argument("--nrc-args", default="", help="extra arguments for nrc analyze")
     ap.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,7 +98,7 @@ class AnalyzeConfig:
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda[:i]`` must exist."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
@@ -112,6 +113,8 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(
                 f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)",
             )
+        if device.index is None:  # recorded in the summary as the card that ran, cuda:i
+            device = torch.device("cuda", torch.cuda.current_device())
     elif device.type != "cpu":
         raise ConfigError(f"--device: expected auto, cpu or cuda[:i], found '{name}'")
     return device
@@ -177,8 +180,26 @@ def run(
     rule = config.validate()
     device = resolve_device(config.device)
     built, data, layers = prepare(config)
-    with data:
+    with data, full_float32(device):
         return _Analysis(config, rule, device, built, data, layers, progress, on_plan).run()
+
+
+@contextmanager
+def full_float32(device: torch.device):
+    """On CUDA, float32 means float32: TF32 off for matrix products and cuDNN convolutions.
+
+    TF32 keeps 10 mantissa bits, so a float32 forward in TF32 shifts conv features by ~1e-3
+    relative; the accumulation is float64 and never uses it. The previous settings are restored.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 class _Analysis:
@@ -223,7 +244,7 @@ class _Analysis:
         budget = (
             parse_size(self.config.memory_budget)
             if self.config.memory_budget is not None
-            else default_budget()
+            else default_budget(self.device)
         )
         needs = [
             layer_need(
@@ -282,31 +303,46 @@ class _Analysis:
 
     def _data_pass(self, hooked, active, accs, grams, sse, seen, total):
         config = self.config
-        state: dict = {}
+        state: dict = {"pending": []}
+        # One reduction per layer finds any nan/inf (they propagate into the sum). On the CPU it
+        # is read at once; on a GPU reading it would stall the stream once per layer, so the
+        # sums of a batch are read together after its forward pass.
+        deferred = self.device.type != "cpu"
+
+        def check(name: str, z: torch.Tensor, total: torch.Tensor) -> None:
+            if bool(torch.isfinite(total)):
+                return
+            bad = ~torch.isfinite(z).all(dim=1)
+            row = int(bad.nonzero()[0]) if bool(bad.any()) else None
+            if row is None:
+                raise DataError(
+                    f"layer '{name}': features too large to sum in float64 in the batch "
+                    f"starting at sample {state['start']}",
+                    hint="check the input scale",
+                )
+            raise DataError(
+                f"layer '{name}': non-finite features (nan or inf) at sample "
+                f"{state['start'] + row}",
+                hint="the model overflows on this input; check the input scale, "
+                "or use --dtype float32",
+            )
 
         def on_features(name: str, z: torch.Tensor) -> None:
-            # One reduction finds any nan/inf (they propagate into the sum); only then is the
-            # batch scanned row by row for the first bad sample.
             with single_threaded(z.device):
                 total = z.sum()
-            if not bool(torch.isfinite(total)):
-                bad = ~torch.isfinite(z).all(dim=1)
-                row = int(bad.nonzero()[0]) if bool(bad.any()) else None
-                if row is None:
-                    raise DataError(
-                        f"layer '{name}': features too large to sum in float64 in the batch "
-                        f"starting at sample {state['start']}",
-                        hint="check the input scale",
-                    )
-                raise DataError(
-                    f"layer '{name}': non-finite features (nan or inf) at sample "
-                    f"{state['start'] + row}",
-                    hint="the model overflows on this input; check the input scale, "
-                    "or use --dtype float32",
-                )
+            if deferred:
+                state["pending"].append((name, z, total))
+            else:
+                check(name, z, total)
             accs[name].update(z, state["y"])
             if name in grams:
                 grams[name].update(z)
+
+        def check_pending() -> None:
+            pending, state["pending"] = state["pending"], []
+            if pending and not bool(torch.isfinite(torch.stack([t for _, _, t in pending])).all()):
+                for name, z, t in pending:
+                    check(name, z, t)
 
         with Capture(hooked, on_features, active=active) as cap, torch.inference_mode():
             for batch in self.data.batches(config.batch_size):
@@ -329,6 +365,7 @@ class _Analysis:
                         f"(input shape {shape}): {type(exc).__name__}: {exc}",
                         hint="check that the data matches the model's expected input",
                     ) from exc
+                check_pending()
                 if sse is not None:
                     sse.update(select_prediction(out, y, config), y)
                 seen += y.shape[0]

@@ -19,6 +19,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+import torch
+
 from nrc_cli.errors import ConfigError
 
 _F64 = 8
@@ -72,9 +74,22 @@ def available_memory() -> int:
         return 8 * 1024**3
 
 
-def default_budget() -> int:
-    """The default budget: half of the memory available when the run starts."""
-    return int(DEFAULT_BUDGET_FRACTION * available_memory())
+def available_device_memory(device) -> int:
+    """Bytes free on ``device`` now: host memory for the CPU, the card's free memory for CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return available_memory()
+
+
+def default_budget(device="cpu") -> int:
+    """The default budget: half of the memory available on ``device`` when the run starts.
+
+    The accumulators live where the features are computed, so on a CUDA device the budget is
+    half of the card's free memory, not of the host's.
+    """
+    return int(DEFAULT_BUDGET_FRACTION * available_device_memory(device))
 
 
 @dataclass(frozen=True)

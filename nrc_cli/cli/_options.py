@@ -92,7 +92,8 @@ MemoryBudget = Annotated[
     str | None,
     typer.Option(
         "--memory-budget",
-        help="Memory for the accumulators, e.g. 4GB (default: half the available memory). "
+        help="Memory for the accumulators, e.g. 4GB (default: half the available memory, "
+        "the GPU's on CUDA). "
         "Layers are split over several passes, or sketched, to fit.",
     ),
 ]
