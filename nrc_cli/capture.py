@@ -72,9 +72,11 @@ def weight_layers(
 
 
 def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Pool a layer input to (batch, p), returned in float64 (METRICS.md pooling rules).
+    """Pool a layer input to (batch, p), in float32 or float64 (METRICS.md pooling rules).
 
-    A 2-D Linear input is converted exactly. Means over tokens or spatial positions are taken in
+    A 2-D Linear input is passed on as it is (half precision widened to float32, exactly): the
+    accumulators read it into float64 as they subtract their shift, which saves a separate
+    conversion pass over every batch. Means over tokens or spatial positions are taken in
     the activation's own precision (at least float32), with torch's cascaded summation, and then
     converted: casting a whole conv activation to float64 first would cost more than the
     forward pass itself, for a difference far below the float32 forward's own rounding.
@@ -84,9 +86,9 @@ def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None)
     """
     if isinstance(module, nn.Linear):
         if inp.ndim == 2:
-            return inp.to(torch.float64)
+            return _at_least_float32(inp)
         if inp.ndim < 2:
-            return inp.reshape(1, -1).to(torch.float64)
+            return _at_least_float32(inp.reshape(1, -1))
         work = _at_least_float32(inp)
         if mask is not None and inp.ndim == 3 and tuple(mask.shape) == tuple(inp.shape[:2]):
             w = (mask != 0).to(work.dtype)
@@ -116,7 +118,8 @@ class Capture:
     layers : sequence of WeightLayer
         The layers to hook (only these cost anything).
     callback : callable(name, features)
-        Receives the layer name and its pooled float64 features, shape (batch, p).
+        Receives the layer name and its pooled features (float32 or float64), shape (batch, p).
+        They may share memory with the activation: read them before the forward pass goes on.
     active : set of str, optional
         Layers whose features are pooled and passed on; the others only record their place in
         the forward order. Default: all.

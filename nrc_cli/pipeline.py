@@ -329,7 +329,7 @@ class _Analysis:
 
         def on_features(name: str, z: torch.Tensor) -> None:
             with single_threaded(z.device):
-                total = z.sum()
+                total = z.sum(dtype=torch.float64)
             if deferred:
                 state["pending"].append((name, z, total))
             else:

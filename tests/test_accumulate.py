@@ -12,7 +12,14 @@ import pytest
 import torch
 from helpers import AccumulatorCase, check_accumulator_contract, tensor_results
 
-from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
+from nrc_cli.accumulate.moments import (
+    GRAM_BLOCK,
+    CrossMoments,
+    NormalizedGram,
+    SquaredError,
+    add_gram_,
+    symmetric,
+)
 
 
 def _dense_moments(z: np.ndarray, y: np.ndarray) -> dict:
@@ -85,6 +92,44 @@ def test_cross_moments_contract_single_target_and_feature():
     z = _features(1100, 1, seed=3)
     y = 2 * z + torch.from_numpy(np.random.default_rng(4).standard_normal((1100, 1)))
     check_accumulator_contract(CROSS, [z, y])
+
+
+def test_cross_moments_contract_wide_features_in_blocks():
+    """p = 600 > GRAM_BLOCK: the CPU product is taken in blocks (256, 256, 88) above the diagonal."""
+    assert GRAM_BLOCK < 600 < 3 * GRAM_BLOCK
+    z = _features(520, 600, seed=11)
+    y = z[:, :2] * 0.5 + torch.from_numpy(np.random.default_rng(12).standard_normal((520, 2)))
+    check_accumulator_contract(CROSS, [z, y])
+
+
+def test_normalized_gram_contract_wide_features_in_blocks():
+    z = _features(520, 300, seed=13)
+    z[::31] = 0.0
+    check_accumulator_contract(GRAM, [z])
+
+
+@pytest.mark.parametrize("p", [5, GRAM_BLOCK, GRAM_BLOCK + 1, 600])
+def test_add_gram_fills_the_upper_triangle_and_symmetric_reads_it(p):
+    a = _features(64, p, seed=p)
+    want = a.T @ a
+    got = add_gram_(torch.full((p, p), 7.0, dtype=torch.float64), a)
+    upper = torch.triu(torch.ones(p, p, dtype=torch.bool))
+    torch.testing.assert_close(got[upper], want[upper] + 7.0, rtol=1e-13, atol=1e-9)
+    torch.testing.assert_close(symmetric(got - 7.0), want, rtol=1e-13, atol=1e-9)
+
+
+def test_cross_moments_survive_sorted_data_whose_first_batch_is_far_off():
+    """The shift is the first batch's mean; data sorted by a drifting mean must not cancel."""
+    rng = np.random.default_rng(14)
+    z = rng.standard_normal((4000, 4)) + np.linspace(0, 200, 4000)[:, None] * [1, -1, 0.5, 0]
+    y = z[:, :2] @ rng.standard_normal((2, 2)) + rng.standard_normal((4000, 2))
+    acc = CrossMoments()
+    for s in range(0, 4000, 100):
+        acc.update(torch.from_numpy(z[s : s + 100]), torch.from_numpy(y[s : s + 100]))
+    got, want = _moments_result(acc), _dense_moments(z, y)
+    for key in ("mean_z", "cov_z", "cov_zy", "cov_y"):
+        err = np.linalg.norm(got[key] - want[key]) / np.linalg.norm(want[key])
+        assert err < 1e-12, (key, err)
 
 
 def test_normalized_gram_contract_with_zero_rows():

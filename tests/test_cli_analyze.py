@@ -116,7 +116,10 @@ def test_conv_and_token_pooling_model_matches_the_dense_reference(tmp_path):
     x = rng.standard_normal((200, 2, 6, 5)).astype(np.float32)
     y = (x.mean(axis=(2, 3)) @ rng.standard_normal((2, 2))).astype(np.float32)
     data = save_npz(tmp_path / "d.npz", x=x, y=y)
-    got = analyze_json(ckpt, data, "--arch", f"{src}:make", "--arch-kwargs", '{"channels": 4}')
+    # The CPU, like the dense reference: a GPU convolution rounds float32 in another order.
+    got = analyze_json(
+        ckpt, data, "--arch", f"{src}:make", "--arch-kwargs", '{"channels": 4}', "--device", "cpu"
+    )
     assert [(r["layer"], r["type"], r["in_dim"]) for r in got["layers"]] == [
         ("conv1", "Conv2d", 2),
         ("conv2", "Conv2d", 4),
@@ -346,8 +349,9 @@ def test_csv_is_tidy_with_checkpoint_and_summary_columns(tiny):
         assert frame[key].nunique(dropna=False) == 1
     assert "requested_rank" in frame.columns and "rank" in frame.columns
     assert frame["model_mse"].iloc[0] == pytest.approx(doc["summary"]["model_mse"], rel=1e-15)
+    # 1e-14: some pandas versions parse decimal text a few ulp off the written digits.
     for col in LAYER_NUMBERS:
-        np.testing.assert_allclose(frame[col], [r[col] for r in doc["layers"]], rtol=1e-15)
+        np.testing.assert_allclose(frame[col], [r[col] for r in doc["layers"]], rtol=1e-14)
 
 
 def test_parquet_file_has_the_same_numbers(tiny, tmp_path):
