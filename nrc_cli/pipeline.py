@@ -304,7 +304,8 @@ class _Analysis:
     def _data_pass(self, hooked, active, accs, grams, sse, seen, total):
         config = self.config
         state: dict = {"pending": []}
-        # One reduction per layer finds any nan/inf (they propagate into the sum). On the CPU it
+        # One reduction per layer finds any nan/inf (they propagate into the sum; a float32 sum
+        # that merely overflows is taken again in float64). On the CPU it
         # is read at once; on a GPU reading it would stall the stream once per layer, so the
         # sums of a batch are read together after its forward pass.
         deferred = self.device.type != "cpu"
@@ -312,6 +313,8 @@ class _Analysis:
         def check(name: str, z: torch.Tensor, total: torch.Tensor) -> None:
             if bool(torch.isfinite(total)):
                 return
+            if z.dtype != torch.float64 and bool(torch.isfinite(z.sum(dtype=torch.float64))):
+                return  # finite features whose float32 sum overflowed: float64 holds them
             bad = ~torch.isfinite(z).all(dim=1)
             row = int(bad.nonzero()[0]) if bool(bad.any()) else None
             if row is None:
@@ -329,7 +332,7 @@ class _Analysis:
 
         def on_features(name: str, z: torch.Tensor) -> None:
             with single_threaded(z.device):
-                total = z.sum(dtype=torch.float64)
+                total = z.sum()
             if deferred:
                 state["pending"].append((name, z, total))
             else:

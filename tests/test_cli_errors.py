@@ -133,6 +133,25 @@ def test_non_finite_features_name_the_layer_and_the_sample(tmp_path, out_dir):
     assert re.search(r"layer 'net\.2': non-finite features \(nan or inf\) at sample 123\b", line)
 
 
+def test_finite_features_whose_float32_sum_overflows_are_analysed(tmp_path):
+    """Every feature ~2e36 is finite in float32; 200 of them sum past float32's 3.4e38."""
+    body = mlp((3, 4, 2), seed=1)
+    with torch.no_grad():
+        body[0].weight.fill_(0.0)
+        body[0].weight[:, 0] = torch.tensor([1e36, 2e36, 3e36, 4e36])
+        body[0].bias.zero_()
+        body[2].weight.fill_(1e-3)
+    ckpt = save_model(tmp_path / "m.safetensors", Wrapped(body))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.5, 1.0, (200, 3)).astype(np.float32)
+    data = save_npz(tmp_path / "d.npz", x=x, y=rng.standard_normal((200, 2)).astype(np.float32))
+    result = invoke(["analyze", ckpt, "--data", data, "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    layers = json.loads(result.stdout)["layers"]
+    assert layers[1]["layer"] == "net.2"
+    assert layers[1]["nrc1_noise"] == pytest.approx(0.0, abs=1e-9)  # features of rank 1
+
+
 def test_data_file_not_found(case, out_dir):
     line, _ = _analyze(case.checkpoint, case.data.with_name("nope.npz"), out_dir)
     assert "nope.npz: data file not found" in line
