@@ -1,7 +1,7 @@
 """CPU thread control for the parts of an analysis that do not gain from threads.
 
 Two kinds of work do not: LAPACK decompositions of matrices of a few thousand rows, and the
-memory-bound elementwise passes (casts, means, centring, rank-one updates) over one batch of
+memory-bound elementwise passes (casts, means, shifts, column sums) over one batch of
 features. On a busy or CPU-capped machine their OpenMP threads wait on each other: on this
 project's 2-core CI machine every such pass over a 1024×1024 float64 array took 8 ms on two
 threads against 0.3–0.7 ms on one, and a 1024×1024 ``eigh`` 0.9 to 25 s against 0.4 s. The

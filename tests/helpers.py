@@ -112,6 +112,21 @@ def save_npz(path: Path, *, compressed: bool = False, **arrays: np.ndarray) -> P
     return path
 
 
+def overflow_case(folder: Path) -> tuple[Path, Path]:
+    """An MLP 3 -> 4 -> 2 whose first Linear overflows float32 on sample 123 alone (of 200):
+    the input of ``net.2`` is inf there. Returns (checkpoint, data)."""
+    body = mlp((3, 4, 2), seed=1)
+    with torch.no_grad():
+        body[0].weight.zero_()
+        body[0].weight[0, 0] = 1e36
+        body[0].bias.zero_()
+    ckpt = save_model(folder / "m.safetensors", Wrapped(body))
+    x = np.full((200, 3), 0.5, np.float32)
+    x[123, 0] = 1e3  # 1e39 > float32 max
+    data = save_npz(folder / "d.npz", x=x, y=np.zeros((200, 2), np.float32))
+    return ckpt, data
+
+
 def int_inputs(n: int, p: int, seed: int = 0, low: int = -3, high: int = 3) -> np.ndarray:
     """Small integers stored as float32 (exact through dyadic layers)."""
     rng = np.random.default_rng(seed)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_case
-from helpers import Wrapped, error_line, invoke, mlp, save_model, save_npz
+from helpers import Wrapped, error_line, invoke, mlp, overflow_case, save_model, save_npz
 from safetensors.torch import save_file
 
 
@@ -120,15 +120,7 @@ def test_inf_in_y_names_the_sample(case, out_dir):
 
 def test_non_finite_features_name_the_layer_and_the_sample(tmp_path, out_dir):
     """The first Linear overflows float32 only on sample 123; the next layer's input is inf."""
-    body = mlp((3, 4, 2), seed=1)
-    with torch.no_grad():
-        body[0].weight.zero_()
-        body[0].weight[0, 0] = 1e36
-        body[0].bias.zero_()
-    ckpt = save_model(tmp_path / "m.safetensors", Wrapped(body))
-    x = np.full((200, 3), 0.5, np.float32)
-    x[123, 0] = 1e3  # 1e39 > float32 max
-    data = save_npz(tmp_path / "d.npz", x=x, y=np.zeros((200, 2), np.float32))
+    ckpt, data = overflow_case(tmp_path)
     line, _ = _analyze(ckpt, data, out_dir, "--batch-size", 50)
     assert re.search(r"layer 'net\.2': non-finite features \(nan or inf\) at sample 123\b", line)
 

@@ -14,16 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REFERENCE_DIR, make_tiny_case
-from helpers import (
-    Wrapped,
-    assert_close,
-    dense_report,
-    error_line,
-    invoke,
-    mlp,
-    save_model,
-    save_npz,
-)
+from helpers import assert_close, dense_report, error_line, invoke, overflow_case
 
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram
 from nrc_cli.accumulate.sketch import CovarianceSketch
@@ -172,15 +163,7 @@ def test_half_precision_forward_on_cuda(tiny_case, dtype):
 
 
 def test_non_finite_features_on_cuda_name_the_layer_and_the_sample(tmp_path):
-    body = mlp((3, 4, 2), seed=1)
-    with torch.no_grad():
-        body[0].weight.zero_()
-        body[0].weight[0, 0] = 1e36
-        body[0].bias.zero_()
-    ckpt = save_model(tmp_path / "m.safetensors", Wrapped(body))
-    x = np.full((200, 3), 0.5, np.float32)
-    x[123, 0] = 1e3  # 1e39 > float32 max
-    data = save_npz(tmp_path / "d.npz", x=x, y=np.zeros((200, 2), np.float32))
+    ckpt, data = overflow_case(tmp_path)
     out = tmp_path / "out.json"
     result = invoke(
         ["analyze", ckpt, "--data", data, "--device", "cuda", "--batch-size", 50, "-o", out]
