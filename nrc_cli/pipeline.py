@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
+from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError, Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError, NrcError
@@ -279,11 +279,22 @@ class _Analysis:
         total = self.data.n_samples * len(plan.passes)
         seen = 0
         for i, group in enumerate(plan.passes):
+            # One scratch buffer for every exact layer's per-batch temporaries, allocated
+            # before their states so that the two never interleave on the heap.
+            workspace = Workspace()
+            widths = [
+                w.in_dim
+                for w in self.layers
+                if plan.mode.get(w.name) == "exact" and w.name in group
+            ]
+            if widths:
+                batch = min(self.config.batch_size, self.data.n_samples)
+                workspace.reserve(batch * max(widths), self.device)
             for name in group:
                 if plan.mode[name] == "exact":
-                    accs[name] = CrossMoments(self.device)
+                    accs[name] = CrossMoments(self.device, workspace)
                     if name in self.heads:
-                        grams[name] = NormalizedGram(self.device)
+                        grams[name] = NormalizedGram(self.device, workspace)
                 else:
                     p = next(w.in_dim for w in self.layers if w.name == name)
                     omega = gaussian_test_matrix(
@@ -402,19 +413,20 @@ class _Analysis:
             "seed": config.seed,
         }
         rows: list[dict] = []
-        spectra: dict = {}
         cov_y = None
         for i, name in enumerate(order, start=1):
             w = by_name[name]
             p = w.in_dim
             method = methods[name]
             probe = None
+            # Each state is let go once read, so the metrics phase does not hold them all.
+            acc = accs.pop(name)
             if method == "nystrom":
-                r = accs[name].compute()
+                r = acc.compute()
                 m = r.moments
                 spectrum = Spectrum.from_sketch(r.sketch, r.omega, r.trace)
             else:
-                m = accs[name].compute()
+                m = acc.compute()
                 if method == "exact":
                     spectrum = Spectrum.exact(m.cov_z)
                 else:
@@ -426,7 +438,7 @@ class _Analysis:
                 else weight_input_basis(w.module, min(self.k, p), **randomized)
             )
             cov_y = m.cov_y
-            spectra[name] = (spectrum, m)
+            last = (spectrum, m)  # the head's, once the loop is done
             row = {"layer": name, "index": i, "type": w.type}
             row.update(
                 layer_metrics(
@@ -464,7 +476,7 @@ class _Analysis:
         }
         head = order[-1]
         if head in grams:
-            spectrum, m = spectra[head]
+            spectrum, m = last
             summary.update(
                 last_layer_fields(
                     by_name[head].module.weight, spectrum, grams[head].compute(), m.cov_y, self.k

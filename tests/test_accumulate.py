@@ -17,6 +17,7 @@ from nrc_cli.accumulate.moments import (
     CrossMoments,
     NormalizedGram,
     SquaredError,
+    Workspace,
     add_gram_,
     symmetric,
 )
@@ -130,6 +131,46 @@ def test_cross_moments_survive_sorted_data_whose_first_batch_is_far_off():
     for key in ("mean_z", "cov_z", "cov_zy", "cov_y"):
         err = np.linalg.norm(got[key] - want[key]) / np.linalg.norm(want[key])
         assert err < 1e-12, (key, err)
+
+
+def test_contracts_hold_with_a_workspace():
+    z = _features(700, 40, seed=15, dtype=torch.float32)
+    y = torch.from_numpy(np.random.default_rng(16).standard_normal((700, 2)))
+    z[::50] = 0.0
+    with_ws = AccumulatorCase(
+        make=lambda: CrossMoments(workspace=Workspace()),
+        update=CROSS.update,
+        result=CROSS.result,
+        dense=CROSS.dense,
+    )
+    check_accumulator_contract(with_ws, [z, y])
+    gram_ws = AccumulatorCase(
+        make=lambda: NormalizedGram(workspace=Workspace()),
+        update=GRAM.update,
+        result=GRAM.result,
+        dense=GRAM.dense,
+    )
+    check_accumulator_contract(gram_ws, [z])
+
+
+def test_accumulators_sharing_one_workspace_give_the_results_of_their_own():
+    """As in a forward pass: several layers, of several widths, updated in turn."""
+    shared = Workspace()
+    widths = (30, 300, 7)
+    mine = [(CrossMoments(workspace=shared), NormalizedGram(workspace=shared)) for _ in widths]
+    own = [(CrossMoments(), NormalizedGram()) for _ in widths]
+    feats = [_features(400, p, seed=20 + p, dtype=torch.float32) for p in widths]
+    y = torch.from_numpy(np.random.default_rng(21).standard_normal((400, 3)))
+    for s in range(0, 400, 64):
+        for z, (cm, ng), (cm2, ng2) in zip(feats, mine, own, strict=True):
+            for acc_m, acc_g in ((cm, ng), (cm2, ng2)):
+                acc_m.update(z[s : s + 64], y[s : s + 64])
+                acc_g.update(z[s : s + 64])
+    for (cm, ng), (cm2, ng2) in zip(mine, own, strict=True):
+        a, b = cm.compute(), cm2.compute()
+        for x, w in ((a.cov_z, b.cov_z), (a.cov_zy, b.cov_zy), (a.mean_z, b.mean_z)):
+            assert torch.equal(x, w)
+        assert torch.equal(ng.compute(), ng2.compute())
 
 
 def test_normalized_gram_contract_with_zero_rows():

@@ -10,6 +10,7 @@ and order up to round-off.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,40 @@ def _floating(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``x`` on ``device``, as float32 or float64 (other dtypes become float64)."""
     dtype = x.dtype if x.dtype in (torch.float32, _F64) else _F64
     return x.to(device=device, dtype=dtype)
+
+
+class Workspace:
+    """A scratch buffer for the per-batch temporaries of accumulators updated one at a time.
+
+    The layers of one forward pass are folded in one after another, so one float64 buffer of
+    b·p_max entries can hold every layer's shifted batch in turn. Without it each update
+    allocates and frees a b×p array; with the p×p states allocated among those, the allocator's
+    heap fragments and the peak memory of two identical runs was seen to differ by 200 MB.
+    On a GPU the reuse is safe because the kernels run in order on one stream.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def reserve(self, numel: int, device: torch.device | str) -> None:
+        """Allocate room for ``numel`` float64 entries now (before the states are)."""
+        self.take((numel,), device)
+
+    def take(self, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+        """An uninitialised float64 tensor of ``shape``, valid until the next ``take``."""
+        numel = math.prod(shape)
+        device = torch.device(device)
+        buf = self._buffer
+        if buf is None or buf.device != device or buf.numel() < numel:
+            self._buffer = buf = torch.empty(numel, dtype=_F64, device=device)
+        return buf[:numel].view(shape)
+
+
+def _sub(z: torch.Tensor, c: torch.Tensor, workspace: Workspace | None) -> torch.Tensor:
+    """z − c in float64, in the workspace when there is one."""
+    if workspace is None:
+        return z - c
+    return torch.sub(z, c, out=workspace.take(tuple(z.shape), z.device))
 
 
 # Width of the blocks of a symmetric product on the CPU (see add_gram_).
@@ -93,11 +128,15 @@ class CrossMoments:
     re-expresses one state about the other's shift, so the merge is a sum.
 
     Memory is O(p² + p·t), independent of the number of samples; one update costs
-    O(b·p·(p + t)) for a batch of b samples.
+    O(b·p·(p + t)) for a batch of b samples. With a :class:`Workspace`, the shifted batch is
+    written there instead of into a new array.
     """
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, device: torch.device | str | None = None, workspace: Workspace | None = None
+    ) -> None:
         self.device = torch.device(device) if device is not None else None
+        self.workspace = workspace
         self.reset()
 
     def reset(self) -> None:
@@ -136,7 +175,7 @@ class CrossMoments:
                     f"feature/target width changed: had ({self.cz.shape[0]}, "
                     f"{self.cy.shape[0]}), got ({z.shape[1]}, {y.shape[1]})"
                 )
-            u = z - self.cz
+            u = _sub(z, self.cz, self.workspace)
             v = y - self.cy
             self.sz.add_(u.sum(dim=0))
             self.sy.add_(v.sum(dim=0))
@@ -202,8 +241,11 @@ class CrossMoments:
 class NormalizedGram:
     """(1/N) Σ_i h̃_i h̃_iᵀ with h̃ = z/‖z‖ (a zero row stays 0): uncentred, for last-layer NRC."""
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, device: torch.device | str | None = None, workspace: Workspace | None = None
+    ) -> None:
         self.device = torch.device(device) if device is not None else None
+        self.workspace = workspace
         self.reset()
 
     def reset(self) -> None:
@@ -215,7 +257,12 @@ class NormalizedGram:
         with single_threaded(device):
             z = _floating(z, device)
             norms = torch.linalg.vector_norm(z, dim=1, keepdim=True, dtype=_F64)
-            h = torch.where(norms > 0, z / torch.where(norms > 0, norms, 1.0), 0.0)
+            # A zero row has norm 0: divided by 1 instead, it stays 0.
+            safe = norms.masked_fill(norms == 0, 1.0)
+            if self.workspace is None:
+                h = z / safe
+            else:
+                h = torch.div(z, safe, out=self.workspace.take(tuple(z.shape), z.device))
             if self.gram is None:
                 self.gram = torch.zeros(h.shape[1], h.shape[1], dtype=_F64, device=h.device)
         add_gram_(self.gram, h)
