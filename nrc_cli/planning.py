@@ -3,8 +3,9 @@
 Every selected layer needs its float64 state for the whole pass: Σzzᵀ (p×p) and Σzyᵀ (p×t) in
 exact mode, or Σ_Z·Ω (p×s) with s = max(rank + oversample, 128) in sketch mode (O(p·s)). While
 a batch is folded in, one layer at a time also holds that batch's features (b×p, twice: raw and
-centred) and, when sketched, their product with Ω; exact co-moments are added in place. The
-plan keeps, for every pass,
+shifted, the shifted copy of exact layers in one scratch buffer the pass's layers share) and,
+when sketched, their product with Ω; exact co-moments are added in place. The plan keeps, for
+every pass,
 
     Σ_layers state  +  max_layers per-batch temporaries  <=  budget
 
