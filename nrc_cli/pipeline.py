@@ -316,9 +316,9 @@ class _Analysis:
         config = self.config
         state: dict = {"pending": []}
         # One reduction per layer finds any nan/inf (they propagate into the sum; a float32 sum
-        # that merely overflows is taken again in float64). On the CPU it
-        # is read at once; on a GPU reading it would stall the stream once per layer, so the
-        # sums of a batch are read together after its forward pass.
+        # that merely overflows is taken again in float64). On the CPU it is read at once; on a
+        # GPU reading it would stall the stream once per layer, so the sums of a batch are read
+        # together after its forward pass.
         deferred = self.device.type != "cpu"
 
         def check(name: str, z: torch.Tensor, total: torch.Tensor) -> None:
