@@ -13,7 +13,7 @@ import typer
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_console
 from nrc_cli.cli._output import emit
-from nrc_cli.cli.analyze import build_config
+from nrc_cli.cli.analyze import ANALYSIS_OPTIONS, build_config
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
 from nrc_cli.report.writers import check_output_path, csv_text, resolve_format
@@ -58,6 +58,7 @@ Fresh = Annotated[
 _MERGE = "merge"
 _MAX_LISTED = 20
 _MAX_META = 3  # metadata columns shown in the terminal table
+# Every option of an audit (none applies to a merge), in signature order.
 _AUDIT_ONLY = (
     "data",
     "errors",
@@ -65,28 +66,7 @@ _AUDIT_ONLY = (
     "shard",
     "fail_on_error",
     "fresh",
-    "x_key",
-    "y_key",
-    "batch_size",
-    "max_samples",
-    "rank",
-    "collapse_rule",
-    "arch",
-    "arch_kwargs",
-    "activation",
-    "layers",
-    "exclude",
-    "inputs",
-    "mask_key",
-    "output_key",
-    "no_prediction",
-    "memory_budget",
-    "svd",
-    "oversample",
-    "power_iters",
-    "seed",
-    "device",
-    "dtype",
+    *ANALYSIS_OPTIONS,
     "threads",
 )
 
