@@ -95,14 +95,7 @@ def check_table(report: CheckReport, width: int = 80) -> Table:
     # Two characters between columns, none at the edges. The worst layer and the layer list
     # wrap first, then the expressions; bounds and results never.
     widths = _fit(natural, [16, 9, 8, 6, natural[4], 6], [3, 1, 0, 2], width - 2 * 5)
-    table = Table(
-        title=Text(f"nrc check: {report.checkpoint}"),
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _gate_table(f"nrc check: {report.checkpoint}")
     for i, name in enumerate(headers):
         table.add_column(
             name,
@@ -117,6 +110,18 @@ def check_table(report: CheckReport, width: int = 80) -> Table:
             *(Text(c) for c in cells), _result(passed), end_section=i + 1 == n_requirements
         )
     return table
+
+
+def _gate_table(title: str) -> Table:
+    """An empty table in the style the check and compare reports share."""
+    return Table(
+        title=Text(title),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
 
 
 class _FitToConsole:
@@ -134,14 +139,7 @@ def drift_table(report: CheckReport) -> Table | None:
     base = report.baseline
     if base is None or all(col.passed for col in base.columns):
         return None
-    table = Table(
-        title=Text(f"moved beyond tolerance since the baseline {base.path}"),
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _gate_table(f"moved beyond tolerance since the baseline {base.path}")
     for name, justify in (
         ("metric", "left"),
         ("layer", "left"),
@@ -187,13 +185,8 @@ def _tolerance_text(tol: Tolerances) -> str:
 
 def compare_table(cmp: Comparison) -> Table:
     """Matched layers, one row per (layer, metric): A, B, B − A; rows beyond tolerance marked."""
-    table = Table(
-        title=Text(f"A = {cmp.a_path} ({cmp.a.checkpoint})\nB = {cmp.b_path} ({cmp.b.checkpoint})"),
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
+    table = _gate_table(
+        f"A = {cmp.a_path} ({cmp.a.checkpoint})\nB = {cmp.b_path} ({cmp.b.checkpoint})"
     )
     table.add_column("layer", overflow="fold")
     table.add_column("metric")
