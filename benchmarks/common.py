@@ -104,24 +104,17 @@ def workloads(conv_width: int = 16) -> dict[str, Workload]:
 def weight_layer_widths(model: nn.Module, x_shape: tuple[int, ...]) -> list[int]:
     """Input widths p of the Linear/Conv layers in forward order (one dry run on one sample)."""
     widths: list[int] = []
-    handles = []
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            p = m.in_features if isinstance(m, nn.Linear) else m.in_channels
-            handles.append(m.register_forward_pre_hook(lambda _m, _a, p=p: widths.append(p)))
-    try:
-        with torch.inference_mode():
-            model.eval()(torch.zeros(1, *x_shape))
-    finally:
-        for h in handles:
-            h.remove()
+
+    def hook(m: nn.Module, _a: tuple) -> None:
+        widths.append(m.in_features if isinstance(m, nn.Linear) else m.in_channels)
+
+    _dry_run(model, x_shape, lambda m: m.register_forward_pre_hook(hook))
     return widths
 
 
 def forward_flops(model: nn.Module, x_shape: tuple[int, ...]) -> float:
     """Multiply-adds x 2 of the Linear and Conv layers for one sample."""
     total = 0.0
-    handles = []
 
     def hook(m: nn.Module, _a: tuple, out: torch.Tensor) -> None:
         nonlocal total
@@ -131,16 +124,19 @@ def forward_flops(model: nn.Module, x_shape: tuple[int, ...]) -> float:
             k = math.prod(m.kernel_size)
             total += 2.0 * out[0].numel() * (m.in_channels // m.groups) * k
 
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            handles.append(m.register_forward_hook(hook))
+    _dry_run(model, x_shape, lambda m: m.register_forward_hook(hook))
+    return total
+
+
+def _dry_run(model: nn.Module, x_shape: tuple[int, ...], register) -> None:
+    """One forward pass on one zero sample, with ``register(m)`` hooks on every weight layer."""
+    handles = [register(m) for m in model.modules() if isinstance(m, WEIGHT_TYPES)]
     try:
         with torch.inference_mode():
             model.eval()(torch.zeros(1, *x_shape))
     finally:
         for h in handles:
             h.remove()
-    return total
 
 
 # ------------------------------------------------------------------------------------------------
