@@ -54,11 +54,9 @@ class Workspace:
         return buf[:numel].view(shape)
 
 
-def _sub(z: torch.Tensor, c: torch.Tensor, workspace: Workspace | None) -> torch.Tensor:
-    """z − c in float64, in the workspace when there is one."""
-    if workspace is None:
-        return z - c
-    return torch.sub(z, c, out=workspace.take(tuple(z.shape), z.device))
+def _out(workspace: Workspace | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Where a float64 result shaped like ``like`` goes: the workspace, or (None) a new array."""
+    return None if workspace is None else workspace.take(tuple(like.shape), like.device)
 
 
 # Width of the blocks of a symmetric product on the CPU (see add_gram_).
@@ -115,6 +113,14 @@ class Moments:
     cov_z: torch.Tensor
     cov_zy: torch.Tensor
     cov_y: torch.Tensor
+
+
+def shift_correction(
+    sa: torch.Tensor, da: torch.Tensor, sb: torch.Tensor, db: torch.Tensor, n: int
+) -> torch.Tensor:
+    """What Σ(a − c_a)(b − c_b)ᵀ over n samples gains when its shifts move to c_a − da and
+    c_b − db, given sa = Σ(a − c_a) and sb = Σ(b − c_b): sa dbᵀ + da sbᵀ + n da dbᵀ."""
+    return torch.outer(sa, db) + torch.outer(da, sb) + n * torch.outer(da, db)
 
 
 class CrossMoments:
@@ -176,7 +182,7 @@ class CrossMoments:
                     f"feature/target width changed: had ({self.cz.shape[0]}, "
                     f"{self.cy.shape[0]}), got ({z.shape[1]}, {y.shape[1]})"
                 )
-            u = _sub(z, self.cz, self.workspace)
+            u = torch.sub(z, self.cz, out=_out(self.workspace, z))
             v = y - self.cy
             self.sz.add_(u.sum(dim=0))
             self.sy.add_(v.sum(dim=0))
@@ -193,9 +199,9 @@ class CrossMoments:
         n = self.n
         sz = self.sz + n * d
         sy = self.sy + n * e
-        czz = self.czz + torch.outer(self.sz, d) + torch.outer(d, self.sz) + n * torch.outer(d, d)
-        czy = self.czy + torch.outer(self.sz, e) + torch.outer(d, self.sy) + n * torch.outer(d, e)
-        cyy = self.cyy + torch.outer(self.sy, e) + torch.outer(e, self.sy) + n * torch.outer(e, e)
+        czz = self.czz + shift_correction(self.sz, d, self.sz, d, n)
+        czy = self.czy + shift_correction(self.sz, d, self.sy, e, n)
+        cyy = self.cyy + shift_correction(self.sy, e, self.sy, e, n)
         return sz, sy, czz, czy, cyy
 
     def merge(self, other: CrossMoments) -> CrossMoments:
@@ -260,10 +266,7 @@ class NormalizedGram:
             norms = torch.linalg.vector_norm(z, dim=1, keepdim=True, dtype=_F64)
             # A zero row has norm 0: divided by 1 instead, it stays 0.
             safe = norms.masked_fill(norms == 0, 1.0)
-            if self.workspace is None:
-                h = z / safe
-            else:
-                h = torch.div(z, safe, out=self.workspace.take(tuple(z.shape), z.device))
+            h = torch.div(z, safe, out=_out(self.workspace, z))
             if self.gram is None:
                 self.gram = torch.zeros(h.shape[1], h.shape[1], dtype=_F64, device=h.device)
         add_gram_(self.gram, h)

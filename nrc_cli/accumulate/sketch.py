@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nrc_cli.accumulate.moments import Moments
+from nrc_cli.accumulate.moments import Moments, shift_correction
 
 _F64 = torch.float64
 
@@ -100,8 +100,8 @@ class CovarianceSketch:
             + n * torch.outer(d, d @ self.omega)
         )
         diag = self.diag + 2 * d * self.sz + n * d * d
-        czy = self.czy + torch.outer(self.sz, e) + torch.outer(d, self.sy) + n * torch.outer(d, e)
-        cyy = self.cyy + torch.outer(self.sy, e) + torch.outer(e, self.sy) + n * torch.outer(e, e)
+        czy = self.czy + shift_correction(self.sz, d, self.sy, e, n)
+        cyy = self.cyy + shift_correction(self.sy, e, self.sy, e, n)
         return sz, sy, s_omega, diag, czy, cyy
 
     def merge(self, other: CovarianceSketch) -> CovarianceSketch:
