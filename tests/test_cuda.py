@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REFERENCE_DIR, make_tiny_case
-from helpers import assert_close, dense_report, error_line, invoke, overflow_case
+from helpers import analyze_json, assert_close, dense_report, error_line, invoke, overflow_case
 
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram
 from nrc_cli.accumulate.sketch import CovarianceSketch
@@ -37,12 +37,6 @@ NUMBERS = (
 )
 
 
-def run_json(checkpoint, data, *extra) -> dict:
-    result = invoke(["analyze", checkpoint, "--data", data, "--format", "json", *extra])
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def assert_same_report(got: dict, want: dict, rel: float, abs_: float = 1e-12) -> None:
     assert [r["layer"] for r in got["layers"]] == [r["layer"] for r in want["layers"]]
     for g, w in zip(got["layers"], want["layers"], strict=True):
@@ -61,20 +55,20 @@ def tiny_case(tmp_path):
 
 
 def test_cuda_analysis_gives_the_cpu_numbers(tiny_case):
-    cpu = run_json(tiny_case.checkpoint, tiny_case.data, "--device", "cpu", "--batch-size", 64)
-    gpu = run_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda", "--batch-size", 64)
+    cpu = analyze_json(tiny_case.checkpoint, tiny_case.data, "--device", "cpu", "--batch-size", 64)
+    gpu = analyze_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda", "--batch-size", 64)
     assert cpu["summary"]["device"] == "cpu"
     assert gpu["summary"]["device"] == f"cuda:{torch.cuda.current_device()}"
     assert_same_report(gpu, cpu, rel=1e-9)
 
 
 def test_auto_picks_the_gpu(tiny_case):
-    got = run_json(tiny_case.checkpoint, tiny_case.data)
+    got = analyze_json(tiny_case.checkpoint, tiny_case.data)
     assert got["summary"]["device"].startswith("cuda:")
 
 
 def test_cuda_analysis_matches_the_dense_reference(tiny_case):
-    got = run_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda:0")
+    got = analyze_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda:0")
     want = dense_report(tiny_case.model, tiny_case.x, tiny_case.y)
     for g, w in zip(got["layers"], want["layers"], strict=True):
         for key in ("nrc1_noise", "nrc2_cka", "nrc3_alignment", "nrc4_probe_mse"):
@@ -85,7 +79,7 @@ def test_cuda_analysis_matches_the_dense_reference(tiny_case):
 def test_reference_cases_on_cuda(case):
     folder = REFERENCE_DIR / case
     args = (folder / "args").read_text().split() if (folder / "args").is_file() else []
-    got = run_json(folder / "model.safetensors", folder / "data.npz", "--device", "cuda", *args)
+    got = analyze_json(folder / "model.safetensors", folder / "data.npz", "--device", "cuda", *args)
     expected = json.loads((folder / "expected.json").read_text())
     for g, w in zip(got["layers"], expected["layers"], strict=True):
         for key, value in w.items():
@@ -124,8 +118,8 @@ def test_accumulators_on_cuda_match_the_cpu():
 def test_several_passes_on_cuda_give_the_one_pass_numbers(tmp_path):
     case = make_tiny_case(tmp_path / "w", dims=(6, 256, 256, 2), n=400, dyadic=False)
     args = ("--device", "cuda", "--batch-size", 64)
-    one = run_json(case.checkpoint, case.data, *args)
-    many = run_json(case.checkpoint, case.data, *args, "--memory-budget", "1.5MB")
+    one = analyze_json(case.checkpoint, case.data, *args)
+    many = analyze_json(case.checkpoint, case.data, *args, "--memory-budget", "1.5MB")
     assert one["summary"]["passes"] == 1 and many["summary"]["passes"] > 1
     assert_same_report(many, one, rel=1e-12)
 
@@ -133,9 +127,9 @@ def test_several_passes_on_cuda_give_the_one_pass_numbers(tmp_path):
 def test_a_sketched_layer_runs_on_cuda(tmp_path):
     case = make_tiny_case(tmp_path / "s", dims=(6, 1024, 1024, 2), n=400, dyadic=False)
     budget = ("--batch-size", 64, "--memory-budget", "5MB")
-    exact = run_json(case.checkpoint, case.data, "--device", "cuda", "--batch-size", 64)
-    cpu = run_json(case.checkpoint, case.data, "--device", "cpu", *budget)
-    gpu = run_json(case.checkpoint, case.data, "--device", "cuda", *budget)
+    exact = analyze_json(case.checkpoint, case.data, "--device", "cuda", "--batch-size", 64)
+    cpu = analyze_json(case.checkpoint, case.data, "--device", "cpu", *budget)
+    gpu = analyze_json(case.checkpoint, case.data, "--device", "cuda", *budget)
     modes = {r["accumulator"] for r in gpu["summary"]["plan"]["layers"]}
     assert "sketch" in modes
     assert_same_report(gpu, cpu, rel=1e-5, abs_=1e-8)
@@ -146,16 +140,16 @@ def test_a_sketched_layer_runs_on_cuda(tmp_path):
 def test_randomized_spectra_on_cuda_match_the_cpu(tmp_path):
     case = make_tiny_case(tmp_path / "r", dims=(6, 128, 128, 2), n=400, dyadic=False)
     args = ("--svd", "randomized", "--seed", "3")
-    cpu = run_json(case.checkpoint, case.data, "--device", "cpu", *args)
-    gpu = run_json(case.checkpoint, case.data, "--device", "cuda", *args)
+    cpu = analyze_json(case.checkpoint, case.data, "--device", "cpu", *args)
+    gpu = analyze_json(case.checkpoint, case.data, "--device", "cuda", *args)
     assert gpu["summary"]["svd"] == "randomized"
     assert_same_report(gpu, cpu, rel=1e-5, abs_=1e-8)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_forward_on_cuda(tiny_case, dtype):
-    full = run_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda")
-    half = run_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda", "--dtype", dtype)
+    full = analyze_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda")
+    half = analyze_json(tiny_case.checkpoint, tiny_case.data, "--device", "cuda", "--dtype", dtype)
     assert half["summary"]["dtype"] == dtype
     for a, b in zip(full["layers"], half["layers"], strict=True):
         for key in ("nrc1_noise", "nrc2_cka", "nrc3_alignment"):
@@ -222,8 +216,12 @@ def test_a_conv_net_on_cuda_computes_in_float32_and_restores_tf32(tmp_path):
     args = ("--arch", f"{arch}:convnet", "--batch-size", 64)
     torch.backends.cudnn.allow_tf32 = True
     try:
-        cpu = run_json(tmp_path / "c.safetensors", tmp_path / "img.npz", "--device", "cpu", *args)
-        gpu = run_json(tmp_path / "c.safetensors", tmp_path / "img.npz", "--device", "cuda", *args)
+        cpu = analyze_json(
+            tmp_path / "c.safetensors", tmp_path / "img.npz", "--device", "cpu", *args
+        )
+        gpu = analyze_json(
+            tmp_path / "c.safetensors", tmp_path / "img.npz", "--device", "cuda", *args
+        )
         assert torch.backends.cudnn.allow_tf32 is True
     finally:
         torch.backends.cudnn.allow_tf32 = True

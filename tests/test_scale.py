@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import analyze_json
 from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
@@ -242,14 +243,6 @@ def wide_case(tmp_path):
 @pytest.fixture
 def wider_case(tmp_path):
     return mlp_case(tmp_path, 1024, "wider")
-
-
-def analyze_json(ckpt, data, *args) -> dict:
-    result = CliRunner().invoke(
-        app, ["analyze", str(ckpt), "--data", str(data), "-f", "json", *args]
-    )
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_several_passes_give_the_one_pass_numbers(wide_case):
