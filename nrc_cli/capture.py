@@ -68,6 +68,12 @@ def weight_layers(
             "no weight layer (Linear, Conv1d/2d/3d) is selected",
             hint=f"weight layers: {', '.join(names) or 'none in this model'}",
         )
+    empty = [w.name for w in found if w.in_dim == 0]
+    if empty:
+        raise ConfigError(
+            f"layer '{empty[0]}' has no input features (width 0); nrc cannot measure it",
+            hint=f"leave it out with --exclude '{empty[0]}'",
+        )
     return found
 
 

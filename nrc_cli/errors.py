@@ -52,3 +52,44 @@ class CheckFailed(NrcError):
     """A check ran and at least one requirement failed (exit code 1)."""
 
     exit_code = 1
+
+
+class WriteError(NrcError):
+    """An output file cannot be written: disk full, read-only file system, no permission."""
+
+
+# Hints for the OS errors a user can fix, by errno name.
+_OS_HINTS = {
+    "ENOSPC": "free some space on that file system, or write somewhere else",
+    "EDQUOT": "your disk quota is used up; free some space, or write somewhere else",
+    "EROFS": "the file system is mounted read-only; write somewhere else",
+    "EACCES": "you may not write there; write somewhere else, or change its permissions",
+    "EPERM": "you may not write there; write somewhere else, or change its permissions",
+    "ENOENT": "check the path",
+    "ENOTDIR": "check the path: a part of it is a file, not a folder",
+    "EISDIR": "give a file path, not a folder",
+    "EMFILE": "too many open files; raise the limit (ulimit -n) or run fewer jobs",
+}
+
+
+def os_error_reason(exc: OSError) -> str:
+    """The operating system's reason for ``exc``, in words and with its errno name.
+
+    >>> import errno, os
+    >>> os_error_reason(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    'no space left on device (ENOSPC)'
+    """
+    import errno
+
+    name = errno.errorcode.get(exc.errno) if isinstance(exc.errno, int) else None
+    text = exc.strerror or (str(exc.args[0]) if exc.args else "") or type(exc).__name__
+    text = text[:1].lower() + text[1:]
+    return f"{text} ({name})" if name else text
+
+
+def os_error_hint(exc: OSError) -> str | None:
+    """How to fix ``exc``, for the errors a user can act on; None otherwise."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno) if isinstance(exc.errno, int) else None
+    return _OS_HINTS.get(name or "")

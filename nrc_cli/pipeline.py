@@ -85,6 +85,20 @@ class AnalyzeConfig:
             raise ConfigError(f"--oversample: expected an integer >= 0, found {self.oversample}")
         if self.power_iters < 0:
             raise ConfigError(f"--power-iters: expected an integer >= 0, found {self.power_iters}")
+        for flag, value in (
+            ("--rank", self.rank),
+            ("--batch-size", self.batch_size),
+            ("--max-samples", self.max_samples),
+            ("--oversample", self.oversample),
+            ("--power-iters", self.power_iters),
+        ):
+            if value is not None and value >= 2**63:
+                raise ConfigError(f"{flag}: {value} is too large for a 64-bit integer")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(
+                f"--seed: expected an integer from 0 to 2**63 - 1, found {self.seed}",
+                hint="seeds are stored as 64-bit integers (JSON, Parquet)",
+            )
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, found '{self.dtype}'")
         if self.output_key is not None and not self.prediction:

@@ -47,6 +47,9 @@ _UNITS = {
 }
 
 
+_MAX_SIZE = 1e18
+
+
 def parse_size(text: str) -> int:
     """Parse a memory size such as ``4GB``, ``512MiB`` or ``1e9`` into bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
@@ -57,6 +60,10 @@ def parse_size(text: str) -> int:
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value < 1:
         raise ConfigError(f"--memory-budget: expected a positive size, found '{text}'")
+    if not value < _MAX_SIZE:  # also inf: 1e400GB overflows a float
+        raise ConfigError(
+            f"--memory-budget: '{text}' is too large; expected a size below 1 EB (1e18 bytes)"
+        )
     return int(value)
 
 

@@ -2,24 +2,60 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
-import typer
-from typer.core import TyperGroup
 
-from nrc_cli.cli._errors import (
+def _interrupted_at_start(signum, frame) -> None:
+    # Nothing has been read or written yet, so leave at once: a KeyboardInterrupt raised inside
+    # an import may be printed as a traceback, or swallowed by a library's bare except.
+    os.write(2, b"error: interrupted\n")
+    os._exit(130)
+
+
+def _quiet_start() -> object:
+    """Ctrl-C while the command line starts up (importing torch takes seconds): exit 130."""
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.default_int_handler:
+            return signal.signal(signal.SIGINT, _interrupted_at_start)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    return None
+
+
+_previous_sigint = _quiet_start()
+
+import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+from nrc_cli.cli._errors import (  # noqa: E402
     Abort,
     ClickException,
     Exit,
     report_internal_error,
+    report_interrupt,
     report_nrc_error,
+    report_os_error,
+    report_recursion_error,
     report_usage_error,
 )
-from nrc_cli.errors import NrcError
+from nrc_cli.errors import NrcError  # noqa: E402
+
+
+class _Interrupted(Exception):
+    """Ctrl-C during a command (typer would turn it into a silent exit code 130)."""
 
 
 class _NrcGroup(TyperGroup):
     """Runs a command and turns whatever it raises into one stderr line and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -37,11 +73,14 @@ class _NrcGroup(TyperGroup):
             sys.exit(130)
         except ClickException as err:
             sys.exit(report_usage_error(err))
-        except KeyboardInterrupt:
-            sys.stderr.write("error: interrupted\n")
-            sys.exit(130)
+        except (_Interrupted, KeyboardInterrupt):
+            sys.exit(report_interrupt())
         except (Exit, SystemExit):
             raise
+        except OSError as exc:
+            sys.exit(report_os_error(exc))
+        except RecursionError:
+            sys.exit(report_recursion_error())
         except Exception as exc:
             sys.exit(report_internal_error(exc, args))
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -66,8 +105,13 @@ def _register() -> None:
 
 
 _register()
+if _previous_sigint is not None:
+    signal.signal(signal.SIGINT, _previous_sigint)
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # between start-up and the command (typer builds the command)
+        sys.exit(report_interrupt())

@@ -8,7 +8,7 @@ import traceback
 
 from typer import Abort, Exit
 
-from nrc_cli.errors import NrcError
+from nrc_cli.errors import NrcError, os_error_hint, os_error_reason
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -43,6 +43,40 @@ def report_usage_error(err: ClickException) -> int:
     if ctx is not None:
         _say(f"hint: run '{ctx.command_path} --help' for the options")
     return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """The ``error:`` line for an OSError that reached the command line: path and reason.
+
+    >>> import errno
+    >>> os_error_line(PermissionError(errno.EACCES, "Permission denied", "run.json"))
+    "error: 'run.json': permission denied (EACCES)"
+    """
+    where = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    paths = " -> ".join(f"'{w}'" for w in where)
+    return f"error: {paths + ': ' if paths else ''}{os_error_reason(exc)}"
+
+
+def report_os_error(exc: OSError) -> int:
+    """A file the OS would not read or write (missing, no permission, disk full): exit 2."""
+    _say(os_error_line(exc))
+    hint = os_error_hint(exc)
+    if hint:
+        _say(f"hint: {hint}")
+    return 2
+
+
+def report_recursion_error() -> int:
+    """Input nested so deeply (JSON, TOML) that parsing it exhausted the stack: exit 2."""
+    _say("error: the input is nested too deeply to read (maximum recursion depth exceeded)")
+    _say("hint: check the JSON/TOML files and options given; real files nest a few levels")
+    return 2
+
+
+def report_interrupt() -> int:
+    """Ctrl-C: one line, exit 130 (128 + SIGINT), never a traceback."""
+    _say("error: interrupted")
+    return 130
 
 
 def report_internal_error(exc: BaseException, args=None) -> int:

@@ -43,7 +43,9 @@ def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -
     # a checkpoint that yields no model is reported in the document.
     kwargs = parse_arch_kwargs(arch_kwargs)
     try:
-        built = build_model(ckpt, arch=arch, arch_kwargs=kwargs, activation=activation)
+        built = build_model(
+            ckpt, arch=arch, arch_kwargs=kwargs, activation=activation, weights=False
+        )
     except CheckpointError as err:
         doc["model"] = None
         doc["model_error"] = err.message + (f" (hint: {err.hint})" if err.hint else "")

@@ -31,12 +31,15 @@ import json
 import os
 import re
 import struct
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from nrc_cli.errors import CheckpointError
+from nrc_cli.io._files import require_regular
 
 __all__ = [
     "SUFFIXES",
@@ -62,7 +65,8 @@ _ST_DTYPES = {
     "BOOL": torch.bool,
 }
 _ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
-_ST_ITEMSIZE.update({"U8": 1, "BOOL": 1})
+_ST_ITEMSIZE.update({"U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8})
+_ST_ITEMSIZE.update({"F8_E4M3": 1, "F8_E5M2": 1, "C64": 8})
 # A header larger than this is not a real safetensors header (the format caps it at 100 MB).
 _MAX_HEADER = 100_000_000
 
@@ -104,6 +108,15 @@ class TensorInfo:
         for s in self.shape:
             n *= s
         return n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor once loaded."""
+        size = _ST_ITEMSIZE.get(self.dtype)
+        if size is None:  # a .pt tensor: its dtype is a torch name
+            dtype = getattr(torch, self.dtype, None)
+            size = dtype.itemsize if isinstance(dtype, torch.dtype) else 8
+        return self.numel * size
 
 
 @dataclass
@@ -172,6 +185,11 @@ class Checkpoint:
     def n_parameters(self) -> int:
         return sum(t.numel for t in self.tensors.values())
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all the tensors once loaded (the headers' claim for safetensors)."""
+        return sum(t.nbytes for t in self.tensors.values())
+
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint file or folder and validate its headers without loading tensor data.
@@ -198,6 +216,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{p}: checkpoint not found", hint="check the path")
     if p.is_dir():
         return _open_folder(p)
+    require_regular(p, str(p), CheckpointError, expected="a checkpoint file")
     if p.name.endswith(".index.json"):
         fmt = "pt-sharded" if p.name.endswith(".bin.index.json") else "safetensors-sharded"
         return _open_sharded(p, p.parent, fmt, container="folder", path=p)
@@ -283,9 +302,10 @@ def _read_config(folder: Path) -> dict | None:
         return None
     try:
         config = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(
-            f"{p}: expected a JSON object (the model configuration), found invalid JSON: {exc}",
+            f"{p}: expected a JSON object (the model configuration), found invalid JSON: "
+            f"{_json_problem(exc)}",
             hint="repair or remove config.json",
         ) from exc
     if not isinstance(config, dict):
@@ -300,9 +320,10 @@ def _read_index(index: Path) -> dict[str, str]:
     """Return the index's ``weight_map`` (tensor name -> shard file name), checked."""
     try:
         doc = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(
-            f"{index}: corrupt shard index: not valid JSON ({exc})", hint=_INDEX_HINT
+            f"{index}: corrupt shard index: not valid JSON ({_json_problem(exc)})",
+            hint=_INDEX_HINT,
         ) from exc
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -457,9 +478,9 @@ def _read_safetensors_header(p: Path) -> tuple[dict[str, str], dict[str, TensorI
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(
-            f"{p}: corrupt safetensors header: {exc}",
+            f"{p}: corrupt safetensors header: {_json_problem(exc)}",
             hint=_NOT_ST_HINT,
         ) from exc
     meta = header.pop("__metadata__", None) or {}
@@ -468,31 +489,73 @@ def _read_safetensors_header(p: Path) -> tuple[dict[str, str], dict[str, TensorI
     data_size = size - 8 - n
     tensors: dict[str, TensorInfo] = {}
     for name, info in header.items():
-        try:
-            dtype = info["dtype"]
-            shape = tuple(int(s) for s in info["shape"])
-            start, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(
-                f"{p}: corrupt safetensors header: entry '{name}' lacks dtype/shape/data_offsets",
-            ) from exc
-        if end > data_size:
-            raise CheckpointError(
-                f"{p}: truncated: tensor '{name}' ends at byte {end} of the data section, "
-                f"which has only {data_size} bytes",
-                hint="the file was cut short (interrupted copy or download?); re-export it",
-            )
-        numel = 1
-        for s in shape:
-            numel *= s
-        itemsize = _ST_ITEMSIZE.get(dtype)
-        if itemsize is not None and (end - start) != numel * itemsize:
-            raise CheckpointError(
-                f"{p}: corrupt safetensors header: tensor '{name}' of shape {list(shape)} "
-                f"and dtype {dtype} needs {numel * itemsize} bytes, header gives {end - start}",
-            )
-        tensors[name] = TensorInfo(name, shape, dtype)
+        tensors[name] = _header_entry(p, name, info, data_size)
     return {str(k): str(v) for k, v in meta.items()}, tensors
+
+
+def _header_entry(p: Path, name: str, info: object, data_size: int) -> TensorInfo:
+    """Check one tensor entry of a safetensors header completely, before anything is allocated:
+    a known dtype, a shape of non-negative integers, and a byte range inside the data section
+    whose length is exactly what the shape and dtype need."""
+    where = f"{p}: corrupt safetensors header: tensor '{name}'"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        found = sorted(info) if isinstance(info, dict) else type(info).__name__
+        raise CheckpointError(
+            f"{where}: expected an object with dtype, shape and data_offsets, found {found}",
+            hint=_NOT_ST_HINT,
+        )
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _ST_ITEMSIZE:
+        raise CheckpointError(
+            f"{where}: unknown dtype {_short(dtype)}, expected one of {', '.join(_ST_ITEMSIZE)}",
+            hint=_NOT_ST_HINT,
+        )
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(
+            f"{where}: the shape {_short(shape)} is not a list of non-negative integers",
+            hint=_NOT_ST_HINT,
+        )
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise CheckpointError(
+            f"{where}: data_offsets {_short(offsets)} is not [begin, end] with 0 <= begin <= end",
+            hint=_NOT_ST_HINT,
+        )
+    start, end = offsets
+    if end > data_size:
+        raise CheckpointError(
+            f"{p}: truncated: tensor '{name}' ends at byte {end} of the data section, "
+            f"which has only {data_size} bytes",
+            hint="the file was cut short (interrupted copy or download?); re-export it",
+        )
+    numel = 1
+    for d in shape:
+        numel *= d
+    if end - start != numel * _ST_ITEMSIZE[dtype]:
+        raise CheckpointError(
+            f"{where}: shape {shape} and dtype {dtype} need {numel * _ST_ITEMSIZE[dtype]} "
+            f"bytes, the header gives {end - start}",
+        )
+    return TensorInfo(name, tuple(shape), dtype)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    return str(exc)
 
 
 def _infos(state: dict[str, torch.Tensor]) -> dict[str, TensorInfo]:
@@ -506,8 +569,19 @@ def _load_pt(p: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` and unwrap; refuse anything that needs pickle."""
     import pickle
 
+    require_regular(p, str(p), CheckpointError, expected="a checkpoint file")
+    if _is_torchscript(p):
+        raise CheckpointError(
+            f"{p}: refused: this is a TorchScript archive (torch.jit.save), which holds code as "
+            "well as weights; nrc loads plain state dicts only",
+            hint="where you trust the file, save its weights: "
+            "torch.save(torch.jit.load(path).state_dict(), 'weights.pt')",
+        )
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns on stderr about pickle protocols and TorchScript; the error says it all.
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{p}: refused: the file holds {_pickled_what(exc)}, which would need pickle to load",
@@ -515,23 +589,46 @@ def _load_pt(p: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except Exception as exc:
         raise CheckpointError(
-            f"{p}: cannot read as a PyTorch checkpoint: {type(exc).__name__}: "
-            f"{_first_line(str(exc))}",
+            f"{p}: cannot read as a PyTorch checkpoint: {type(exc).__name__}: {_torch_reason(exc)}",
             hint="the file may be corrupt or truncated",
         ) from exc
     return unwrap_state_dict(obj, where=str(p))
 
 
+def _is_torchscript(p: Path) -> bool:
+    """A TorchScript archive is a zip like a ``torch.save`` file, plus compiled code."""
+    try:
+        if not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
 def _pickled_what(exc: BaseException) -> str:
-    """Name the Python object torch's weights-only unpickler stopped at, if it says."""
+    """Name the Python object torch's weights-only unpickler stopped at, if it says.
+
+    torch's message also advises passing ``weights_only=False``, which would run the file's
+    code: that advice is never repeated.
+    """
     text = _ANSI.sub("", str(exc))
     m = re.search(r"GLOBAL ([\w.]+)", text)
     if m:
         return f"a Python object of type {m.group(1)}"
-    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
-    if m:
-        return f"Python objects ({m.group(1).strip()[:160]})"
-    return f"Python objects ({_first_line(text)[:160]})"
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if m and "weights_only" not in m.group(1):
+        return f"Python objects the weights-only loader refuses ({m.group(1).strip()[:120]})"
+    return "Python objects the weights-only loader refuses"
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The first line of torch's message, unless it is the advice to drop weights_only."""
+    line = _first_line(str(exc))
+    if "weights_only" in line:
+        return "not a state dict torch can read without running code"
+    return line[:200]
 
 
 def _first_line(text: str) -> str:
@@ -575,9 +672,9 @@ def parse_arch_metadata(ckpt: Checkpoint) -> dict | None:
         return None
     try:
         arch = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(
-            f"{ckpt.path}: metadata 'nrc.arch' is not valid JSON: {exc}",
+            f"{ckpt.path}: metadata 'nrc.arch' is not valid JSON: {_json_problem(exc)}",
         ) from exc
     if not isinstance(arch, dict):
         raise CheckpointError(f"{ckpt.path}: metadata 'nrc.arch' must be a JSON object")

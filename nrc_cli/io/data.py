@@ -31,6 +31,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.io._files import require_regular
 
 __all__ = ["ArrayInfo", "Batch", "Dataset", "NpzDataset", "open_dataset"]
 
@@ -39,6 +40,10 @@ _LOCAL_HEADER_SIZE = 30
 _LOCAL_HEADER_SIG = b"PK\x03\x04"
 # numpy's own bound on the size of an .npy header; larger headers are refused as unsafe.
 _MAX_HEADER_SIZE = 10000
+#: The largest compressed Fortran-ordered member loaded whole (bytes once decompressed): its
+#: rows are scattered over the whole stream, so it cannot be streamed; larger ones are refused
+#: rather than let a small file take gigabytes of memory.
+MAX_WHOLE_BYTES = 256 * 10**6
 # dtype kinds we accept: bool, signed int, unsigned int, float.
 _NUMERIC_KINDS = "biuf"
 _SAVE_HINT = "save plain numeric arrays, e.g. np.savez(path, x=x.astype(np.float32), y=y)"
@@ -191,6 +196,7 @@ def open_dataset(
                 hint="name keyword inputs in the spec: [inputs.NAME] sections",
             )
         return _spec.SpecDataset(_spec.read_spec(p), max_samples=max_samples)
+    require_regular(p, str(p), DataError, expected="a data file")
     if suffix != ".npz" and not (p.is_file() and zipfile.is_zipfile(p)):
         # (An existing zip is opened whatever its suffix: an .npz saved under another name.)
         if p.is_dir():
@@ -264,7 +270,8 @@ class NpzDataset:
     -----
     A compressed member stored in Fortran order cannot be decompressed row by row; such a
     member (rare: ``np.savez_compressed`` of a transposed array) is loaded whole, once, and
-    kept in memory for the life of the data set.
+    kept in memory for the life of the data set, up to :data:`MAX_WHOLE_BYTES`; a larger one
+    is refused when the file is opened.
     """
 
     #: Named model inputs; empty: the inputs are one array, passed positionally.
@@ -542,6 +549,19 @@ class _Member:
                 f"{where}: cannot decompress array '{key}': {e}", hint=_REWRITE_HINT
             ) from e
         info = ArrayInfo(key=key, shape=shape, dtype=dtype, compressed=True)
+        if fortran and math.prod(shape[1:]) <= 1:
+            fortran = False  # one value per row: the same bytes in either order
+        if fortran and not dtype.hasobject:
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > MAX_WHOLE_BYTES:
+                raise DataError(
+                    f"{where}: array '{key}' is compressed and stored in Fortran (column) "
+                    f"order, so its rows cannot be read one batch at a time; reading it would "
+                    f"take {nbytes / 1e6:,.0f} MB at once (nrc allows {MAX_WHOLE_BYTES // 10**6} "
+                    f"MB for that)",
+                    hint=f"save it in row order: np.savez_compressed(path, {key}="
+                    f"np.ascontiguousarray({key}), ...), or uncompressed with np.savez",
+                )
         return cls(info, zinfo, fortran, None)
 
     def reader(self, zf: zipfile.ZipFile, where: str) -> _MemmapReader | _StreamReader:
@@ -779,6 +799,7 @@ def _open_zip(path: Path, where: str) -> zipfile.ZipFile:
             f"{where}: expected an .npz data file, found a directory",
             hint="pass the .npz file inside it",
         )
+    require_regular(path, where, DataError, expected="an .npz data file")
     try:
         return zipfile.ZipFile(path, "r")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
@@ -867,11 +888,22 @@ def _read_npy_header(fp: IO[bytes], key: str, where: str) -> tuple[tuple[int, ..
             shape, fortran, dtype = _read_array_header_3_0(fp)
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-    except (ValueError, SyntaxError, struct.error, EOFError) as e:
+        if not isinstance(shape, tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise ValueError(f"shape {_short(shape)} is not a tuple of non-negative integers")
+    except (ValueError, TypeError, SyntaxError, struct.error, EOFError, RecursionError) as e:
+        reason = "the header is nested too deeply" if isinstance(e, RecursionError) else e
         raise DataError(
-            f"{where}: member '{key}' is not a valid .npy array: {e}", hint=_REWRITE_HINT
+            f"{where}: member '{key}' is not a valid .npy array: {_short(reason, 200)}",
+            hint=_REWRITE_HINT,
         ) from e
     return tuple(int(d) for d in shape), bool(fortran), dtype
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_array_header_3_0(fp: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from nrc_cli.errors import DataError
+from nrc_cli.io._files import require_regular
 from nrc_cli.io.data import (
     ArrayInfo,
     _describe_file,
@@ -88,6 +89,7 @@ def open_source(path: Path, *, where: str, delimiter: str | None = None) -> Sour
         raise DataError(f"{where}: data file not found", hint=hint)
     if path.is_dir():
         raise DataError(f"{where}: expected a data file, found a directory")
+    require_regular(path, where, DataError, expected="a data file")
     if suffix == ".npz":
         return NpzSource(path, where)
     if suffix == ".npy":
@@ -349,8 +351,14 @@ class ParquetSource(TableSource):
             # pyarrow 26, keeps far more than one row group in memory.
             self._file: object | None = pq.ParquetFile(path, pre_buffer=False)
         except (pa.ArrowException, OSError) as e:
+            found = _describe_file(path)
+            problem = (
+                "the Parquet file is damaged or truncated"
+                if found.endswith("Parquet file")
+                else f"expected a Parquet file, found {found}"
+            )
             raise DataError(
-                f"{where}: expected a Parquet file, found {_describe_file(path)} ({e})",
+                f"{where}: {problem} ({_arrow_message(e)})",
                 hint="write it with pandas.DataFrame.to_parquet or pyarrow.parquet.write_table",
             ) from e
         schema = self._file.schema_arrow  # type: ignore[attr-defined]

@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.io._files import special_kind
 from nrc_cli.io.data import (
     _NUMERIC_KINDS,
     ArrayInfo,
@@ -168,7 +169,7 @@ def read_spec(path: str | os.PathLike) -> DataSpec:
     """
     p = Path(path)
     if not p.is_file():
-        what = "a directory" if p.is_dir() else "nothing"
+        what = "a directory" if p.is_dir() else special_kind(p) or "nothing"
         raise DataError(f"{p}: expected a TOML data spec, found {what}", hint="check the path")
     toml = _toml_module()
     try:
@@ -177,6 +178,8 @@ def read_spec(path: str | os.PathLike) -> DataSpec:
         raise DataError(f"{p}: expected a TOML data spec (UTF-8 text), found binary data") from e
     except toml.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}", hint=_DOC_HINT) from e
+    except RecursionError as e:
+        raise ConfigError(f"{p}: invalid TOML: nested too deeply to read", hint=_DOC_HINT) from e
     return parse_spec(doc, path=p)
 
 

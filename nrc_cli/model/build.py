@@ -82,17 +82,17 @@ def load_factory(arch: str):
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[name]
             raise ConfigError(
-                f"--arch: importing '{target}' failed: {type(exc).__name__}: {exc}",
+                f"--arch: importing '{target}' failed: {_raised(exc)}",
             ) from exc
     else:
         try:
             module = importlib.import_module(target)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ConfigError(
-                f"--arch: cannot import module '{target}': {type(exc).__name__}: {exc}",
+                f"--arch: cannot import module '{target}': {_raised(exc)}",
                 hint="is it installed or on PYTHONPATH? or pass a file path: --arch file.py:NAME",
             ) from exc
     factory = getattr(module, attr, None)
@@ -107,12 +107,56 @@ def load_factory(arch: str):
     return factory
 
 
+def _raised(exc: BaseException) -> str:
+    """What user code did, for a message: ``raised ValueError: ...`` or ``called sys.exit(0)``."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"raised {type(exc).__name__}: {exc}"
+
+
+def check_memory(ckpt: Checkpoint, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a checkpoint whose tensors exceed the memory.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        An opened checkpoint (its headers give the sizes).
+    available : int, optional
+        Bytes of memory available (default: measured now).
+
+    Raises
+    ------
+    CheckpointError
+        The tensors need more bytes than are available.
+    """
+    if ckpt._loaded is not None:
+        return  # a .pt file: already in memory
+    if available is None:
+        from nrc_cli.planning import available_memory
+
+        available = available_memory()
+    need = ckpt.nbytes
+    if need > available:
+        biggest = max(ckpt.tensors.values(), key=lambda t: t.nbytes)
+        raise CheckpointError(
+            f"{ckpt.path}: the tensors need {_size(need)} once loaded (the largest, "
+            f"'{biggest.name}' of shape {list(biggest.shape)}, {_size(biggest.nbytes)}), more "
+            f"than the {_size(available)} of memory available",
+            hint="run on a machine with more memory; if the file is small, its header is wrong",
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 def build_model(
     ckpt: Checkpoint,
     *,
     arch: str | None = None,
     arch_kwargs: dict | None = None,
     activation: str | None = None,
+    weights: bool = True,
 ) -> BuiltModel:
     """Rebuild the model a checkpoint holds, load its weights strictly, put it in eval mode.
 
@@ -126,10 +170,16 @@ def build_model(
         Keyword arguments for the factory.
     activation : str, optional
         Activation for MLP inference (default ``relu``); ignored by the other routes.
+    weights : bool
+        Load the weights (default). False checks names and shapes against the headers only,
+        and builds an MLP rebuilt from the tensors on the ``meta`` device: nothing of the
+        checkpoint's size is allocated (``nrc inspect``).
     """
+    if weights:
+        check_memory(ckpt)
     if arch == "hf":
         module = build_hf(ckpt)
-        load_strict(module, ckpt)
+        load_strict(module, ckpt, load=weights)
         module.eval()
         desc = f"{type(module).__name__} from {ckpt.path}/config.json (--arch hf)"
         return BuiltModel(module, "arch", desc, checkpoint=ckpt)
@@ -137,9 +187,9 @@ def build_model(
         factory = load_factory(arch)
         try:
             module = factory(**(arch_kwargs or {}))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ConfigError(
-                f"--arch: the factory '{arch}' raised {type(exc).__name__}: {exc}",
+                f"--arch: the factory '{arch}' {_raised(exc)}",
                 hint="check --arch-kwargs against the factory's parameters",
             ) from exc
         if not isinstance(module, nn.Module):
@@ -147,7 +197,7 @@ def build_model(
                 f"--arch: the factory '{arch}' returned {type(module).__name__}, expected an "
                 "torch.nn.Module",
             )
-        load_strict(module, ckpt)
+        load_strict(module, ckpt, load=weights)
         module.eval()
         desc = f"{type(module).__name__} from --arch {arch}"
         return BuiltModel(module, "arch", desc, checkpoint=ckpt)
@@ -159,8 +209,12 @@ def build_model(
     else:
         spec = infer_mlp_spec(ckpt, activation or "relu")
         route = "inferred"
-    module = InferredMLP(spec)
-    load_strict(module, ckpt)
+    if weights:
+        module = InferredMLP(spec)
+    else:
+        with torch.device("meta"):
+            module = InferredMLP(spec)
+    load_strict(module, ckpt, load=weights)
     module.eval()
     dims = " -> ".join([str(spec.in_features)] + [str(b.out_features) for b in spec.blocks])
     norms = sorted({b.norm_kind for b in spec.blocks if b.norm_kind})
@@ -209,8 +263,11 @@ def build_hf(ckpt: Checkpoint) -> nn.Module:
         ) from exc
 
 
-def load_strict(module: nn.Module, ckpt: Checkpoint) -> None:
-    """Load the checkpoint into ``module``; report missing, unexpected and mis-shaped keys together."""
+def load_strict(module: nn.Module, ckpt: Checkpoint, *, load: bool = True) -> None:
+    """Load the checkpoint into ``module``; report missing, unexpected and mis-shaped keys together.
+
+    With ``load=False`` only the names and shapes are checked; no tensor data is read.
+    """
     expected = module.state_dict()
     # Lazy modules (nn.LazyLinear, ...) have no shape until a forward pass, so neither the shape
     # check below nor load_state_dict can use them.
@@ -240,6 +297,8 @@ def load_strict(module: nn.Module, ckpt: Checkpoint) -> None:
             f"{ckpt.path}: the weights do not fit the model: {'; '.join(parts)}",
             hint="check --arch and --arch-kwargs against how the checkpoint was saved",
         )
+    if not load:
+        return
     state = ckpt.state_dict()
     with torch.no_grad():
         module.load_state_dict(state, strict=True)

@@ -86,9 +86,10 @@ def infer_mlp_spec(ckpt: Checkpoint, activation: str = "relu") -> MlpSpec:
     modules: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, info in ckpt.tensors.items():
         path, _, leaf = name.rpartition(".")
-        if not path:
+        if not path or "" in path.split("."):
             raise CheckpointError(
-                f"{where}: cannot infer an MLP: tensor '{name}' is not '<module>.<param>'",
+                f"{where}: cannot infer an MLP: tensor '{name}' is not '<module>.<param>'"
+                + (" (a module name is empty)" if path else ""),
                 hint=_ARCH_HINT,
             )
         modules.setdefault(path, {})[leaf] = info.shape
@@ -100,6 +101,12 @@ def infer_mlp_spec(ckpt: Checkpoint, activation: str = "relu") -> MlpSpec:
         params = modules[path]
         w = params.get("weight")
         if w is not None and len(w) == 2:
+            if 0 in w:
+                raise CheckpointError(
+                    f"{where}: cannot infer an MLP: '{path}.weight' has shape {list(w)}, a layer "
+                    "of width 0",
+                    hint="re-export the model; every layer needs at least one unit",
+                )
             extra = sorted(set(params) - {"weight", "bias"})
             if extra or ("bias" in params and params["bias"] != (w[0],)):
                 raise CheckpointError(
@@ -158,6 +165,11 @@ def infer_mlp_spec(ckpt: Checkpoint, activation: str = "relu") -> MlpSpec:
     return MlpSpec(tuple(blocks), activation)
 
 
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _norm_kind(params: dict[str, tuple[int, ...]]) -> str | None:
     keys = set(params)
     if {"running_mean", "running_var"} <= keys and keys <= {
@@ -178,16 +190,19 @@ def spec_from_metadata(ckpt: Checkpoint, arch: dict) -> MlpSpec:
     where = f"{ckpt.path}: metadata 'nrc.arch'"
     kind = arch.get("type")
     if kind != "mlp":
-        raise CheckpointError(f"{where}: unknown type {kind!r}, expected 'mlp'", hint=_ARCH_HINT)
-    activation = arch.get("activation", "relu")
-    if activation not in ACTIVATIONS:
         raise CheckpointError(
-            f"{where}: unknown activation {activation!r}, expected one of {', '.join(ACTIVATIONS)}"
+            f"{where}: unknown type {_short(kind)}, expected 'mlp'", hint=_ARCH_HINT
+        )
+    activation = arch.get("activation", "relu")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise CheckpointError(
+            f"{where}: unknown activation {_short(activation)}, expected one of "
+            f"{', '.join(ACTIVATIONS)}"
         )
     norm = arch.get("norm")
-    if norm not in NORMS:
+    if not (norm is None or isinstance(norm, str)) or norm not in NORMS:
         raise CheckpointError(
-            f"{where}: unknown norm {norm!r}, expected null, 'layernorm' or 'batchnorm'"
+            f"{where}: unknown norm {_short(norm)}, expected null, 'layernorm' or 'batchnorm'"
         )
     spec = infer_mlp_spec(ckpt, activation)
     hidden = spec.blocks[:-1]
