@@ -38,6 +38,7 @@ from pathlib import Path
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
+from nrc_cli.io._files import special_kind
 from nrc_cli.io.checkpoint import SUFFIXES, is_model_folder_listing
 from nrc_cli.pipeline import AnalyzeConfig, resolve_device, run
 from nrc_cli.report.writers import atomic_write, csv_text, json_text, parquet_bytes
@@ -106,10 +107,11 @@ def _is_model_folder(folder: Path) -> bool:
     return is_model_folder_listing(names)
 
 
-def _walk(folder: Path) -> list[Path]:
+def _walk(folder: Path, skipped: list[str] | None = None) -> list[Path]:
     """Checkpoints under ``folder``, recursively: checkpoint files, and model folders taken
     whole (their shards are one checkpoint). Hidden files and folders are skipped (``.git``,
-    ``.ipynb_checkpoints``, temporary files of interrupted writes)."""
+    ``.ipynb_checkpoints``, temporary files of interrupted writes), and so are special files
+    (a FIFO would block the audit forever), each with a line in ``skipped``."""
     found = []
     for root, dirs, files in os.walk(folder):
         keep = []
@@ -123,11 +125,16 @@ def _walk(folder: Path) -> list[Path]:
         dirs[:] = keep
         for name in files:
             if not name.startswith(".") and name.endswith(SUFFIXES):
-                found.append(Path(root) / name)
+                path = Path(root) / name
+                kind = special_kind(path)
+                if kind is None:
+                    found.append(path)
+                elif skipped is not None:
+                    skipped.append(f"{path.as_posix()}: {kind}, not a checkpoint file")
     return found
 
 
-def discover(paths: Sequence[str]) -> list[str]:
+def discover(paths: Sequence[str], *, skipped: list[str] | None = None) -> list[str]:
     """Expand files, folders and globs into a sorted list of checkpoint paths.
 
     Parameters
@@ -137,6 +144,9 @@ def discover(paths: Sequence[str]) -> list[str]:
         a model folder (Hugging Face style: one checkpoint), a folder (searched recursively for
         ``.safetensors``, ``.pt``, ``.pth`` and ``.bin`` files and model folders) or a glob
         (``**`` allowed; matched folders are treated as folders).
+    skipped : list of str, optional
+        Receives one line per file found in a folder but left out: a named pipe (FIFO), a
+        device or a socket with a checkpoint suffix.
 
     Returns
     -------
@@ -174,7 +184,7 @@ def discover(paths: Sequence[str]) -> list[str]:
             if target.is_dir() and _is_model_folder(target):
                 found.append(target)
             elif target.is_dir():
-                inside = _walk(target)
+                inside = _walk(target, skipped)
                 if not inside and not _is_glob(arg):
                     raise ConfigError(
                         f"'{arg}': the folder holds no checkpoint file "
@@ -457,6 +467,8 @@ def read_table(path: str | os.PathLike):
             hint="is it a table written by nrc audit / nrc analyze?",
         ) from exc
     frame = frame_from_rows(rows, known)
+    if not known:  # no column of the schema: keep one row per record all the same
+        frame = pd.DataFrame(index=pd.RangeIndex(len(raw)))
     extra = {}
     for c in raw.columns:
         if c in kinds:
@@ -493,13 +505,23 @@ def merge_tables(paths: Sequence[str | os.PathLike]):
         raise ConfigError("audit merge: expected at least one input table, found none")
     rows: list[dict] = []
     owner: dict[str, str] = {}
-    for path in paths:
-        frame = read_table(path)
-        missing = [c for c, _ in IDENTITY_COLUMNS[:1] if c not in frame.columns]
-        if missing or "index" not in frame.columns:
+    seen: dict[tuple, str] = {}
+    required = [*(c for c, _ in IDENTITY_COLUMNS), "layer", "index"]
+    for i, path in enumerate(paths):
+        again = next((q for q in paths[:i] if _same_file(q, path)), None)
+        if again is not None:
             raise DataError(
-                f"'{path}': not an audit table: no 'checkpoint'/'index' column "
-                f"(columns: {', '.join(map(str, frame.columns[:8]))}...)",
+                f"'{path}' is given twice (as '{again}' too); merging would duplicate its rows",
+                hint="give each shard once",
+            )
+        frame = read_table(path)
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            shown = ", ".join(map(str, frame.columns[:8])) or "none"
+            raise DataError(
+                f"'{path}': not an audit table: it lacks the column(s) "
+                f"{', '.join(repr(c) for c in missing)} (it has: {shown}"
+                f"{', ...' if len(frame.columns) > 8 else ''})",
                 hint="merge the outputs of nrc audit",
             )
         for name in frame["checkpoint"].dropna().unique():
@@ -510,8 +532,31 @@ def merge_tables(paths: Sequence[str | os.PathLike]):
                 )
             owner[name] = str(path)
         for record in frame.to_dict("records"):
-            rows.append({k: _cell(v) for k, v in record.items()})
-    return audit_frame(rows)
+            row = {k: _cell(v) for k, v in record.items()}
+            key = (row.get("checkpoint"), row.get("layer"))
+            if key in seen:
+                twice = "twice in" if seen[key] == str(path) else f"in '{seen[key]}' and in"
+                raise DataError(
+                    f"checkpoint '{key[0]}', layer '{key[1]}' is {twice} '{path}'; "
+                    "merging would duplicate its rows",
+                    hint="give each shard once; shards of one audit never overlap",
+                )
+            seen[key] = str(path)
+            rows.append(row)
+    try:
+        return audit_frame(rows)
+    except (ValueError, TypeError) as exc:
+        raise DataError(
+            f"the tables cannot be merged into an audit table: {exc}",
+            hint="merge the outputs of nrc audit",
+        ) from exc
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _cell(value):
@@ -599,8 +644,13 @@ def _analyze_one(config: AnalyzeConfig) -> dict:
 def _init_worker(threads: int, parent: int) -> None:
     """Worker set-up: one torch thread each (N workers share the cores), and exit when the
     parent is gone, so a killed audit never leaves orphans computing for nobody."""
+    import signal
+
     import torch
 
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself, and a
+    # worker must not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
 
     def watch() -> None:

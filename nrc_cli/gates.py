@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.io._files import require_regular
 from nrc_cli.results import LAYER_COLUMNS, METRIC_COLUMNS, SUMMARY_FIELDS, Results, clean
 
 # Per-layer columns a requirement may test: every numeric or boolean column of the schema.
@@ -1236,6 +1237,7 @@ def load_report(path: str, *, option: str = "--report") -> Results:
         raise DataError(f"{where}: no such file", hint=make)
     if p.is_dir():
         raise DataError(f"{where}: is a folder, expected a JSON report file")
+    require_regular(p, where, DataError, expected="a JSON report file")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -1247,6 +1249,8 @@ def load_report(path: str, *, option: str = "--report") -> Results:
             f"{where}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
             hint=make,
         ) from exc
+    except RecursionError as exc:
+        raise DataError(f"{where}: not a report: its JSON is nested too deeply", hint=make) from exc
     expected = "a JSON object with 'summary' and 'layers', as written by nrc analyze --format json"
     if not isinstance(doc, dict):
         raise DataError(f"{where}: expected {expected}, found a JSON {type(doc).__name__}")
@@ -1340,6 +1344,8 @@ def load_gate_file(path: str) -> GateFile:
         raise ConfigError(f"{where}: cannot read it: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply to read") from exc
     _only_keys(doc, {"require", "baseline"}, where)
     require = doc.get("require", [])
     if not isinstance(require, list) or not all(isinstance(r, str) for r in require):

@@ -489,6 +489,11 @@ class _Analysis:
             "dtype": config.dtype,
         }
         head = order[-1]
+        if sse is not None and not math.isfinite(model_mse):
+            summary["warnings"] = [
+                "model_mse is null: the model's predictions are not finite (nan or inf), "
+                "so nrc4_ratio is null too; check the model's output"
+            ]
         if head in grams:
             spectrum, m = last
             summary.update(

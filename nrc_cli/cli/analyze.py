@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.markup import escape
 
 from nrc_cli.cli import _options as o
-from nrc_cli.cli._console import progress_enabled, stderr_console
+from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_to_stderr
 from nrc_cli.cli._output import emit
 from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
 from nrc_cli.pipeline import AnalyzeConfig, run
 from nrc_cli.report.table import render
 from nrc_cli.report.writers import (
+    check_not_input,
     check_output_path,
     csv_text,
     json_text,
@@ -101,6 +104,14 @@ def run_with_progress(config: AnalyzeConfig, *, quiet: bool, threads: int | None
             for line in describe_plan(plan):
                 stderr_console().print(escape(line), style="dim")
 
+    with stdout_to_stderr():
+        results = _run(config, quiet=quiet, on_plan=on_plan)
+    for line in results.summary.get("warnings") or ():
+        sys.stderr.write(f"warning: {line}\n")
+    return results
+
+
+def _run(config: AnalyzeConfig, *, quiet: bool, on_plan) -> Results:
     if not progress_enabled(quiet):
         return run(config, on_plan=on_plan)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -183,6 +194,7 @@ def analyze(
     """Stream DATA through CHECKPOINT once and report Deep NRC for every weight layer."""
     fmt = resolve_format(format, output)
     check_output_path(output)
+    check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
     config = build_config(checkpoint, data, locals())
     results = run_with_progress(config, quiet=quiet, threads=threads)
     emit_results(results, fmt, output)

@@ -11,12 +11,17 @@ from typing import Annotated
 import typer
 
 from nrc_cli.cli import _options as o
-from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_console
+from nrc_cli.cli._console import (
+    progress_enabled,
+    stderr_console,
+    stdout_console,
+    stdout_to_stderr,
+)
 from nrc_cli.cli._output import emit
 from nrc_cli.cli.analyze import ANALYSIS_OPTIONS, build_config
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
-from nrc_cli.report.writers import check_output_path, csv_text, resolve_format
+from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
 
 # Options of this command only (the shared ones live in _options.py).
 Paths = Annotated[
@@ -134,10 +139,18 @@ def audit(
     check_output_path(errors)
     if errors is not None:
         lib.table_format(errors)
+    check_not_input(errors, {"--output": output, "--data": data}, flag="--errors")
+    check_not_input(output, {"--data": data}, flag="--output")
     config = build_config("", data, locals())
-    found = lib.discover(paths)
+    skipped: list[str] = []
+    found = lib.discover(paths, skipped=skipped)
+    for line in skipped:
+        sys.stderr.write(f"warning: skipped {line}\n")
+    for label in found:
+        check_not_input(output, {f"the checkpoint '{label}'": label}, flag="--output")
+        check_not_input(errors, {f"the checkpoint '{label}'": label}, flag="--errors")
     selection = lib.select_shard(found, lib.parse_shard(shard))
-    with _sigterm_exits(), _progress(quiet, len(selection)) as progress:
+    with _sigterm_exits(), _progress(quiet, len(selection)) as progress, stdout_to_stderr():
         result = lib.run_audit(
             selection,
             config,
@@ -190,6 +203,7 @@ def _merge(args: list[str], *, format: str | None, output: str | None, quiet: bo
     out, inputs = args[0], args[1:]
     fmt = lib.table_format(out, format)
     check_output_path(out)
+    check_not_input(out, {f"the input '{path}'": path for path in inputs}, flag="OUT")
     frame = lib.merge_tables(inputs)
     lib.write_table(frame, out, fmt)
     if not quiet:
@@ -199,13 +213,17 @@ def _merge(args: list[str], *, format: str | None, output: str | None, quiet: bo
         )
 
 
+class _Terminated(SystemExit):
+    """SIGTERM: unlike a sys.exit() in user code, never taken for an error of that code."""
+
+
 @contextlib.contextmanager
 def _sigterm_exits():
     """Turn SIGTERM (a batch scheduler's 'stop') into a normal exit, so that temporary files
     are removed and worker processes are stopped; committed checkpoints stay committed."""
 
     def stop(signum, frame):
-        raise SystemExit(128 + signum)
+        raise _Terminated(128 + signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, stop)

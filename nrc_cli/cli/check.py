@@ -31,7 +31,13 @@ from nrc_cli.gates import (
 from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
 from nrc_cli.report.gates import render_check
 from nrc_cli.report.junit import junit_xml
-from nrc_cli.report.writers import atomic_write, check_output_path, json_text, resolve_format
+from nrc_cli.report.writers import (
+    atomic_write,
+    check_not_input,
+    check_output_path,
+    json_text,
+    resolve_format,
+)
 from nrc_cli.results import Results
 
 CHECK_FORMATS = ("table", "json")
@@ -208,6 +214,16 @@ def check(
     requirements, baseline_path, tolerances = gather_gates(
         require, require_file, baseline, tolerance
     )
+    # (not named `inputs`: build_config reads the --input option from locals())
+    read_from = {
+        "the checkpoint": checkpoint,
+        "--data": data,
+        "--report": report,
+        "the baseline": baseline_path,
+        "--require-file": require_file,
+    }
+    check_not_input(output, read_from)
+    check_not_input(junit, {**read_from, "--output": output}, flag="--junit")
     # Inputs are read before the (possibly long) analysis so a bad one fails fast.
     base = load_report(baseline_path, option="--baseline") if baseline_path else None
     if report is not None:

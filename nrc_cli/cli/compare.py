@@ -12,7 +12,13 @@ from nrc_cli.cli._output import emit
 from nrc_cli.cli.check import Tolerance
 from nrc_cli.gates import COMPARE_COLUMNS, compare_reports, load_report, parse_tolerances
 from nrc_cli.report.gates import render_compare
-from nrc_cli.report.writers import check_output_path, csv_text, json_text, resolve_format
+from nrc_cli.report.writers import (
+    check_not_input,
+    check_output_path,
+    csv_text,
+    json_text,
+    resolve_format,
+)
 from nrc_cli.results import frame_from_rows
 
 COMPARE_FORMATS = ("table", "json", "csv")
@@ -37,6 +43,7 @@ def compare(
     B − A, differences beyond --tolerance marked. Exit 0 unless an input is bad."""
     fmt = resolve_format(format, output, allowed=COMPARE_FORMATS)
     check_output_path(output)
+    check_not_input(output, {"report A": a, "report B": b})
     tolerances, _ = parse_tolerances(tolerance)
     report_a = load_report(a, option="A")
     report_b = load_report(b, option="B")

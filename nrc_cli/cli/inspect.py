@@ -10,11 +10,13 @@ from rich.text import Text
 
 from nrc_cli.capture import weight_layers
 from nrc_cli.cli import _options as o
+from nrc_cli.cli._console import stdout_to_stderr
 from nrc_cli.cli._output import emit
 from nrc_cli.errors import CheckpointError
 from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.model.build import build_model, parse_arch_kwargs
 from nrc_cli.report.writers import (
+    check_not_input,
     check_output_path,
     csv_text,
     json_text,
@@ -130,7 +132,9 @@ def inspect(
     """Show CHECKPOINT's tensors, metadata and the model nrc would build (no data needed)."""
     fmt = resolve_format(format, output)
     check_output_path(output)
-    doc = describe(checkpoint, arch=arch, arch_kwargs=arch_kwargs, activation=activation)
+    check_not_input(output, {"the checkpoint": checkpoint})
+    with stdout_to_stderr():  # an --arch factory may print
+        doc = describe(checkpoint, arch=arch, arch_kwargs=arch_kwargs, activation=activation)
     emit(
         fmt,
         output,

@@ -82,9 +82,10 @@ def plot(
             hint="figures are files: nrc plot run.json --output profile.png",
         )
     draw.image_format(output, format)
-    from nrc_cli.report.writers import check_output_path
+    from nrc_cli.report.writers import check_not_input, check_output_path
 
     check_output_path(output)
+    check_not_input(output, {"REPORT": report})
     suffix = Path(report).suffix.lower()
     if suffix == ".json":
         if x is not None or hue is not None or layer is not None:
@@ -141,6 +142,8 @@ def _read_report(path: str):
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"'{path}': not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise DataError(f"'{path}': not a report: its JSON is nested too deeply") from exc
     if not isinstance(doc, dict) or "layers" not in doc or "summary" not in doc:
         raise DataError(
             f"'{path}': expected a report with 'summary' and 'layers' "

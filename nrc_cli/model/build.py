@@ -47,6 +47,10 @@ def parse_arch_kwargs(text: str | None) -> dict:
         return {}
     try:
         value = json.loads(text)
+    except RecursionError as exc:
+        raise ConfigError(
+            "--arch-kwargs: expected a JSON object, found one nested too deeply"
+        ) from exc
     except ValueError as exc:
         raise ConfigError(
             f"--arch-kwargs: expected a JSON object, found invalid JSON ({exc})",
@@ -83,6 +87,8 @@ def load_factory(arch: str):
         try:
             spec.loader.exec_module(module)
         except (Exception, SystemExit) as exc:
+            if not isinstance(exc, Exception) and not _user_exit(exc):
+                raise
             del sys.modules[name]
             raise ConfigError(
                 f"--arch: importing '{target}' failed: {_raised(exc)}",
@@ -91,6 +97,8 @@ def load_factory(arch: str):
         try:
             module = importlib.import_module(target)
         except (Exception, SystemExit) as exc:
+            if not isinstance(exc, Exception) and not _user_exit(exc):
+                raise
             raise ConfigError(
                 f"--arch: cannot import module '{target}': {_raised(exc)}",
                 hint="is it installed or on PYTHONPATH? or pass a file path: --arch file.py:NAME",
@@ -105,6 +113,11 @@ def load_factory(arch: str):
             hint=f"callables there: {', '.join(found[:12]) or 'none'}",
         )
     return factory
+
+
+def _user_exit(exc: BaseException) -> bool:
+    """A plain ``sys.exit()`` in user code (not a subclass: a signal handler's exit goes on)."""
+    return type(exc) is SystemExit
 
 
 def _raised(exc: BaseException) -> str:
@@ -188,9 +201,13 @@ def build_model(
         try:
             module = factory(**(arch_kwargs or {}))
         except (Exception, SystemExit) as exc:
+            if not isinstance(exc, Exception) and not _user_exit(exc):
+                raise
             raise ConfigError(
                 f"--arch: the factory '{arch}' {_raised(exc)}",
-                hint="check --arch-kwargs against the factory's parameters",
+                hint="a factory returns the model; it must not exit"
+                if isinstance(exc, SystemExit)
+                else "check --arch-kwargs against the factory's parameters",
             ) from exc
         if not isinstance(module, nn.Module):
             raise ConfigError(
@@ -300,5 +317,19 @@ def load_strict(module: nn.Module, ckpt: Checkpoint, *, load: bool = True) -> No
     if not load:
         return
     state = ckpt.state_dict()
+    _check_finite(ckpt, state)
     with torch.no_grad():
         module.load_state_dict(state, strict=True)
+
+
+def _check_finite(ckpt: Checkpoint, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding nan or inf: every number computed from them would be meaningless."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{ckpt.path}: tensor '{name}' holds {bad} non-finite value(s) (nan or inf) "
+                    f"of {tensor.numel()}",
+                    hint="the training diverged or the file is damaged; use an earlier checkpoint",
+                )
