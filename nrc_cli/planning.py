@@ -133,6 +133,12 @@ def layer_need(
     )
 
 
+NARROW_NOTE = (
+    "exact, not randomized: a sketch of rank + oversample columns would be at least half as "
+    "wide as the layer, so the exact spectrum costs no more and has no error"
+)
+
+
 @dataclass
 class Plan:
     """Passes over the data and the accumulation mode of each layer."""
@@ -154,14 +160,18 @@ class Plan:
     def _temp(self, need: LayerNeed) -> int:
         return need.exact_temp if self.mode[need.name] == "exact" else need.sketch_temp
 
-    def to_dict(self, svd: dict[str, str], budget_label: str) -> dict:
+    def to_dict(self, svd: dict[str, str], budget_label: str, requested: str = "auto") -> dict:
+        """The plan as recorded in the summary.
+
+        ``svd`` is each layer's spectrum method, ``requested`` the ``--svd`` asked for: a layer
+        that ``--svd randomized`` gets exactly (it is too narrow for a sketch to pay) says so.
+        """
         # The budget is recorded as asked for ("auto" = a share of the memory available at the
         # time), so that the same inputs always give the same report.
-        return {
-            "memory_budget": budget_label,
-            "passes": len(self.passes),
-            "layers": [
-                {
+        layers = []
+        for i, group in enumerate(self.passes):
+            for name in group:
+                row = {
                     "layer": name,
                     "pass": i + 1,
                     "accumulator": self.mode[name],
@@ -169,10 +179,10 @@ class Plan:
                     "sketch_size": self.sketch_size.get(name),
                     "bytes": self.bytes[name],
                 }
-                for i, group in enumerate(self.passes)
-                for name in group
-            ],
-        }
+                if requested == "randomized" and svd.get(name) == "exact":
+                    row["spectrum_note"] = NARROW_NOTE
+                layers.append(row)
+        return {"memory_budget": budget_label, "passes": len(self.passes), "layers": layers}
 
 
 def make_plan(needs: list[LayerNeed], budget: int) -> Plan:

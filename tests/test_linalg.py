@@ -374,7 +374,13 @@ def test_subspace_comparisons_validate_shapes() -> None:
         # The randomized solver would fall back to exact anyway.
         ("auto", 3000, 2995, "exact"),
         ("exact", 100_000, 4, "exact"),
-        ("randomized", 16, 4, "randomized"),
+        ("randomized", 100_000, 4, "randomized"),
+        ("randomized", 2049, 4, "randomized"),
+        ("randomized", 29, 4, "randomized"),
+        # A sketch of 4 + 10 columns is at least half of these widths: exact costs no more.
+        ("randomized", 28, 4, "exact"),
+        ("randomized", 16, 4, "exact"),
+        ("auto", 5000, 2495, "exact"),
     ],
 )
 def test_resolve_svd_method(method: str, width: int, rank: int, expected: str) -> None:
@@ -384,6 +390,11 @@ def test_resolve_svd_method(method: str, width: int, rank: int, expected: str) -
 def test_resolve_svd_method_threshold_is_configurable() -> None:
     assert resolve_svd_method("auto", 600, 4, threshold=512) == "randomized"
     assert resolve_svd_method("auto", 600, 4, threshold=600) == "exact"
+
+
+def test_resolve_svd_method_counts_the_oversampling() -> None:
+    assert resolve_svd_method("randomized", 100, 4, oversample=10) == "randomized"
+    assert resolve_svd_method("randomized", 100, 4, oversample=46) == "exact"
 
 
 def test_resolve_svd_method_rejects_unknown_method() -> None:
