@@ -33,13 +33,20 @@ from nrc_cli.metrics.summary import (
     DEFAULT_COLLAPSE_RULE,
     CollapseRule,
     first_collapsed,
+    interpolation_warning,
+    join_notes,
     last_layer_fields,
+    layer_collapsed,
     target_fields,
 )
 from nrc_cli.model.build import BuiltModel, build_model, parse_arch_kwargs
 from nrc_cli.planning import Plan, default_budget, layer_need, make_plan, parse_size
 from nrc_cli.results import Results
 
+_KEYWORD_HINT = (
+    "; a model that takes keyword inputs (input_ids, attention_mask, ...) gets them with "
+    "--input NAME, once per array"
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Progress = Callable[[int, int], None]
 
@@ -277,7 +284,9 @@ class _Analysis:
     def spectrum_method(self, name: str, p: int, plan: Plan) -> str:
         if plan.mode[name] == "sketch":
             return "nystrom"
-        return resolve_svd_method(self.config.svd, p, min(self.k, p))
+        return resolve_svd_method(
+            self.config.svd, p, min(self.k, p), oversample=self.config.oversample
+        )
 
     # -- data passes ------------------------------------------------------------------------
 
@@ -285,7 +294,11 @@ class _Analysis:
         plan = self.plan()
         methods = {w.name: self.spectrum_method(w.name, w.in_dim, plan) for w in self.layers}
         if self.on_plan is not None:
-            self.on_plan(plan.to_dict(methods, self.config.memory_budget or "auto"))
+            self.on_plan(
+                plan.to_dict(
+                    methods, self.config.memory_budget or "auto", requested=self.config.svd
+                )
+            )
         accs: dict[str, CrossMoments | CovarianceSketch] = {}
         grams: dict[str, NormalizedGram] = {}
         sse = SquaredError() if self.config.prediction else None
@@ -391,7 +404,8 @@ class _Analysis:
                     raise DataError(
                         f"the model failed on the batch starting at sample {batch.start} "
                         f"(input shape {shape}): {type(exc).__name__}: {exc}",
-                        hint="check that the data matches the model's expected input",
+                        hint="check that the data matches the model's expected input"
+                        + ("" if isinstance(x, dict) else _KEYWORD_HINT),
                     ) from exc
                 check_pending()
                 if sse is not None:
@@ -459,7 +473,8 @@ class _Analysis:
                     m, spectrum, w.module, self.k, model_mse, probe_mse=probe, weight=weight
                 )
             )
-            row["collapsed"] = self.rule.holds(row)
+            row["collapsed"], vacuous = layer_collapsed(self.rule, row)
+            row["note"] = join_notes(row["note"], vacuous)
             rows.append(row)
         if cov_y is None:
             raise ConfigError("none of the selected weight layers ran during the forward pass")
@@ -487,13 +502,19 @@ class _Analysis:
             "passes": len(plan.passes),
             "device": str(self.device),
             "dtype": config.dtype,
+            **self.built.summary_fields(),
+            "notes": self.built.notes(),
+            "warnings": [
+                *self.built.warnings(),
+                *filter(None, [interpolation_warning(rows, self.data.n_samples)]),
+            ],
         }
         head = order[-1]
         if sse is not None and not math.isfinite(model_mse):
-            summary["warnings"] = [
+            summary["warnings"].append(
                 "model_mse is null: the model's predictions are not finite (nan or inf), "
                 "so nrc4_ratio is null too; check the model's output"
-            ]
+            )
         if head in grams:
             spectrum, m = last
             summary.update(
@@ -501,7 +522,7 @@ class _Analysis:
                     by_name[head].module.weight, spectrum, grams[head].compute(), m.cov_y, self.k
                 )
             )
-        plan_doc = plan.to_dict(methods, config.memory_budget or "auto")
+        plan_doc = plan.to_dict(methods, config.memory_budget or "auto", requested=config.svd)
         not_run = [w.name for w in self.layers if w.name not in order]
         if not_run:
             plan_doc["not_run"] = not_run

@@ -54,6 +54,10 @@ SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("passes", "int"),
     ("device", "str"),
     ("dtype", "str"),
+    ("build", "str"),
+    ("model", "str"),
+    ("activation", "str"),
+    ("norm", "str"),
 )
 # Summary fields renamed in tidy tables to avoid clashing with per-layer columns.
 TIDY_RENAMES = {"rank": "requested_rank"}

@@ -398,8 +398,10 @@ def _table_rows(text: str) -> list[list[str]]:
 
 def test_table_lists_every_layer_and_the_verdict(tmp_path):
     case = make_tiny_case(tmp_path, dims=(6, 8, 8, 8, 8, 8, 2))
-    result = _run([case.checkpoint, "--data", case.data], env={"COLUMNS": "200"})
-    doc = analyze_json(case.checkpoint, case.data)
+    # --activation: with the activation stated, nothing needs saying on stderr.
+    args = [case.checkpoint, "--data", case.data, "--activation", "relu"]
+    result = _run(args, env={"COLUMNS": "200"})
+    doc = analyze_json(case.checkpoint, case.data, "--activation", "relu")
     rows = _table_rows(result.stdout)
     assert [r[1] for r in rows] == [r["layer"] for r in doc["layers"]]
     assert [r[-1] for r in rows] == ["yes" if r["collapsed"] else "no" for r in doc["layers"]]
@@ -439,3 +441,75 @@ def test_json_has_no_nan_or_infinity(tmp_path):
     doc = json.loads(text)
     assert doc["summary"]["stable_rank_y"] is None
     assert all(not isinstance(v, float) or math.isfinite(v) for v in doc["summary"].values())
+
+
+# --------------------------------------------------------------------------- vacuous layers
+
+
+def test_a_layer_no_wider_than_the_rank_is_never_collapsed(tmp_path):
+    # 4 inputs, 4 targets: the first layer's features have no direction outside the top 4,
+    # so nrc1_noise is 0 whatever the network learned; it says nothing about collapse.
+    case = make_tiny_case(tmp_path, dims=(4, 16, 16, 4), n=400)
+    args = [case.checkpoint, "--data", case.data, "--activation", "relu"]
+    doc = analyze_json(
+        case.checkpoint, case.data, "--activation", "relu", "--collapse-rule", "nrc1_noise<=1"
+    )
+    first = doc["layers"][0]
+    assert (first["in_dim"], first["rank"], first["nrc1_noise"]) == (4, 4, 0.0)
+    assert first["collapsed"] is False
+    assert first["note"].startswith("in_dim 4 <= rank 4:") and "never counted" in first["note"]
+    assert [r["collapsed"] for r in doc["layers"]] == [False, True, True]
+    assert all(r["note"] is None for r in doc["layers"][1:])
+    assert doc["summary"]["first_collapsed_index"] == 2
+    assert doc["summary"]["warnings"] == []
+    table = _run([*args, "--collapse-rule", "nrc1_noise<=1"], env={"COLUMNS": "200"}).stdout
+    assert "note: net.0: in_dim 4 <= rank 4:" in table
+    assert "collapsed from layer `net.2` (layers 2–3 of 3)" in table
+    # --rank 2 makes the first layer's test meaningful again.
+    doc = analyze_json(
+        case.checkpoint,
+        case.data,
+        "--activation",
+        "relu",
+        "--rank",
+        "2",
+        "--collapse-rule",
+        "nrc1_noise<=1",
+    )
+    assert doc["layers"][0]["collapsed"] is True and doc["layers"][0]["note"] is None
+
+
+def test_too_few_samples_for_the_width_is_warned_about(tmp_path):
+    case = make_tiny_case(tmp_path, dims=(4, 16, 16, 4), n=400)
+    small = save_npz(tmp_path / "small.npz", x=case.x[:12], y=case.y[:12])
+    result = invoke(
+        ["analyze", case.checkpoint, "--data", small, "--activation", "relu", "-f", "json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("warning: N = 12 samples is not well above the width of ")
+    assert "net.0 (in_dim 4), net.2 (in_dim 16), net.4 (in_dim 16)" in line
+    assert doc["summary"]["warnings"] == [line.removeprefix("warning: ")]
+    # 10 samples per probe parameter (400 >= 10 x 17) is enough.
+    big = analyze_json(case.checkpoint, case.data, "--activation", "relu")
+    assert big["summary"]["warnings"] == []
+    # With N = 12 < in_dim + 1 = 17 the probe nearly interpolates the targets: it reads low.
+    for few, many in zip(doc["layers"][1:], big["layers"][1:], strict=True):
+        assert few["nrc4_probe_mse"] < 0.05 * many["nrc4_probe_mse"]
+
+
+def test_svd_randomized_takes_the_exact_spectrum_of_a_narrow_layer(tmp_path):
+    case = make_tiny_case(tmp_path, dims=(16, 64, 4), n=400, dyadic=False)
+    base = (case.checkpoint, case.data, "--activation", "relu")
+    exact = analyze_json(*base, "--svd", "exact")
+    rand = analyze_json(*base, "--svd", "randomized")
+    # net.0 is 16 wide: a sketch of 4 + 10 columns is more than half of it.
+    assert rand["layers"][0] == exact["layers"][0]
+    layers = rand["summary"]["plan"]["layers"]
+    assert [row["spectrum"] for row in layers] == ["exact", "randomized"]
+    assert layers[0]["spectrum_note"].startswith("exact, not randomized:")
+    assert "spectrum_note" not in layers[1]
+    assert rand["summary"]["svd"] == "mixed"
+    want = dense_report(case.model, case.x, case.y, rank=4)
+    assert_close(rand["layers"][0]["nrc1_noise"], want["layers"][0]["nrc1_noise"], rel=1e-9)

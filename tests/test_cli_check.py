@@ -41,7 +41,8 @@ def analyze(checkpoint, data, out, *extra) -> str:
 @pytest.fixture(scope="module")
 def relu_report(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("relu") / "run.json"
-    return analyze(RELU / "model.safetensors", RELU / "data.npz", out)
+    # The reference MLP is a ReLU network; saying so keeps the activation from being assumed.
+    return analyze(RELU / "model.safetensors", RELU / "data.npz", out, "--activation", "relu")
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +309,7 @@ def test_gating_a_saved_report_equals_gating_a_fresh_analysis(relu_report):
         saved = nrc("check", "--report", relu_report, "--format", fmt, *gates)
         fresh = nrc(
             "check", RELU / "model.safetensors", "--data", RELU / "data.npz", "--format", fmt,
-            *gates,
+            "--activation", "relu", *gates,
         )  # fmt: skip
         assert saved.exit_code == fresh.exit_code == 1
         assert saved.stdout == fresh.stdout
@@ -538,3 +539,13 @@ def test_docs_commands_run_as_written(tmp_path, monkeypatch):
         "first_collapsed_index <= 3",
         "baseline: nrc1_noise",
     ]
+
+
+def test_a_saved_report_repeats_the_warnings_of_its_analysis(tmp_path):
+    out = analyze(RELU / "model.safetensors", RELU / "data.npz", tmp_path / "assumed.json")
+    fresh = nrc("check", RELU / "model.safetensors", "--data", RELU / "data.npz", "-r", "rank>=1")
+    saved = nrc("check", "--report", out, "-r", "rank>=1")
+    assert fresh.exit_code == saved.exit_code == 0
+    (line,) = saved.stderr.splitlines()
+    assert line.startswith("warning: the MLP was rebuilt from its tensors with activation relu")
+    assert fresh.stderr == saved.stderr

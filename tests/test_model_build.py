@@ -377,3 +377,120 @@ def test_unknown_activation(tmp_path):
     ckpt = _ckpt(tmp_path, {"a.weight": torch.zeros(2, 4)})
     with pytest.raises(ConfigError, match=r"--activation: unknown activation 'swish'"):
         infer_mlp_spec(ckpt, "swish")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading as the model's own framework loads, and saying how the model was built
+# ------------------------------------------------------------------------------------------------
+
+BUFFERS = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.head = nn.Linear(3, 4)
+        self.back = nn.Linear(4, 3)
+        self.back.weight = self.body.weight  # tied: one tensor under two names
+        self.register_buffer("scale", torch.full((3,), 2.0), persistent=False)
+
+    def forward(self, x):
+        return self.head(self.body(x) * self.scale) + 0 * self.back(self.head(self.body(x))).sum()
+
+
+def make():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+def _buffers_module(tmp_path):
+    src = tmp_path / "buffers.py"
+    src.write_text(BUFFERS)
+    namespace: dict = {}
+    exec(compile(BUFFERS, str(src), "exec"), namespace)
+    return src, namespace["make"]()
+
+
+def test_non_persistent_buffers_are_dropped_and_tied_weights_loaded_through_their_twin(tmp_path):
+    src, model = _buffers_module(tmp_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "back.weight"}
+    state["scale"] = torch.full((3,), 99.0)  # saved by an older version; never loaded
+    ckpt = tmp_path / "m.safetensors"
+    save_file(state, str(ckpt))
+    built = build_model(open_checkpoint(ckpt), arch=f"{src}:make")
+    assert built.loaded.dropped == ("scale",)
+    assert built.loaded.tied == ("back.weight",)
+    assert built.loaded.filled == ()
+    assert torch.equal(built.module.scale, torch.full((3,), 2.0))
+    assert built.module.back.weight is built.module.body.weight
+    assert built.notes() == [
+        "loading: loaded through the weights they are tied to: back.weight; checkpoint keys "
+        "not loaded (the model computes them itself): scale"
+    ]
+    # A key that is neither the model's nor one of its buffers is still refused.
+    state["extra.weight"] = torch.zeros(2)
+    save_file(state, str(ckpt))
+    with pytest.raises(CheckpointError, match=r"unexpected keys: extra\.weight$"):
+        build_model(open_checkpoint(ckpt), arch=f"{src}:make")
+
+
+def test_an_inferred_batchnorm_mlp_without_its_counter_loads(tmp_path):
+    model = Wrapped(mlp((5, 6, 3), norm="batchnorm"))
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, str(tmp_path / "m.safetensors"))
+    built = build_model(open_checkpoint(tmp_path / "m.safetensors"), activation="relu")
+    assert built.loaded.filled == ("net.1.num_batches_tracked",)
+    assert built.norm == "batchnorm"
+    _same_outputs(built, model, 5)
+
+
+def _gelu_layernorm_case(tmp_path):
+    return make_tiny_case(
+        tmp_path, dims=(6, 16, 16, 2), norm="layernorm", activation=nn.GELU, dyadic=False, n=400
+    )
+
+
+def test_an_assumed_activation_is_warned_about_and_recorded(tmp_path):
+    case = _gelu_layernorm_case(tmp_path)
+    result = invoke(["analyze", case.checkpoint, "--data", case.data, "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    s = report["summary"]
+    assert (s["build"], s["activation"], s["norm"]) == ("inferred", "relu", "layernorm")
+    assert s["model"] == "MLP 6 -> 16 -> 16 -> 2, activation relu (assumed), layernorm"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "activation relu, assumed" in warnings[0] and "--activation" in warnings[0]
+    assert s["warnings"] == [warnings[0].removeprefix("warning: ")]
+    # The assumption matters: the GELU model analyzed as ReLU gets another model_mse.
+    stated = invoke(["analyze", case.checkpoint, "--data", case.data, "--activation", "gelu"])
+    assert stated.exit_code == 0, stated.stderr
+    assert "warning:" not in stated.stderr
+    assert "model (inferred): MLP 6 -> 16 -> 16 -> 2, activation gelu, layernorm" in stated.stdout
+    doc = analyze_json(case.checkpoint, case.data, "--activation", "gelu")
+    assert doc["summary"]["warnings"] == [] and doc["summary"]["activation"] == "gelu"
+    want = dense_report(case.model, case.x, case.y)
+    assert_close(doc["summary"]["model_mse"], want["summary"]["model_mse"], rel=1e-5)
+    assert abs(s["model_mse"] - want["summary"]["model_mse"]) > 1e-3 * want["summary"]["model_mse"]
+
+
+def test_metadata_and_arch_routes_are_recorded_without_a_warning(tmp_path):
+    meta = {"nrc.arch": json.dumps({"type": "mlp", "activation": "tanh", "norm": None})}
+    case = make_tiny_case(tmp_path / "meta", dims=(4, 8, 2), activation=nn.Tanh, metadata=meta)
+    result = invoke(["analyze", case.checkpoint, "--data", case.data, "-f", "json"])
+    assert result.exit_code == 0 and "warning:" not in result.stderr
+    s = json.loads(result.stdout)["summary"]
+    assert (s["build"], s["activation"], s["norm"], s["notes"]) == ("metadata", "tanh", None, [])
+    src, net = _factory_module(tmp_path)
+    ckpt = save_model(tmp_path / "f.safetensors", net(width=3))
+    data = save_npz(tmp_path / "d.npz", x=np.ones((30, 4), np.float32), y=np.ones((30, 2)))
+    s = analyze_json(ckpt, data, "--arch", f"{src}:make")["summary"]
+    assert (s["build"], s["model"], s["activation"]) == (
+        "arch",
+        f"Net from --arch {src}:make",
+        None,
+    )

@@ -337,3 +337,65 @@ def test_no_prediction_keeps_everything_but_the_model_error(heads_case):
         assert a["nrc4_ratio"] is None
         for col in ("nrc1_noise", "nrc2_cka", "nrc3_alignment", "nrc4_probe_mse"):
             assert a[col] == pytest.approx(b[col], rel=1e-12)
+
+
+def test_resnet_saved_without_num_batches_tracked_loads_as_torch_loads_it(resnet_case, tmp_path):
+    # How old torchvision weights and many converted checkpoints come: BatchNorm without its
+    # num_batches_tracked counter, which load_state_dict(strict=True) fills in itself.
+    root, model, x, y = resnet_case
+    full = model.state_dict()
+    counters = sorted(k for k in full if k.endswith("num_batches_tracked"))
+    assert len(counters) == 20
+    state = {k: v.contiguous() for k, v in full.items() if k not in counters}
+    save_file(state, tmp_path / "old.safetensors")
+    load_arch(root / "arch.py").resnet18(width=8, targets=2).load_state_dict(state, strict=True)
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze", str(tmp_path / "old.safetensors"), "--data", str(root / "images.npz"),
+            "--arch", f"{root / 'arch.py'}:resnet18", "--max-samples", "128",
+            "--batch-size", "64", "-f", "json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    note = f"loading: filled in by the model's own loading code: {', '.join(counters)}"
+    assert [line for line in result.stderr.splitlines() if line.startswith("note:")] == [
+        f"note: {note}"
+    ]
+    assert report["summary"]["notes"] == [note]
+    assert report["summary"]["build"] == "arch"
+    # Same batches as the run, so the same float32 forward; features pooled in float64 both ways.
+    feats, out = dense_features(model, x[:128])
+    model_mse = float(np.mean((out.astype(np.float64) - y[:128].astype(np.float64)) ** 2))
+    assert_close(report["summary"]["model_mse"], model_mse, rel=1e-9)
+    modules = dict(model.named_modules())
+    assert [row["layer"] for row in report["layers"]] == list(feats)
+    for row in report["layers"]:
+        w = modules[row["layer"]].weight.detach().to(torch.float64).numpy()
+        want = dense_layer(feats[row["layer"]], y[:128], w, 2, model_mse)
+        for col, value in want.items():
+            assert_close(row[col], value, rel=1e-9, abs_=1e-12, what=f"{row['layer']}.{col}")
+
+
+def test_resnet_with_genuinely_missing_weights_is_refused_naming_every_key(resnet_case, tmp_path):
+    root, model, _, _ = resnet_case
+    gone = ["fc.bias", "layer2.0.bn1.running_var", "layer3.1.conv2.weight"]
+    state = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if k not in gone and not k.endswith("num_batches_tracked")
+    }
+    save_file(state, tmp_path / "broken.safetensors")
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze", str(tmp_path / "broken.safetensors"), "--data", str(root / "images.npz"),
+            "--arch", f"{root / 'arch.py'}:resnet18",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    (line, hint) = result.stderr.splitlines()
+    assert line.endswith(f"the weights do not fit the model: missing keys: {', '.join(gone)}")
+    assert hint.startswith("hint: ")

@@ -173,3 +173,73 @@ def test_arch_hf_needs_a_config(tmp_path):
     )
     assert result.exit_code == 2
     assert "error: --arch hf:" in result.stderr and "config.json" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def old_bert_folder(tmp_path_factory):
+    """A BERT folder as transformers < 4.31 wrote it: ``embeddings.position_ids`` (a buffer
+    that is non-persistent today) stored in model.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path_factory.mktemp("old_bert")
+    model = tiny_bert()
+    model.save_pretrained(root)
+    state = load_file(root / "model.safetensors")
+    assert "embeddings.position_ids" not in state
+    state["embeddings.position_ids"] = torch.arange(32).expand((1, -1)).contiguous()
+    save_file(state, root / "model.safetensors", metadata={"format": "pt"})
+    # transformers itself loads this folder without complaint.
+    transformers.BertModel.from_pretrained(root)
+    return root, model
+
+
+def test_old_bert_folder_with_position_ids_matches_a_float64_masked_reference(
+    old_bert_folder, tmp_path
+):
+    root, model = old_bert_folder
+    ids, mask, y = token_data(200, 30, 32, seed=7)
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask, y=y)
+    args = ["analyze", str(root), "--data", str(tmp_path / "tokens.npz"), "--arch", "hf"]
+    args += ["--input", "input_ids", "--input", "attention_mask", "--no-prediction"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "50", "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: loading: checkpoint keys not loaded (the model computes them itself): "
+        "embeddings.position_ids"
+    ]
+    assert report["summary"]["notes"] == [notes[0].removeprefix("note: ")]
+    assert report["summary"]["build"] == "hf"
+    assert report["summary"]["model"].startswith("BertModel from ")
+    # The masked mean is the default with an attention_mask, and it is taken in float64: the
+    # features match a float64-pooled reference (same batches, so the same float32 forward).
+    feats = dense_masked_features(model, ids, mask)
+    modules = dict(model.named_modules())
+    assert [row["layer"] for row in report["layers"]] == list(feats)
+    for row in report["layers"]:
+        w = modules[row["layer"]].weight.detach().to(torch.float64).numpy()
+        want = dense_layer(feats[row["layer"]], y, w, 2, None)
+        for col, value in want.items():
+            assert_close(row[col], value, rel=1e-9, abs_=1e-12, what=f"{row['layer']}.{col}")
+
+
+def test_arch_hf_on_the_weights_file_of_a_model_folder_uses_the_folder(old_bert_folder, tmp_path):
+    root, _ = old_bert_folder
+    ids, mask, y = token_data(40, 8, 8, seed=1)
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask, y=y)
+    by_folder = analyze(root, tmp_path / "tokens.npz")
+    by_file = analyze(root / "model.safetensors", tmp_path / "tokens.npz")
+    assert by_file["layers"] == by_folder["layers"]
+
+
+def test_inspect_suggests_arch_hf_for_a_folder_with_a_config(old_bert_folder):
+    root, _ = old_bert_folder
+    result = CliRunner().invoke(app, ["inspect", str(root), "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model"] is None
+    assert "--arch hf" in doc["model_error"]
+    result = CliRunner().invoke(app, ["inspect", str(root), "--arch", "hf", "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["model"]["route"] == "hf"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 from rich.markup import escape
 
@@ -105,13 +103,22 @@ def run_with_progress(config: AnalyzeConfig, *, quiet: bool, threads: int | None
                 stderr_console().print(escape(line), style="dim")
 
     with stdout_to_stderr():
-        results = _run(config, quiet=quiet, on_plan=on_plan)
-    for line in results.summary.get("warnings") or ():
-        sys.stderr.write(f"warning: {line}\n")
+        results = _run(config, quiet, on_plan)
+    say_messages(results, quiet=quiet)
     return results
 
 
-def _run(config: AnalyzeConfig, *, quiet: bool, on_plan) -> Results:
+def say_messages(results: Results, *, quiet: bool) -> None:
+    """The run's warnings (always) and notes (unless --quiet), one stderr line each."""
+    console = stderr_console()
+    if not quiet:
+        for line in results.summary.get("notes") or ():
+            console.print(escape(f"note: {line}"), style="dim", soft_wrap=True)
+    for line in results.summary.get("warnings") or ():
+        console.print(escape(f"warning: {line}"), style="yellow", soft_wrap=True)
+
+
+def _run(config: AnalyzeConfig, quiet: bool, on_plan) -> Results:
     if not progress_enabled(quiet):
         return run(config, on_plan=on_plan)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

@@ -15,7 +15,7 @@ import typer
 
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._output import emit
-from nrc_cli.cli.analyze import build_config, run_with_progress
+from nrc_cli.cli.analyze import build_config, run_with_progress, say_messages
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.gates import (
     DEFAULT_TOLERANCE,
@@ -228,6 +228,8 @@ def check(
     base = load_report(baseline_path, option="--baseline") if baseline_path else None
     if report is not None:
         results = load_report(report, option="--report")
+        # What the analysis said on stderr is said again: the same verdict, the same caveats.
+        say_messages(results, quiet=quiet)
     else:
         config = build_config(checkpoint, data, locals())
         fresh = run_with_progress(config, quiet=quiet, threads=threads)

@@ -457,7 +457,8 @@ class _Member:
         *,
         what: str | None = None,
         flag: str | None = None,
-        hint: str = "choose the arrays with --x-key NAME --y-key NAME",
+        hint: str = "choose the arrays with --x-key NAME --y-key NAME, or give a model's "
+        "keyword inputs with --input NAME (once per array)",
     ) -> _Member:
         """Find ``key`` in the archive and read its header (and map it if stored uncompressed).
 

@@ -89,6 +89,61 @@ def _num(v: float) -> str:
     return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
 
 
+def vacuous_reason(row: dict) -> str | None:
+    """Why a layer's collapse test would be empty, or None.
+
+    A layer no wider than the analysis rank (``in_dim`` <= k) has all of its feature variance
+    inside its top-k principal subspace by construction: ``nrc1_noise`` is 0, and the
+    subspace comparisons compare the whole space with itself, whatever the network learned.
+    """
+    p, k = row.get("in_dim"), row.get("rank")
+    if p is None or k is None or p > k:
+        return None
+    return (
+        f"in_dim {p} <= rank {k}: every feature direction is inside the top-{k} subspace, so "
+        "nrc1_noise is 0 by construction; never counted as collapsed"
+    )
+
+
+def layer_collapsed(rule: CollapseRule, row: dict) -> tuple[bool, str | None]:
+    """The layer's ``collapsed`` flag under ``rule``, and a note when the test is vacuous.
+
+    A layer whose collapse test is vacuous (:func:`vacuous_reason`) is never collapsed.
+    """
+    reason = vacuous_reason(row)
+    if reason is not None:
+        return False, reason
+    return rule.holds(row), None
+
+
+# The affine probe of a layer of width p fits p + 1 parameters per target; its in-sample error
+# is biased low by the fraction (p + 1)/N (exactly so for linear least squares with noise).
+# Below this many samples per parameter the bias exceeds 10 % and is warned about.
+SAMPLES_PER_PARAMETER = 10
+
+
+def interpolation_warning(rows: list[dict], n_samples: int) -> str | None:
+    """A warning naming the layers for which N is not well above ``in_dim``, or None."""
+    narrow = [r for r in rows if n_samples < SAMPLES_PER_PARAMETER * (r["in_dim"] + 1)]
+    if not narrow:
+        return None
+    named = ", ".join(f"{r['layer']} (in_dim {r['in_dim']})" for r in narrow[:8])
+    if len(narrow) > 8:
+        named += f" and {len(narrow) - 8} more"
+    return (
+        f"N = {n_samples} samples is not well above the width of {named}: the affine probe "
+        "fits in_dim + 1 parameters per target and can interpolate, so nrc4_probe_mse and "
+        "nrc4_ratio read low there (0 once N <= in_dim + 1); use at least "
+        f"{SAMPLES_PER_PARAMETER} x (in_dim + 1) samples"
+    )
+
+
+def join_notes(*notes: str | None) -> str | None:
+    """Per-layer notes joined into one ``note`` cell (None when there is none)."""
+    kept = [n for n in notes if n]
+    return "; ".join(kept) or None
+
+
 def first_collapsed(collapsed: list[bool]) -> int | None:
     """Smallest 1-based ℓ* such that every layer from ℓ* on is collapsed; None if the last is not."""
     first = None

@@ -107,16 +107,26 @@ def summary_table(results: Results) -> Table:
     return table
 
 
+def model_line(results: Results) -> Text | None:
+    """One line: how the model was built (route and description), when the report says it."""
+    s = results.summary
+    if not s.get("model"):
+        return None
+    return Text(f"model ({s.get('build')}): {s['model']}")
+
+
 def render(results: Results) -> Group:
-    """The whole terminal report: layer table, summary, verdict."""
+    """The whole terminal report: layer table, summary, notes, how the model was built, verdict."""
     notes = [
         Text(f"note: {row['layer']}: {row['note']}", style="yellow")
         for row in results.layers
         if row.get("note")
     ]
+    model = model_line(results)
     return Group(
         layer_table(results),
         summary_table(results),
         *notes,
+        *([model] if model is not None else []),
         Text(verdict(results), style="bold"),
     )
