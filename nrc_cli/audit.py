@@ -40,6 +40,7 @@ from nrc_cli._version import __version__
 from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
 from nrc_cli.io._files import special_kind
 from nrc_cli.io.checkpoint import SUFFIXES, is_model_folder_listing
+from nrc_cli.io.spec import read_spec
 from nrc_cli.pipeline import AnalyzeConfig, resolve_device, run
 from nrc_cli.report.writers import atomic_write, csv_text, json_text, parquet_bytes
 from nrc_cli.results import Results, frame_from_rows, tidy_columns
@@ -610,11 +611,17 @@ def parts_dir(output: str | os.PathLike) -> Path:
 
 def _fingerprint(config: AnalyzeConfig) -> str:
     """Hash of everything besides the checkpoint that changes the numbers: the options, the
-    data file's size and modification time (for a data spec, the spec file's) and the version."""
+    size and modification time of the data file (for a TOML data spec: of the spec and of
+    every file it reads) and the version."""
     fields = dataclasses.asdict(config)
     fields.pop("checkpoint")
     stat = os.stat(config.data)
     fields["data_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if Path(config.data).suffix.lower() == ".toml":
+        fields["spec_files"] = {
+            str(f): {"size": (st := os.stat(f)).st_size, "mtime_ns": st.st_mtime_ns}
+            for f in read_spec(config.data).files
+        }
     fields["nrc_version"] = __version__
     text = json.dumps(fields, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

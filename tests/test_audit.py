@@ -5,6 +5,7 @@ Every test builds a tiny zoo of real safetensors checkpoints and a real ``.npz``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -309,6 +310,43 @@ def test_a_changed_file_or_changed_options_are_analyzed_again(zoo):
     assert other.analyzed == 6
     assert set(other.frame["n_samples"]) == {48}
     assert run_audit(found, config(max_samples=48), output="out.csv", fresh=True).analyzed == 6
+
+
+def test_editing_a_file_a_data_spec_reads_analyzes_again(zoo):
+    # The spec names a CSV of inputs and a Parquet file of targets; editing either, with the
+    # spec file untouched, changes the numbers, so nothing may be reused.
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, IN))
+    y = np.stack([np.tanh(x[:, 0]), np.sin(x[:, 1])], axis=1)
+
+    def write(scale: float) -> None:
+        pcsv.write_csv(pa.table({f"f{j}": x[:, j] for j in range(IN)}), zoo / "x.csv")
+        pq.write_table(pa.table({f"y{j}": scale * y[:, j] for j in range(OUT)}), zoo / "y.parquet")
+
+    write(1.0)
+    spec = zoo / "data.toml"
+    spec.write_text(
+        '[inputs]\nfile = "x.csv"\ncolumns = "f*"\n[targets]\nfile = "y.parquet"\ncolumns = "y*"\n'
+    )
+    found = discover(["zoo"])[:2]
+    cfg = dataclasses.replace(config(), data=str(spec))
+    first = run_audit(found, cfg, output="out.csv")
+    assert first.analyzed == 2
+    assert run_audit(found, cfg, output="out.csv").skipped == 2
+    spec_stat = os.stat(spec)
+    write(3.0)
+    for name in ("x.csv", "y.parquet"):  # a later modification time, whatever the clock did
+        st = os.stat(zoo / name)
+        os.utime(zoo / name, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert os.stat(spec).st_mtime_ns == spec_stat.st_mtime_ns
+    again = run_audit(found, cfg, output="out.csv")
+    assert (again.analyzed, again.skipped) == (2, 0)
+    # The targets are 3 times larger now: every model's error grows.
+    assert (again.frame["model_mse"].to_numpy() > first.frame["model_mse"].to_numpy()).all()
 
 
 def test_a_checkpoint_that_breaks_loses_its_old_rows(zoo):

@@ -26,7 +26,14 @@ from nrc_cli.metrics.layer import (
     probe_mse_regularized,
     weight_input_basis,
 )
-from nrc_cli.planning import layer_need, make_plan, parse_size
+from nrc_cli.planning import (
+    available_memory,
+    cgroup_headroom,
+    default_budget,
+    layer_need,
+    make_plan,
+    parse_size,
+)
 
 F64 = torch.float64
 METRICS = ("nrc1_noise", "nrc2_cka", "nrc3_alignment", "nrc4_probe_mse")
@@ -186,6 +193,61 @@ def test_sketch_spectrum_recovers_a_low_rank_covariance():
 
 
 # -- planning -------------------------------------------------------------------------------------
+
+GIB = 1024**3
+
+
+def _cgroup(root, files: dict[str, str], membership: str):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (root / "self_cgroup").write_text(membership)
+    return root / "self_cgroup"
+
+
+def test_cgroup_v2_memory_max_caps_the_default_budget(tmp_path):
+    # A container with a 1 GiB limit of which 256 MiB are in use: 768 MiB are left, whatever
+    # the host's MemAvailable says, and the default budget is half of that.
+    membership = _cgroup(
+        tmp_path, {"memory.max": str(GIB), "memory.current": str(GIB // 4)}, "0::/\n"
+    )
+    assert cgroup_headroom(tmp_path, membership) == 3 * GIB // 4
+    assert available_memory(tmp_path, membership) == 3 * GIB // 4
+    # default_budget reads /proc/self/cgroup; the limit sits at the root, which binds any child.
+    assert default_budget("cpu", cgroup_root=tmp_path) == 3 * GIB // 8
+
+
+def test_cgroup_limits_of_parents_bind_and_the_smallest_headroom_wins(tmp_path):
+    membership = _cgroup(
+        tmp_path,
+        {
+            "memory.max": "max",
+            "jobs/memory.max": str(4 * GIB),
+            "jobs/memory.current": str(3 * GIB),
+            "jobs/run7/memory.max": str(2 * GIB),
+            "jobs/run7/memory.current": str(GIB // 2),
+        },
+        "0::/jobs/run7\n",
+    )
+    assert cgroup_headroom(tmp_path, membership) == GIB  # the parent's 4 - 3 GiB
+
+
+def test_cgroup_v1_limit_in_bytes_and_the_unlimited_value(tmp_path):
+    files = {
+        "memory/memory.limit_in_bytes": "9223372036854771712",  # v1 for "no limit"
+        "memory/docker/abc/memory.limit_in_bytes": str(2 * GIB),
+        "memory/docker/abc/memory.usage_in_bytes": str(GIB // 2),
+    }
+    membership = _cgroup(tmp_path, files, "4:memory:/docker/abc\n3:cpuset:/\n0::/\n")
+    assert cgroup_headroom(tmp_path, membership) == 3 * GIB // 2
+    (tmp_path / "memory/docker/abc/memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroup_headroom(tmp_path, membership) is None
+
+
+def test_no_cgroup_limit_leaves_the_host_memory(tmp_path):
+    membership = _cgroup(tmp_path, {"memory.max": "max"}, "0::/\n")
+    assert cgroup_headroom(tmp_path, membership) is None
+    assert cgroup_headroom(tmp_path / "absent", tmp_path / "absent") is None
 
 
 @pytest.mark.parametrize(

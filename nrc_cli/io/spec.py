@@ -151,6 +151,12 @@ class DataSpec:
         """Names of named inputs; empty for a single positional input."""
         return tuple(n for n, _ in self.inputs if n)
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every data file the spec reads (inputs, then targets), each once, in that order."""
+        found = [f.file for _, f in self.inputs] + [self.targets.file]
+        return tuple(dict.fromkeys(found))
+
 
 # ------------------------------------------------------------------------------------------------
 # Parsing
