@@ -3,7 +3,7 @@
 One forward pass with hooks on every Linear/Conv layer; each hook keeps its layer's input, as
 float32 when it needs no pooling (2-D Linear inputs, cast exactly later) and averaged over space
 (convs) or tokens in float64 otherwise; the batches are concatenated in memory. Then, layer by layer: cast to float64, centre, Σ_Z = Z_cᵀZ_c / N, ``torch.linalg.eigh``,
-and every metric in feature space (no N×N matrix), with the formulas of METRICS.md. Memory is
+and every metric in feature space (no N×N matrix), with the formulas of docs/metrics.md. Memory is
 N·Σp·4 (or 8, pooled) bytes for the kept features plus one layer's float64 copy.
 
 Writes an ``nrc``-shaped JSON (``summary``, ``layers``) plus per-stage timings to ``--json``.

@@ -17,7 +17,7 @@ description, not copied:
 * probe: least squares through ``pinv(·, rtol=1e-3)``.
 
 Differences from the published code, all needed to compare numbers with ``nrc``
-(docs: /work/shared/spec/METRICS.md, last section):
+(docs/metrics.md, last section):
 
 * features and targets are cast to **float64** after capture (the published code computes in
   float32), so that metrics can be compared to 1e-6;

@@ -1,9 +1,9 @@
 """Hook the weight layers of a model and hand their pooled inputs to a callback.
 
-The weight layers are the ``Linear`` and ``Conv1d/2d/3d`` modules (METRICS.md, "Notation"). Their
-features are the layer *inputs*, pooled to one vector per sample: global average pooling over the
-spatial positions of a conv input, mean over every axis between the first and the last of a
-Linear input (token pooling).
+The weight layers are the ``Linear`` and ``Conv1d/2d/3d`` modules (docs/metrics.md, "Notation").
+Their features are the layer *inputs*, pooled to one vector per sample: global average pooling
+over the spatial positions of a conv input, mean over every axis between the first and the last
+of a Linear input (token pooling).
 """
 
 from __future__ import annotations

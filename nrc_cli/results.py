@@ -1,6 +1,6 @@
 """The one results schema every output format reads (columns, order, dtypes).
 
-Column names are those of METRICS.md. Tidy tables (CSV, Parquet, audits) have one row per
+Column names are those of docs/metrics.md. Tidy tables (CSV, Parquet, audits) have one row per
 (checkpoint, layer): ``checkpoint``, ``data``, the per-layer columns, then the summary fields.
 The summary's ``rank`` (the requested k) is called ``requested_rank`` there, since the per-layer
 ``rank`` (the k actually used) owns that name.
@@ -86,7 +86,7 @@ class Results:
     checkpoint, data : str
         The inputs as the user named them.
     summary : dict
-        The summary fields of METRICS.md (keys of ``SUMMARY_FIELDS``; extra keys allowed).
+        The summary fields of docs/metrics.md (keys of ``SUMMARY_FIELDS``; extra keys allowed).
     layers : list of dict
         One dict per weight layer, keys of ``LAYER_COLUMNS``, in forward order.
     metadata : dict
@@ -104,7 +104,7 @@ class Results:
     nrc_version: str = __version__
 
     def to_dict(self) -> dict:
-        """The JSON document of CLI.md: nrc_version, checkpoint, data, summary, layers."""
+        """The JSON document (README, "Output"): nrc_version, checkpoint, data, summary, layers."""
         summary = {n: clean(self.summary.get(n)) for n, _ in SUMMARY_FIELDS}
         for k, v in self.summary.items():
             summary.setdefault(k, clean(v))

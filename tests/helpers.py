@@ -4,13 +4,14 @@
   ``tmp_path``.
 * CLI: :func:`invoke` runs ``nrc`` in-process through ``typer.testing.CliRunner``;
   :func:`analyze_json` runs ``nrc analyze --format json`` and parses stdout;
-  :func:`assert_usage_error` checks the exit-code-2 contract of CLI.md.
-* A dense float64 reference of ``spec/METRICS.md`` computed from full feature matrices with
+  :func:`assert_usage_error` checks the exit-code-2 contract (README, "Exit codes").
+* A dense float64 reference of ``docs/metrics.md`` computed from full feature matrices with
   numpy. It is written from the spec, not from ``nrc_cli``: eigenvalues of the covariance for
   NRC1, matrix norms for CKA and stable ranks, an actual least-squares fit (``np.linalg.lstsq``)
   for the probe, explicit projections of every normalised sample for the last-layer NRC, and a
   grid search over the full matrix objective for ``nrc3_last``.
-* :func:`check_accumulator_contract`: STYLE.md habit 2 for any accumulator.
+* :func:`check_accumulator_contract`: the accumulator contract (streamed == one-shot, merged
+  shards == one stream, batch-size invariance, inputs unchanged) for any accumulator.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def linear_features(model: nn.Module, x: np.ndarray) -> tuple[list[tuple[str, np
     """Inputs of every Linear/Conv of ``model`` in forward order, and the model output.
 
     The reference's own capture: it runs ``model`` once on the whole of ``x`` in float32 and
-    records ``inputs[0]`` of each weight layer (pooled like METRICS.md: token mean for a Linear,
+    records ``inputs[0]`` of each weight layer (pooled like docs/metrics.md: token mean for a Linear,
     spatial mean for a conv), as float64 numpy arrays.
     """
     names = {m: n for n, m in model.named_modules()}
@@ -180,7 +181,7 @@ def analyze_json(checkpoint: Path, data: Path, *extra: object) -> dict:
 
 
 def error_line(result) -> str:
-    """Check the exit-code-2 contract of CLI.md and return the ``error:`` line.
+    """Check the exit-code-2 contract (README, "Exit codes") and return the ``error:`` line.
 
     Exit 2, nothing on stdout, exactly one ``error: …`` line on stderr, optionally followed by
     one ``hint: …`` line, and no traceback.
@@ -199,7 +200,7 @@ def error_line(result) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Dense float64 reference of METRICS.md
+# Dense float64 reference of docs/metrics.md
 # ------------------------------------------------------------------------------------------------
 
 PROBE_RCOND = 1e-3  # singular values below 1e-3 of the largest are ignored by the probe
@@ -251,7 +252,7 @@ def dense_layer(
     *,
     groups: int = 1,
 ) -> dict:
-    """Every numeric per-layer column of METRICS.md from the full feature matrix ``z`` (N×p)."""
+    """Every numeric per-layer column of docs/metrics.md from the full feature matrix ``z`` (N×p)."""
     z, y, _, _, sz, sy, szy = _moments(z, y)
     p = z.shape[1]
     k = min(rank, p)
@@ -386,7 +387,7 @@ def assert_close(actual, expected, *, rel: float, abs_: float = 0.0, what: str =
 
 
 # ------------------------------------------------------------------------------------------------
-# The accumulator contract (STYLE.md habit 2)
+# The accumulator contract
 # ------------------------------------------------------------------------------------------------
 
 
@@ -443,7 +444,7 @@ def check_accumulator_contract(
     seed: int = 0,
     n_splits: int = 4,
 ) -> None:
-    """Assert the accumulator contract of STYLE.md habit 2 on the given data.
+    """Assert the accumulator contract on the given data.
 
     * streamed with batch sizes 1, 7, 1024 == dense one-shot on the concatenation (``rtol``,
       norm-wise per quantity);

@@ -1,4 +1,4 @@
-"""Tests for :mod:`nrc_cli.accumulate.moments`: the accumulator contract of STYLE.md habit 2.
+"""Tests for :mod:`nrc_cli.accumulate.moments`: the accumulator contract.
 
 Every accumulator goes through :func:`helpers.check_accumulator_contract`: streamed == dense
 one-shot float64 on the concatenation (1e-12 relative), shards merged == one stream, batch sizes
@@ -175,7 +175,7 @@ def test_accumulators_sharing_one_workspace_give_the_results_of_their_own():
 
 def test_normalized_gram_contract_with_zero_rows():
     z = _features(1200, 5, seed=5)
-    z[::97] = 0.0  # zero rows stay zero after normalising (METRICS.md)
+    z[::97] = 0.0  # zero rows stay zero after normalising (docs/metrics.md)
     check_accumulator_contract(GRAM, [z])
 
 

@@ -106,7 +106,7 @@ def resnet_case(tmp_path_factory):
 
 
 def dense_features(model: nn.Module, x: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Every weight layer's input over all samples, pooled as METRICS.md says, in float64."""
+    """Every weight layer's input over all samples, pooled as docs/metrics.md says, in float64."""
     feats: dict[str, list] = {}
     order: list[str] = []
 

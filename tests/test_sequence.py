@@ -243,3 +243,47 @@ def test_inspect_suggests_arch_hf_for_a_folder_with_a_config(old_bert_folder):
     result = CliRunner().invoke(app, ["inspect", str(root), "--arch", "hf", "-f", "json"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["model"]["route"] == "hf"
+
+
+def test_without_input_the_hints_point_to_input(old_bert_folder, tmp_path):
+    root, _ = old_bert_folder
+    ids, mask, y = token_data(20, 8, 8)
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask, y=y)
+    args = ["analyze", str(root), "--data", str(tmp_path / "tokens.npz"), "--arch", "hf"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    error, hint = result.stderr.splitlines()
+    assert "no array 'x'" in error
+    assert "--input NAME" in hint
+    # A model that takes keyword arguments only, given one positional array.
+    src = tmp_path / "kw.py"
+    src.write_text(
+        "from torch import nn\n\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = nn.Linear(8, 2)\n\n"
+        "    def forward(self, *, input_ids, attention_mask):\n"
+        "        return self.lin(input_ids.float())\n\n"
+        "def make():\n"
+        "    return M()\n"
+    )
+    from safetensors.torch import save_file
+
+    save_file({"lin.weight": torch.zeros(2, 8), "lin.bias": torch.zeros(2)}, tmp_path / "kw.safetensors")
+    np.savez(tmp_path / "x.npz", x=ids.astype(np.float32), y=y)
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze",
+            str(tmp_path / "kw.safetensors"),
+            "--data",
+            str(tmp_path / "x.npz"),
+            "--arch",
+            f"{src}:make",
+        ],
+    )
+    assert result.exit_code == 2
+    error, hint = result.stderr.splitlines()
+    assert "the model failed on the batch starting at sample 0" in error
+    assert "--input NAME" in hint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Annotated
 
 
 def _interrupted_at_start(signum, frame) -> None:
@@ -30,6 +31,7 @@ _previous_sigint = _quiet_start()
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
+from nrc_cli._version import __version__  # noqa: E402
 from nrc_cli.cli._errors import (  # noqa: E402
     Abort,
     ClickException,
@@ -91,10 +93,28 @@ app = typer.Typer(
     name="nrc",
     help="Measure Deep Neural Regression Collapse in a checkpoint, layer by layer.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"nrc {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Measure Deep Neural Regression Collapse in a checkpoint, layer by layer."""
 
 
 def _register() -> None:

@@ -65,7 +65,7 @@ RequireFile = Annotated[
     str | None,
     typer.Option(
         "--require-file",
-        help="TOML file: require = [...] and an optional [baseline] table (see docs/ci.md).",
+        help="TOML file: require = [...] and an optional [baseline] table (see the README, 'Use in CI').",
     ),
 ]
 Baseline = Annotated[

@@ -1,4 +1,4 @@
-"""Per-layer Deep NRC columns (METRICS.md, "Per-layer columns") from accumulated moments.
+"""Per-layer Deep NRC columns (docs/metrics.md, "Per-layer columns") from accumulated moments.
 
 Pure functions: moments and weights in, plain Python numbers out. A quantity whose denominator
 is zero is ``None`` (null in every output), never a crash and never a silent 0.
@@ -114,7 +114,7 @@ class WeightBasis:
 def weight_input_basis(
     module: nn.Module, rank: int | None = None, **randomized
 ) -> WeightBasis | None:
-    """Orthonormal basis of a weight's input subspace (METRICS.md, "Input subspace").
+    """Orthonormal basis of a weight's input subspace (docs/metrics.md, "Notation").
 
     Linear W (q×p): right singular vectors. Conv W (c_out×c_in×…): W̃ = W with the first two axes
     swapped and the rest flattened (c_in × c_out·kernel), left singular vectors. Returns None
@@ -237,7 +237,7 @@ def layer_metrics(
 
 
 def probe_mse_exact(moments: Moments, spectrum: Spectrum) -> float:
-    """Error of the best affine least-squares probe of Y from Z (METRICS.md, Deep NRC4).
+    """Error of the best affine least-squares probe of Y from Z (docs/metrics.md, Deep NRC4).
 
     (tr Σ_Y − Σ_{λ_j ≥ 1e-6 λ_1} ‖v_jᵀΣ_ZY‖² / λ_j) / t, over the eigenpairs in ``spectrum``.
     Constant features keep no direction: the probe is the target mean.

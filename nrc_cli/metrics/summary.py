@@ -1,4 +1,4 @@
-"""Run-level fields (METRICS.md, "Summary fields"): targets, last-layer NRC, collapse rule."""
+"""Run-level fields (docs/metrics.md, "Summary fields"): targets, last-layer NRC, collapse rule."""
 
 from __future__ import annotations
 

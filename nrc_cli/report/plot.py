@@ -3,7 +3,7 @@
 Each plotting function draws with matplotlib's Agg canvas (no pyplot, no global backend
 switch), writes PNG or SVG atomically, and **returns the series it plotted**, so what a figure
 shows can be checked against the numbers it came from. Computes nothing beyond grouping and
-means. matplotlib is an optional extra (``pip install "nrc-cli[plot]"``), imported only here,
+means. matplotlib is an optional extra (``pip install matplotlib``), imported only here,
 inside the functions.
 """
 
@@ -42,7 +42,7 @@ _PANEL_TITLES = {
     "nrc4_probe_mse": "NRC4: linear probe MSE",
 }
 _COLLAPSED_COLOR = "#2ca02c"
-_PLOT_HINT = 'install the plotting extra: pip install "nrc-cli[plot]"'
+_PLOT_HINT = 'install matplotlib: pip install matplotlib (in a clone of nrc: pip install ".[plot]")'
 
 
 def _matplotlib():

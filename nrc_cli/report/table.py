@@ -13,7 +13,7 @@ from rich.text import Text
 from nrc_cli.results import LAYER_COLUMNS, Results
 
 DASH = "–"
-# Table headers may abbreviate (METRICS.md); machine formats never do.
+# Table headers may abbreviate (docs/metrics.md); machine formats never do.
 _HEADERS = {
     "index": "#",
     "nrc1_noise": "nrc1",
