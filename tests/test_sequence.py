@@ -242,7 +242,12 @@ def test_inspect_suggests_arch_hf_for_a_folder_with_a_config(old_bert_folder):
     assert "--arch hf" in doc["model_error"]
     result = CliRunner().invoke(app, ["inspect", str(root), "--arch", "hf", "-f", "json"])
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["model"]["route"] == "hf"
+    model = json.loads(result.stdout)["model"]
+    assert model["route"] == "hf"
+    assert model["notes"] == [
+        "loading: checkpoint keys not loaded (the model computes them itself): "
+        "embeddings.position_ids"
+    ]
 
 
 def test_without_input_the_hints_point_to_input(old_bert_folder, tmp_path):
@@ -270,7 +275,9 @@ def test_without_input_the_hints_point_to_input(old_bert_folder, tmp_path):
     )
     from safetensors.torch import save_file
 
-    save_file({"lin.weight": torch.zeros(2, 8), "lin.bias": torch.zeros(2)}, tmp_path / "kw.safetensors")
+    save_file(
+        {"lin.weight": torch.zeros(2, 8), "lin.bias": torch.zeros(2)}, tmp_path / "kw.safetensors"
+    )
     np.savez(tmp_path / "x.npz", x=ids.astype(np.float32), y=y)
     result = CliRunner().invoke(
         app,

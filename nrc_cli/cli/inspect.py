@@ -53,7 +53,12 @@ def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -
         doc["model_error"] = err.message + (f" (hint: {err.hint})" if err.hint else "")
         doc["layers"] = []
         return doc
-    doc["model"] = {"route": built.route, "description": built.description}
+    doc["model"] = {
+        "route": built.route,
+        "description": built.description,
+        "notes": built.notes(),
+        "warnings": built.warnings(),
+    }
     if built.spec is not None:
         order = [b.linear for b in built.spec.blocks]
         doc["layer_order"] = "forward"
@@ -95,6 +100,10 @@ def _render(doc: dict):
         parts.append(Text(f"model: cannot build one: {doc['model_error']}", style="yellow"))
         return Group(*parts)
     parts.append(Text(f"model ({doc['model']['route']}): {doc['model']['description']}"))
+    for kind in ("notes", "warnings"):
+        for line in doc["model"].get(kind, ()):
+            style = "yellow" if kind == "warnings" else None
+            parts.append(Text(f"{kind[:-1]}: {line}", style=style))
     layers = Table(title=f"weight layers ({doc['layer_order']} order)", title_justify="left")
     for col in ("#", "layer", "type", "in_dim", "weight_shape"):
         layers.add_column(col)
