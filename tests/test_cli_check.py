@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -490,13 +491,11 @@ def run_all(commands: list[list[str]]) -> list[object]:
 
 
 def test_docs_commands_run_as_written(tmp_path, monkeypatch):
+    # In a fresh clone: the samples, and no baselines/ folder until the README makes one.
     if not (SAMPLES / "mlp_wd.safetensors").exists():
         pytest.skip("sample_checkpoints/ not generated (scripts/make_samples.py)")
     monkeypatch.chdir(tmp_path)
-    for folder in ("checkpoints", "data", "baselines"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(SAMPLES / "mlp_wd.safetensors", tmp_path / "checkpoints" / "model.safetensors")
-    shutil.copy(SAMPLES / "lowrank.npz", tmp_path / "data" / "val.npz")
+    shutil.copytree(SAMPLES, tmp_path / "sample_checkpoints")
 
     bash = [b for lang, b in doc_blocks() if lang == "bash"]
     setup = bash[0]
@@ -505,7 +504,11 @@ def test_docs_commands_run_as_written(tmp_path, monkeypatch):
     gates_toml = block("# nrc-gates.toml")
     assert "mikepenz/action-junit-report" in github and "report_paths: nrc-junit.xml" in github
     assert "junit: nrc-junit.xml" in gitlab
+    assert "pip install ." in github and "pip install ." in gitlab
 
+    for line in setup.splitlines():
+        if line.startswith("mkdir "):
+            subprocess.run(["bash", "-e", "-c", line], check=True)
     for result in run_all(nrc_lines(setup)):
         assert result.exit_code == 0, result.stderr
     assert (tmp_path / "baselines" / "model.json").is_file()
@@ -521,17 +524,12 @@ def test_docs_commands_run_as_written(tmp_path, monkeypatch):
         assert (suite.get("tests"), suite.get("failures")) == ("11", "0")
         (tmp_path / "nrc-junit.xml").unlink()
 
-    (tmp_path / "nrc-gates.toml").write_text(gates_toml)
-    rest = [c for b in bash[1:] for c in nrc_lines(b)]
-    assert [c[0] for c in rest] == ["check", "compare"]
-    for result in run_all(rest):
-        assert result.exit_code == 0, result.stderr
-
-    # The same job on a checkpoint trained without weight decay: the gate fails, and says why.
-    shutil.copy(SAMPLES / "mlp_nowd.safetensors", tmp_path / "checkpoints" / "model.safetensors")
-    analyzed, gated = run_all(nrc_lines(github))
+    # The same gate on the model trained without weight decay: it fails, and says why.
+    failing = [b for b in bash[1:] if "mlp_nowd" in b]
+    assert len(failing) == 1
+    analyzed, gated = run_all(nrc_lines(failing[0]))
     assert analyzed.exit_code == 0 and gated.exit_code == 1
-    assert re.fullmatch(r"\d+ passed, \d+ failed", last_line(gated.stdout))
+    assert last_line(gated.stdout) == "1 passed, 10 failed"
     suite = ET.parse(tmp_path / "nrc-junit.xml").getroot().find("testsuite")
     failed = [c.get("name") for c in suite.findall("testcase") if c.find("failure") is not None]
     assert failed[:3] == [
@@ -539,6 +537,13 @@ def test_docs_commands_run_as_written(tmp_path, monkeypatch):
         "first_collapsed_index <= 3",
         "baseline: nrc1_noise",
     ]
+
+    (tmp_path / "nrc-gates.toml").write_text(gates_toml)
+    rest = [c for b in bash[1:] if b is not failing[0] for c in nrc_lines(b)]
+    assert [c[0] for c in rest] == ["check", "compare"]
+    gate_file, compare = run_all(rest)
+    assert gate_file.exit_code == 1, gate_file.stderr  # the report is still the failing model's
+    assert compare.exit_code == 0, compare.stderr
 
 
 def test_a_saved_report_repeats_the_warnings_of_its_analysis(tmp_path):
