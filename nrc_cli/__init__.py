@@ -17,8 +17,9 @@ __all__ = ["NrcError", "Results", "__version__", "analyze"]
 
 
 def analyze(checkpoint: str, data: str, **options) -> Results:
-    """Analyze ``checkpoint`` on ``data``; ``options`` are the fields of ``AnalyzeConfig``
-    (``rank``, ``batch_size``, ``arch``, ``collapse_rule``, ...)."""
-    from nrc_cli.pipeline import AnalyzeConfig, run
+    """Analyze ``checkpoint`` on ``data``; ``options`` are the fields of
+    :class:`nrc_cli.options.AnalysisOptions` (``rank``, ``batch_size``, ``arch``, ...)."""
+    from nrc_cli.options import AnalysisOptions
+    from nrc_cli.pipeline import run
 
-    return run(AnalyzeConfig(checkpoint=str(checkpoint), data=str(data), **options))
+    return run(str(checkpoint), str(data), AnalysisOptions(**options))

@@ -40,7 +40,8 @@ from nrc_cli._version import __version__
 from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
 from nrc_cli.io._files import special_kind
 from nrc_cli.io.checkpoint import SUFFIXES, is_model_folder_listing
-from nrc_cli.pipeline import AnalyzeConfig, resolve_device, run
+from nrc_cli.options import AnalysisOptions
+from nrc_cli.pipeline import resolve_device, run
 from nrc_cli.report.writers import atomic_write, csv_text, json_text, parquet_bytes
 from nrc_cli.results import Results, frame_from_rows, tidy_columns
 
@@ -608,12 +609,12 @@ def parts_dir(output: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".parts")
 
 
-def _fingerprint(config: AnalyzeConfig) -> str:
+def _fingerprint(data: str, options: AnalysisOptions) -> str:
     """Hash of everything besides the checkpoint that changes the numbers: the options, the
     data file's size and modification time (for a data spec, the spec file's) and the version."""
-    fields = dataclasses.asdict(config)
-    fields.pop("checkpoint")
-    stat = os.stat(config.data)
+    fields = dataclasses.asdict(options)
+    fields["data"] = data
+    stat = os.stat(data)
     fields["data_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     fields["nrc_version"] = __version__
     text = json.dumps(fields, sort_keys=True, default=list)
@@ -624,10 +625,11 @@ def _part_name(label: str) -> str:
     return hashlib.sha256(label.encode("utf-8")).hexdigest()[:24] + ".json"
 
 
-def _analyze_one(config: AnalyzeConfig) -> dict:
-    """Analyze one checkpoint; any failure comes back as data instead of an exception."""
+def _analyze_one(job: tuple[str, str, AnalysisOptions]) -> dict:
+    """Analyze one (checkpoint, data, options); any failure comes back as data instead of an
+    exception."""
     try:
-        results = run(config)
+        results = run(*job)
     except NrcError as err:
         return {"ok": False, **_error_fields(err)}
     except Exception as exc:  # a bug or an exotic model: record it, keep auditing
@@ -725,28 +727,27 @@ def _lock(folder: Path, output) -> object | None:
     return handle
 
 
-def _check_once(config: AnalyzeConfig) -> None:
+def _check_once(data: str, config: AnalysisOptions) -> None:
     """Refuse, before any checkpoint runs, what would make every checkpoint fail the same way."""
     from nrc_cli.io import data as data_io
-    from nrc_cli.model.build import load_factory, parse_arch_kwargs
+    from nrc_cli.model.build import load_factory
 
-    config.validate()
     resolve_device(config.device)
     if config.arch is not None:
         load_factory(config.arch)
-    parse_arch_kwargs(config.arch_kwargs)
     # Opened as the pipeline opens it: an .npz, or a .toml data spec where io/data.py reads
     # those; keyword inputs change which arrays must exist.
     opener = getattr(data_io, "open_dataset", None)
     if opener is not None:
-        opener(config.data, x_key=config.x_key, y_key=config.y_key, inputs=config.inputs).close()
+        opener(data, x_key=config.x_key, y_key=config.y_key, inputs=config.inputs).close()
     else:
-        data_io.NpzDataset(config.data, x_key=config.x_key, y_key=config.y_key).close()
+        data_io.NpzDataset(data, x_key=config.x_key, y_key=config.y_key).close()
 
 
 def run_audit(
     checkpoints: Sequence[str],
-    config: AnalyzeConfig,
+    data: str,
+    options: AnalysisOptions,
     *,
     output: str | os.PathLike | None = None,
     fmt: str | None = None,
@@ -756,14 +757,16 @@ def run_audit(
     flush_every: float = 5.0,
     progress: AuditProgress | None = None,
 ) -> AuditResult:
-    """Analyze every checkpoint with the options of ``config``; failures become error rows.
+    """Analyze every checkpoint on ``data`` with ``options``; failures become error rows.
 
     Parameters
     ----------
     checkpoints : sequence of str
         Checkpoint paths (see :func:`discover` and :func:`select_shard`).
-    config : AnalyzeConfig
-        Options for every analysis; its ``checkpoint`` field is ignored.
+    data : str
+        The data set every checkpoint is analyzed on.
+    options : AnalysisOptions
+        Options for every analysis.
     output : path, optional
         The audit table (``.parquet`` or ``.csv``). Its parts folder makes the audit resumable;
         without it everything stays in memory.
@@ -791,17 +794,19 @@ def run_audit(
     if output is not None:
         fmt = table_format(output, fmt)
     labels = sorted(dict.fromkeys(str(c) for c in checkpoints))
-    _check_once(config)
-    fingerprint = _fingerprint(config)
+    _check_once(data, options)
+    fingerprint = _fingerprint(data, options)
     store = _Store(output, fingerprint, fresh=fresh) if output is not None else None
     try:
-        return _audit(labels, config, store, output, fmt, jobs, threads, flush_every, progress)
+        return _audit(
+            labels, (data, options), store, output, fmt, jobs, threads, flush_every, progress
+        )
     finally:
         if store is not None:
             store.close()
 
 
-def _audit(labels, config, store, output, fmt, jobs, threads, flush_every, progress):
+def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, progress):
     done: dict[str, list[dict]] = {}
     errors: dict[str, dict] = {}
     todo: list[tuple[str, dict]] = []
@@ -851,7 +856,7 @@ def _audit(labels, config, store, output, fmt, jobs, threads, flush_every, progr
         if progress is not None:
             progress(count, len(todo), label, "ok" if outcome["ok"] else "failed")
 
-    configs = [(label, key, dataclasses.replace(config, checkpoint=label)) for label, key in todo]
+    configs = [(label, key, (label, *settings)) for label, key in todo]
     if progress is not None:
         progress(0, len(todo), "", "start")
     if jobs == 1 or len(configs) <= 1:

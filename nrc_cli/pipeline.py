@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,83 +29,16 @@ from nrc_cli.metrics.layer import (
     weight_input_basis,
 )
 from nrc_cli.metrics.summary import (
-    DEFAULT_COLLAPSE_RULE,
-    CollapseRule,
     first_collapsed,
     last_layer_fields,
     target_fields,
 )
-from nrc_cli.model.build import BuiltModel, build_model, parse_arch_kwargs
-from nrc_cli.planning import Plan, default_budget, layer_need, make_plan, parse_size
+from nrc_cli.model.build import BuiltModel, build_model
+from nrc_cli.options import AnalysisOptions
+from nrc_cli.planning import Plan, default_budget, layer_need, make_plan
 from nrc_cli.results import Results
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class AnalyzeConfig:
-    """Everything one analysis needs; built by the CLI or by :func:`nrc_cli.analyze`."""
-
-    checkpoint: str
-    data: str
-    x_key: str = "x"
-    y_key: str = "y"
-    batch_size: int = 1024
-    max_samples: int | None = None
-    rank: int | None = None
-    collapse_rule: str = DEFAULT_COLLAPSE_RULE
-    arch: str | None = None
-    arch_kwargs: str | None = None
-    activation: str | None = None
-    svd: str = "auto"
-    oversample: int = 10
-    power_iters: int = 4
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    layers: tuple[str, ...] = field(default_factory=tuple)
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    memory_budget: str | None = None
-    output_key: str | None = None
-    prediction: bool = True
-    inputs: tuple[str, ...] = field(default_factory=tuple)
-    mask_key: str | None = None
-
-    def validate(self) -> CollapseRule:
-        """Check option values; return the parsed collapse rule."""
-        if self.rank is not None and self.rank < 1:
-            raise ConfigError(f"--rank: expected an integer >= 1, found {self.rank}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size: expected an integer >= 1, found {self.batch_size}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"--max-samples: expected an integer >= 1, found {self.max_samples}")
-        if self.oversample < 0:
-            raise ConfigError(f"--oversample: expected an integer >= 0, found {self.oversample}")
-        if self.power_iters < 0:
-            raise ConfigError(f"--power-iters: expected an integer >= 0, found {self.power_iters}")
-        for flag, value in (
-            ("--rank", self.rank),
-            ("--batch-size", self.batch_size),
-            ("--max-samples", self.max_samples),
-            ("--oversample", self.oversample),
-            ("--power-iters", self.power_iters),
-        ):
-            if value is not None and value >= 2**63:
-                raise ConfigError(f"{flag}: {value} is too large for a 64-bit integer")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(
-                f"--seed: expected an integer from 0 to 2**63 - 1, found {self.seed}",
-                hint="seeds are stored as 64-bit integers (JSON, Parquet)",
-            )
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, found '{self.dtype}'")
-        if self.output_key is not None and not self.prediction:
-            raise ConfigError("--output-key and --no-prediction exclude each other")
-        resolve_svd_method(self.svd, 1, 1)
-        if self.memory_budget is not None:
-            parse_size(self.memory_budget)
-        return CollapseRule.parse(self.collapse_rule)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,14 +66,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
-    """Open the inputs, build the model and check that they fit, before anything runs.
-
-    ``config`` must have passed :meth:`AnalyzeConfig.validate` (as :func:`run` does).
-    """
-    ckpt = open_checkpoint(config.checkpoint)
+def prepare(
+    checkpoint: str, data_path: str, config: AnalysisOptions
+) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
+    """Open the inputs, build the model and check that they fit, before anything runs."""
+    ckpt = open_checkpoint(checkpoint)
     data = open_dataset(
-        config.data,
+        data_path,
         x_key=config.x_key,
         y_key=config.y_key,
         inputs=config.inputs,
@@ -151,19 +82,19 @@ def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLaye
         built = build_model(
             ckpt,
             arch=config.arch,
-            arch_kwargs=parse_arch_kwargs(config.arch_kwargs),
+            arch_kwargs=config.arch_kwargs,
             activation=config.activation,
         )
         if built.in_features is not None and data.x_sample_shape[-1] != built.in_features:
             raise DataError(
-                f"{config.data}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
+                f"{data_path}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
                 f"(shape {list(data.x_info.shape)}), but the model's first layer "
                 f"'{built.spec.blocks[0].linear}' expects {built.in_features}",
                 hint="is this the data the model was trained on? pick arrays with --x-key",
             )
         if built.out_features is not None and data.target_dim != built.out_features:
             raise DataError(
-                f"{config.data}: targets '{data.y_info.key}' have {data.target_dim} column(s) "
+                f"{data_path}: targets '{data.y_info.key}' have {data.target_dim} column(s) "
                 f"(shape {list(data.y_info.shape)}), but the model outputs {built.out_features}",
                 hint="pick the target array with --y-key",
             )
@@ -175,7 +106,9 @@ def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLaye
 
 
 def run(
-    config: AnalyzeConfig,
+    checkpoint: str,
+    data: str,
+    config: AnalysisOptions,
     *,
     progress: Progress | None = None,
     on_plan: Callable[[dict], None] | None = None,
@@ -184,18 +117,22 @@ def run(
 
     Parameters
     ----------
-    config : AnalyzeConfig
+    checkpoint, data : str
+        Paths of the checkpoint and of the data set.
+    config : AnalysisOptions
     progress : callable(done, total), optional
         Called after each batch with the number of samples seen so far (over all passes) and
         the total to see.
     on_plan : callable(plan), optional
         Called once before the first data pass with the plan (as recorded in the summary).
     """
-    rule = config.validate()
+    rule = config.rule()
     device = resolve_device(config.device)
-    built, data, layers = prepare(config)
-    with data, full_float32(device):
-        return _Analysis(config, rule, device, built, data, layers, progress, on_plan).run()
+    built, dataset, layers = prepare(checkpoint, data, config)
+    with dataset, full_float32(device):
+        results = _Analysis(config, rule, device, built, dataset, layers, progress, on_plan).run()
+    results.checkpoint, results.data = str(checkpoint), str(data)
+    return results
 
 
 @contextmanager
@@ -228,7 +165,7 @@ class _Analysis:
         self.data = data
         self.layers = layers
         self.progress = progress
-        self.model: nn.Module = built.module.to(device=device, dtype=DTYPES[config.dtype])
+        self.model: nn.Module = built.module.to(device=device, dtype=config.torch_dtype)
         self.t = data.target_dim
         self.k = config.rank or self.t
         # The head is known only after the first forward pass, so the normalised Gram of the
@@ -255,11 +192,9 @@ class _Analysis:
     # -- planning ---------------------------------------------------------------------------
 
     def plan(self) -> Plan:
-        budget = (
-            parse_size(self.config.memory_budget)
-            if self.config.memory_budget is not None
-            else default_budget(self.device)
-        )
+        budget = self.config.budget_bytes()
+        if budget is None:
+            budget = default_budget(self.device)
         needs = [
             layer_need(
                 w.name,
@@ -285,7 +220,7 @@ class _Analysis:
         plan = self.plan()
         methods = {w.name: self.spectrum_method(w.name, w.in_dim, plan) for w in self.layers}
         if self.on_plan is not None:
-            self.on_plan(plan.to_dict(methods, self.config.memory_budget or "auto"))
+            self.on_plan(plan.to_dict(methods, self.config.budget_label))
         accs: dict[str, CrossMoments | CovarianceSketch] = {}
         grams: dict[str, NormalizedGram] = {}
         sse = SquaredError() if self.config.prediction else None
@@ -407,7 +342,7 @@ class _Analysis:
         def tensor(a: np.ndarray) -> torch.Tensor:
             v = torch.from_numpy(np.ascontiguousarray(a))
             if v.is_floating_point():
-                v = v.to(dtype=DTYPES[self.config.dtype])
+                v = v.to(dtype=self.config.torch_dtype)
             return v.to(self.device)
 
         if isinstance(x, dict):
@@ -501,13 +436,13 @@ class _Analysis:
                     by_name[head].module.weight, spectrum, grams[head].compute(), m.cov_y, self.k
                 )
             )
-        plan_doc = plan.to_dict(methods, config.memory_budget or "auto")
+        plan_doc = plan.to_dict(methods, config.budget_label)
         not_run = [w.name for w in self.layers if w.name not in order]
         if not_run:
             plan_doc["not_run"] = not_run
         return Results(
-            checkpoint=str(config.checkpoint),
-            data=str(config.data),
+            checkpoint="",
+            data="",
             summary=summary,
             layers=rows,
             metadata=dict(self.built.checkpoint.metadata),
@@ -515,7 +450,7 @@ class _Analysis:
         )
 
 
-def prediction_label(config: AnalyzeConfig) -> str:
+def prediction_label(config: AnalysisOptions) -> str:
     """What ``model_mse`` compares with the targets, as recorded in the summary."""
     if not config.prediction:
         return "none"
@@ -524,7 +459,7 @@ def prediction_label(config: AnalyzeConfig) -> str:
     return "output"
 
 
-def select_prediction(out, y: torch.Tensor, config: AnalyzeConfig) -> torch.Tensor:
+def select_prediction(out, y: torch.Tensor, config: AnalysisOptions) -> torch.Tensor:
     """The prediction tensor (b, t) inside a model's output (tensor, tuple, dict, ModelOutput)."""
     key = config.output_key
     if key is not None:

@@ -17,54 +17,20 @@ activations and the data batches come on top.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 import torch
 
 from nrc_cli.errors import ConfigError
+from nrc_cli.options import parse_size
+
+__all__ = ["Plan", "default_budget", "layer_need", "make_plan", "parse_size"]
 
 _F64 = 8
 # A single pass allows no power iterations, so the sketch gets more columns than k + oversample:
 # at 128 its memory is still O(p) (1 MB per 1000 features) and its cost per batch b·p·128.
 MIN_SKETCH = 128
 DEFAULT_BUDGET_FRACTION = 0.5
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-
-
-_MAX_SIZE = 1e18
-
-
-def parse_size(text: str) -> int:
-    """Parse a memory size such as ``4GB``, ``512MiB`` or ``1e9`` into bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
-    if m is None or m.group(2).lower() not in _UNITS:
-        raise ConfigError(
-            f"--memory-budget: expected a size like 4GB, 512MB or 2GiB, found '{text}'",
-        )
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value < 1:
-        raise ConfigError(f"--memory-budget: expected a positive size, found '{text}'")
-    if not value < _MAX_SIZE:  # also inf: 1e400GB overflows a float
-        raise ConfigError(
-            f"--memory-budget: '{text}' is too large; expected a size below 1 EB (1e18 bytes)"
-        )
-    return int(value)
 
 
 def available_memory() -> int:

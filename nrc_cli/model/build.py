@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,29 +38,6 @@ class BuiltModel:
     @property
     def out_features(self) -> int | None:
         return self.spec.out_features if self.spec else None
-
-
-def parse_arch_kwargs(text: str | None) -> dict:
-    """Parse ``--arch-kwargs``: a JSON object, or nothing."""
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except RecursionError as exc:
-        raise ConfigError(
-            "--arch-kwargs: expected a JSON object, found one nested too deeply"
-        ) from exc
-    except ValueError as exc:
-        raise ConfigError(
-            f"--arch-kwargs: expected a JSON object, found invalid JSON ({exc})",
-            hint="""quote it for the shell, e.g. --arch-kwargs '{"width": 64}'""",
-        ) from exc
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"--arch-kwargs: expected a JSON object, found {type(value).__name__}",
-            hint="""e.g. --arch-kwargs '{"width": 64}'""",
-        )
-    return value
 
 
 def load_factory(arch: str):
