@@ -43,7 +43,7 @@ from nrc_cli.io.checkpoint import SUFFIXES, is_model_folder_listing
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import resolve_device, run
 from nrc_cli.report.writers import atomic_write, csv_text, json_text, parquet_bytes
-from nrc_cli.results import Results, frame_from_rows, tidy_columns
+from nrc_cli.results import Results, cell, frame_from_rows, plain, tidy_columns
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -266,10 +266,7 @@ def _meta_series(values: list):
     a number, else the text of every value (the original strings, never a re-printed number)."""
     import pandas as pd
 
-    def missing(v):
-        return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-
-    raw = [None if missing(v) else (v.item() if hasattr(v, "item") else v) for v in values]
+    raw = [plain(v, keep_inf=True) for v in values]
     parsed = [_parse_meta(v) for v in raw]
     present = [v for v in parsed if v is not None]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
@@ -410,25 +407,6 @@ def write_table(frame, path: str | os.PathLike, fmt: str | None = None) -> None:
     atomic_write(path, parquet_bytes(frame) if fmt == "parquet" else csv_text(frame))
 
 
-def _coerce(value, kind: str):
-    """A cell read back from CSV text or Parquet, as the Python value of its schema kind."""
-    import pandas as pd
-
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if kind == "str":
-        return str(value)
-    if kind == "bool":
-        if isinstance(value, str):
-            return {"true": True, "false": False}[value.lower()]
-        return bool(value)
-    if kind == "int":
-        return int(value)
-    return float(value)
-
-
 def read_table(path: str | os.PathLike):
     """Read a tidy or audit table (``.parquet`` or ``.csv``) with the schema's dtypes restored.
 
@@ -461,7 +439,7 @@ def read_table(path: str | os.PathLike):
     known = [(c, kinds[c]) for c in raw.columns if c in kinds]
     records = raw.to_dict("records")
     try:
-        rows = [{c: _coerce(r[c], k) for c, k in known} for r in records]
+        rows = [{c: cell(r[c], k) for c, k in known} for r in records]
     except (ValueError, KeyError) as exc:
         raise DataError(
             f"'{p}': a cell does not fit the column's type: {exc}",
@@ -533,7 +511,7 @@ def merge_tables(paths: Sequence[str | os.PathLike]):
                 )
             owner[name] = str(path)
         for record in frame.to_dict("records"):
-            row = {k: _cell(v) for k, v in record.items()}
+            row = {k: plain(v, keep_inf=True) for k, v in record.items()}
             key = (row.get("checkpoint"), row.get("layer"))
             if key in seen:
                 twice = "twice in" if seen[key] == str(path) else f"in '{seen[key]}' and in"
@@ -558,15 +536,6 @@ def _same_file(a, b) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _cell(value):
-    """A DataFrame cell as a plain Python value, missing values as None."""
-    import pandas as pd
-
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from nrc_cli.cli._output import emit
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
+from nrc_cli.results import plain
 
 # Options of this command only (the shared ones live in _options.py).
 Paths = Annotated[
@@ -299,17 +300,13 @@ def _summary_table(summary):
     for label, record in zip(shown, summary.to_dict("records"), strict=True):
         cells = [escape(label)]
         for name, _ in columns:
-            value = record.get(name)
-            value = None if _missing(value) else value
-            cells.append(escape(fmt(value.item() if hasattr(value, "item") else value)))
+            cells.append(escape(fmt(plain(record.get(name), keep_inf=True))))
         table.add_row(*cells)
     return table
 
 
 def _missing(value) -> bool:
-    import pandas as pd
-
-    return value is None or bool(pd.isna(value))
+    return plain(value, keep_inf=True) is None
 
 
 def _report(result, *, output: str | None, errors: str | None, shard, quiet: bool) -> None:
