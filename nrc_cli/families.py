@@ -272,7 +272,11 @@ class RegressionFamily:
             spectrum, m = last
             summary.update(
                 last_layer_fields(
-                    head.module.weight, spectrum, head_accs["gram"].compute(), m.cov_y, k
+                    head.module.weight,  # type: ignore[arg-type]
+                    spectrum,
+                    head_accs["gram"].compute(),
+                    m.cov_y,
+                    k,
                 )
             )
         return LayerOutcome(rows, summary)

@@ -28,6 +28,7 @@ from torch import nn
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
 from nrc_cli.accumulate.moments import SquaredError, Workspace
+from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families import FAMILIES
@@ -425,6 +426,7 @@ class CollapseMonitor:
 
     def _plan_sketches(self, names: list[str], t: int, b: int) -> dict[str, int]:
         needs = [self.family.layer_need(self._by_name[n], t, b) for n in names]
+        assert self._budget is not None
         plan = make_plan(needs, self._budget)
         if len(plan.passes) > 1:
             raise ConfigError(
@@ -605,7 +607,7 @@ class CollapseMonitor:
         for name, accs in self._accs.items():
             out[f"pass/{name}"] = torch.tensor(self._pass_of.get(name, 1), dtype=_I64)
             for kind, acc in accs.items():
-                if kind == "sketch":
+                if isinstance(acc, CovarianceSketch):
                     out[f"omega/{name}"] = acc.omega.detach().clone()
                 for key, value in acc.state_dict().items():
                     out[f"layer/{name}/{kind}/{key}"] = value
@@ -646,7 +648,7 @@ class CollapseMonitor:
                 acc = self.family.empty_accumulator(kind, device, state.get(f"omega/{name}"))
                 acc.load_state_dict(fields)
                 accs[kind] = acc
-                if kind == "sketch":
+                if isinstance(acc, CovarianceSketch):
                     self.sketch[name] = int(acc.omega.shape[1])
                 if self._device is None:
                     self._device = device

@@ -158,8 +158,9 @@ def _is_path(value: Any) -> bool:
 def _open(model, data, config: AnalysisOptions):
     """(model to run, data set, checkpoint label, metadata), checked before anything runs."""
     if _is_path(model) and _is_path(data):
-        built, dataset, _ = prepare(str(model), str(data), config)
-        return built, dataset, str(model), dict(built.checkpoint.metadata)
+        built, opened, _ = prepare(str(model), str(data), config)
+        ckpt_meta = built.checkpoint.metadata if built.checkpoint is not None else {}
+        return built, opened, str(model), dict(ckpt_meta)
     if _is_path(model):
         ckpt = open_checkpoint(str(model))
         source: BuiltModel | nn.Module = build_model(
@@ -172,6 +173,7 @@ def _open(model, data, config: AnalysisOptions):
         raise ConfigError(
             f"expected a checkpoint path or a torch.nn.Module, found {type(model).__name__}"
         )
+    dataset: Any
     if _is_path(data):
         dataset = open_dataset(
             data,

@@ -34,9 +34,19 @@ class Accumulator:
     the states: an empty accumulator (``n == 0``) merges as the identity.
     """
 
+    n: int
+
     def __init__(self) -> None:
         self._defaults: dict[str, Any] = {}
         self._reduce: dict[str, str | None] = {}
+
+    def update(self, *batch: torch.Tensor) -> None:
+        """Fold one batch in (subclasses)."""
+        raise NotImplementedError
+
+    def compute(self) -> Any:
+        """The statistic so far; pure (subclasses)."""
+        raise NotImplementedError
 
     def add_state(self, name: str, default: int | float | None, *, reduce: str | None = "sum"):
         """Declare a state: a plain number, or a tensor created by the first update (None).
@@ -175,6 +185,13 @@ class ShiftedSums(Accumulator):
     :meth:`reshift_` its sums about one common shift (e.g. rank 0's, broadcast), after which
     summing every summed state across processes (``all_reduce(SUM)``) is exactly a merge.
     """
+
+    # Tensor states are None until the first batch (see add_state).
+    cz: Any
+    cy: Any
+    sz: Any
+    sy: Any
+    omega: torch.Tensor  # the sketch's test matrix, for form="sketch" co-moments
 
     def __init__(self) -> None:
         super().__init__()
