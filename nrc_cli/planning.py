@@ -16,45 +16,27 @@ activations and the data batches come on top.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-import torch
-
+from nrc_cli._memory import available_device_memory, available_memory
 from nrc_cli.errors import ConfigError
 from nrc_cli.options import parse_size
 
-__all__ = ["Plan", "default_budget", "layer_need", "make_plan", "parse_size"]
+__all__ = [
+    "Plan",
+    "available_device_memory",
+    "available_memory",
+    "default_budget",
+    "layer_need",
+    "make_plan",
+    "parse_size",
+]
 
 _F64 = 8
 # A single pass allows no power iterations, so the sketch gets more columns than k + oversample:
 # at 128 its memory is still O(p) (1 MB per 1000 features) and its cost per batch b·p·128.
 MIN_SKETCH = 128
 DEFAULT_BUDGET_FRACTION = 0.5
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (MemAvailable on Linux; physical memory elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 1024**3
-
-
-def available_device_memory(device) -> int:
-    """Bytes free on ``device`` now: host memory for the CPU, the card's free memory for CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return available_memory()
 
 
 def default_budget(device="cpu") -> int:

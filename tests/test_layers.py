@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "nrc_cli"
 # The README's line, top first; helpers shared by every layer sit above it.
 LAYERS = [
-    ("_version", "_threads"),
+    ("_version", "_threads", "_memory"),
     ("errors",),
     ("options",),
     ("results",),

@@ -121,7 +121,7 @@ def check_memory(ckpt: Checkpoint, available: int | None = None) -> None:
     if ckpt._loaded is not None:
         return  # a .pt file: already in memory
     if available is None:
-        from nrc_cli.planning import available_memory
+        from nrc_cli._memory import available_memory
 
         available = available_memory()
     need = ckpt.nbytes
