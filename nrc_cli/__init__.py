@@ -13,12 +13,45 @@ from nrc_cli._version import __version__
 from nrc_cli.errors import NrcError
 from nrc_cli.results import Results
 
-__all__ = ["NrcError", "Results", "__version__", "analyze"]
+__all__ = ["CollapseMonitor", "NrcError", "Results", "__version__", "analyze"]
 
 
-def analyze(checkpoint: str, data: str, **options) -> Results:
-    """Analyze ``checkpoint`` on ``data``; ``options`` are the fields of ``AnalyzeConfig``
-    (``rank``, ``batch_size``, ``arch``, ``collapse_rule``, ...)."""
-    from nrc_cli.pipeline import AnalyzeConfig, run
+def __getattr__(name: str):
+    # CollapseMonitor imports torch; `import nrc_cli` stays light until it is asked for.
+    if name == "CollapseMonitor":
+        from nrc_cli.monitor import CollapseMonitor
 
-    return run(AnalyzeConfig(checkpoint=str(checkpoint), data=str(data), **options))
+        return CollapseMonitor
+    raise AttributeError(f"module 'nrc_cli' has no attribute {name!r}")
+
+
+def analyze(checkpoint_or_module, data, **options) -> Results:
+    """Deep NRC of a model on a data set, layer by layer: what ``nrc analyze`` computes.
+
+    Parameters
+    ----------
+    checkpoint_or_module : str, os.PathLike or torch.nn.Module
+        A checkpoint (``.safetensors``, ``.pt``/``.pth``, a model folder), built as ``nrc
+        analyze`` builds it; or a module (run in eval mode; never changed).
+    data : str, os.PathLike, (x, y) or iterable of (x, y)
+        A data file (``.npz``, ``.toml`` spec); an ``(x, y)`` pair of arrays or tensors; or an
+        iterable of ``(x, y)`` batches (a list or a DataLoader; a generator allows one pass).
+    **options
+        The fields of :class:`nrc_cli.options.AnalysisOptions`, typed: ``rank=2``,
+        ``batch_size=256``, ``arch_kwargs={"width": 64}``, ``memory_budget="4GB"``, ...
+
+    Returns
+    -------
+    Results
+
+    Example
+    -------
+    >>> from nrc_cli import analyze
+    >>> results = analyze("sample_checkpoints/mlp_wd.safetensors", "sample_checkpoints/lowrank.npz")
+    >>> results.summary["first_collapsed_layer"]
+    'net.2'
+    """
+    from nrc_cli.options import AnalysisOptions
+    from nrc_cli.pipeline import run
+
+    return run(checkpoint_or_module, data, AnalysisOptions(**options))

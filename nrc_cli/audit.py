@@ -41,9 +41,10 @@ from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
 from nrc_cli.io._files import special_kind
 from nrc_cli.io.checkpoint import SUFFIXES, is_model_folder_listing
 from nrc_cli.io.spec import read_spec
-from nrc_cli.pipeline import AnalyzeConfig, resolve_device, run
+from nrc_cli.options import AnalysisOptions
+from nrc_cli.pipeline import resolve_device, run
 from nrc_cli.report.writers import atomic_write, csv_text, json_text, parquet_bytes
-from nrc_cli.results import Results, frame_from_rows, tidy_columns
+from nrc_cli.results import Results, cell, frame_from_rows, plain, tidy_columns
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -266,10 +267,7 @@ def _meta_series(values: list):
     a number, else the text of every value (the original strings, never a re-printed number)."""
     import pandas as pd
 
-    def missing(v):
-        return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-
-    raw = [None if missing(v) else (v.item() if hasattr(v, "item") else v) for v in values]
+    raw = [plain(v, keep_inf=True) for v in values]
     parsed = [_parse_meta(v) for v in raw]
     present = [v for v in parsed if v is not None]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
@@ -410,25 +408,6 @@ def write_table(frame, path: str | os.PathLike, fmt: str | None = None) -> None:
     atomic_write(path, parquet_bytes(frame) if fmt == "parquet" else csv_text(frame))
 
 
-def _coerce(value, kind: str):
-    """A cell read back from CSV text or Parquet, as the Python value of its schema kind."""
-    import pandas as pd
-
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if kind == "str":
-        return str(value)
-    if kind == "bool":
-        if isinstance(value, str):
-            return {"true": True, "false": False}[value.lower()]
-        return bool(value)
-    if kind == "int":
-        return int(value)
-    return float(value)
-
-
 def read_table(path: str | os.PathLike):
     """Read a tidy or audit table (``.parquet`` or ``.csv``) with the schema's dtypes restored.
 
@@ -461,7 +440,7 @@ def read_table(path: str | os.PathLike):
     known = [(c, kinds[c]) for c in raw.columns if c in kinds]
     records = raw.to_dict("records")
     try:
-        rows = [{c: _coerce(r[c], k) for c, k in known} for r in records]
+        rows = [{c: cell(r[c], k) for c, k in known} for r in records]
     except (ValueError, KeyError) as exc:
         raise DataError(
             f"'{p}': a cell does not fit the column's type: {exc}",
@@ -533,7 +512,7 @@ def merge_tables(paths: Sequence[str | os.PathLike]):
                 )
             owner[name] = str(path)
         for record in frame.to_dict("records"):
-            row = {k: _cell(v) for k, v in record.items()}
+            row = {k: plain(v, keep_inf=True) for k, v in record.items()}
             key = (row.get("checkpoint"), row.get("layer"))
             if key in seen:
                 twice = "twice in" if seen[key] == str(path) else f"in '{seen[key]}' and in"
@@ -558,15 +537,6 @@ def _same_file(a, b) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _cell(value):
-    """A DataFrame cell as a plain Python value, missing values as None."""
-    import pandas as pd
-
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -609,18 +579,18 @@ def parts_dir(output: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".parts")
 
 
-def _fingerprint(config: AnalyzeConfig) -> str:
+def _fingerprint(data: str, options: AnalysisOptions) -> str:
     """Hash of everything besides the checkpoint that changes the numbers: the options, the
     size and modification time of the data file (for a TOML data spec: of the spec and of
     every file it reads) and the version."""
-    fields = dataclasses.asdict(config)
-    fields.pop("checkpoint")
-    stat = os.stat(config.data)
+    fields = dataclasses.asdict(options)
+    fields["data"] = data
+    stat = os.stat(data)
     fields["data_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if Path(config.data).suffix.lower() == ".toml":
+    if Path(data).suffix.lower() == ".toml":
         fields["spec_files"] = {
             str(f): {"size": (st := os.stat(f)).st_size, "mtime_ns": st.st_mtime_ns}
-            for f in read_spec(config.data).files
+            for f in read_spec(data).files
         }
     fields["nrc_version"] = __version__
     text = json.dumps(fields, sort_keys=True, default=list)
@@ -631,10 +601,11 @@ def _part_name(label: str) -> str:
     return hashlib.sha256(label.encode("utf-8")).hexdigest()[:24] + ".json"
 
 
-def _analyze_one(config: AnalyzeConfig) -> dict:
-    """Analyze one checkpoint; any failure comes back as data instead of an exception."""
+def _analyze_one(job: tuple[str, str, AnalysisOptions]) -> dict:
+    """Analyze one (checkpoint, data, options); any failure comes back as data instead of an
+    exception."""
     try:
-        results = run(config)
+        results = run(*job)
     except NrcError as err:
         return {"ok": False, **_error_fields(err)}
     except Exception as exc:  # a bug or an exotic model: record it, keep auditing
@@ -732,28 +703,27 @@ def _lock(folder: Path, output) -> object | None:
     return handle
 
 
-def _check_once(config: AnalyzeConfig) -> None:
+def _check_once(data: str, config: AnalysisOptions) -> None:
     """Refuse, before any checkpoint runs, what would make every checkpoint fail the same way."""
     from nrc_cli.io import data as data_io
-    from nrc_cli.model.build import load_factory, parse_arch_kwargs
+    from nrc_cli.model.build import load_factory
 
-    config.validate()
     resolve_device(config.device)
     if config.arch is not None:
         load_factory(config.arch)
-    parse_arch_kwargs(config.arch_kwargs)
     # Opened as the pipeline opens it: an .npz, or a .toml data spec where io/data.py reads
     # those; keyword inputs change which arrays must exist.
     opener = getattr(data_io, "open_dataset", None)
     if opener is not None:
-        opener(config.data, x_key=config.x_key, y_key=config.y_key, inputs=config.inputs).close()
+        opener(data, x_key=config.x_key, y_key=config.y_key, inputs=config.inputs).close()
     else:
-        data_io.NpzDataset(config.data, x_key=config.x_key, y_key=config.y_key).close()
+        data_io.NpzDataset(data, x_key=config.x_key, y_key=config.y_key).close()
 
 
 def run_audit(
     checkpoints: Sequence[str],
-    config: AnalyzeConfig,
+    data: str,
+    options: AnalysisOptions,
     *,
     output: str | os.PathLike | None = None,
     fmt: str | None = None,
@@ -763,14 +733,16 @@ def run_audit(
     flush_every: float = 5.0,
     progress: AuditProgress | None = None,
 ) -> AuditResult:
-    """Analyze every checkpoint with the options of ``config``; failures become error rows.
+    """Analyze every checkpoint on ``data`` with ``options``; failures become error rows.
 
     Parameters
     ----------
     checkpoints : sequence of str
         Checkpoint paths (see :func:`discover` and :func:`select_shard`).
-    config : AnalyzeConfig
-        Options for every analysis; its ``checkpoint`` field is ignored.
+    data : str
+        The data set every checkpoint is analyzed on.
+    options : AnalysisOptions
+        Options for every analysis.
     output : path, optional
         The audit table (``.parquet`` or ``.csv``). Its parts folder makes the audit resumable;
         without it everything stays in memory.
@@ -798,17 +770,19 @@ def run_audit(
     if output is not None:
         fmt = table_format(output, fmt)
     labels = sorted(dict.fromkeys(str(c) for c in checkpoints))
-    _check_once(config)
-    fingerprint = _fingerprint(config)
+    _check_once(data, options)
+    fingerprint = _fingerprint(data, options)
     store = _Store(output, fingerprint, fresh=fresh) if output is not None else None
     try:
-        return _audit(labels, config, store, output, fmt, jobs, threads, flush_every, progress)
+        return _audit(
+            labels, (data, options), store, output, fmt, jobs, threads, flush_every, progress
+        )
     finally:
         if store is not None:
             store.close()
 
 
-def _audit(labels, config, store, output, fmt, jobs, threads, flush_every, progress):
+def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, progress):
     done: dict[str, list[dict]] = {}
     errors: dict[str, dict] = {}
     todo: list[tuple[str, dict]] = []
@@ -858,7 +832,7 @@ def _audit(labels, config, store, output, fmt, jobs, threads, flush_every, progr
         if progress is not None:
             progress(count, len(todo), label, "ok" if outcome["ok"] else "failed")
 
-    configs = [(label, key, dataclasses.replace(config, checkpoint=label)) for label, key in todo]
+    configs = [(label, key, (label, *settings)) for label, key in todo]
     if progress is not None:
         progress(0, len(todo), "", "start")
     if jobs == 1 or len(configs) <= 1:

@@ -134,15 +134,27 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
 
 
-FeatureCallback = Callable[[str, torch.Tensor], None]
+@dataclass(frozen=True)
+class PendingPool:
+    """A token-axis Linear input kept whole until its mask is known (``update(..., mask=)``)."""
+
+    module: nn.Module
+    inp: torch.Tensor
+
+    def pool(self, mask: torch.Tensor | None) -> torch.Tensor:
+        with single_threaded(self.inp.device):
+            return pool(self.module, self.inp, mask)
+
+
+FeatureCallback = Callable[[str, "torch.Tensor | PendingPool"], None]
 
 
 class Capture:
     """Forward pre-hooks that pool each selected layer's input and pass it to a callback.
 
-    Use as a context manager; the hooks are removed on exit, also when the body raises. Call
-    :meth:`next_batch` before each forward pass. ``order`` lists the layer names in the order in
-    which they first ran.
+    Use as a context manager; the hooks are removed on exit, also when the body raises. Each
+    forward pass of ``root`` starts a new batch (or call :meth:`next_batch` by hand when there
+    is no root). ``order`` lists the layer names in the order in which they first ran.
 
     Parameters
     ----------
@@ -150,11 +162,25 @@ class Capture:
         The layers to hook (only these cost anything).
     callback : callable(name, features)
         Receives the layer name and its pooled features, shape (batch, p): float64 means, or a
-        2-D Linear input as it is (float32 or float64).
-        They may share memory with the activation: read them before the forward pass goes on.
+        2-D Linear input as it is (float32 or float64). They may share memory with the
+        activation: read (or copy) them before the forward pass goes on. With
+        ``defer_unmasked``, a Linear input with a token axis seen while no mask is known
+        arrives as a :class:`PendingPool` instead, to be pooled later.
     active : set of str, optional
         Layers whose features are pooled and passed on; the others only record their place in
         the forward order. Default: all.
+    root : nn.Module, optional
+        The model: a pre-hook on it starts each batch, calls ``on_forward`` and reads the
+        token mask from its keyword argument ``mask_key``.
+    mask_key : str, optional
+        Keyword argument of ``root`` that holds the token mask (batch, T).
+    on_forward : callable(), optional
+        Called when a forward pass of ``root`` starts, before any layer's hook.
+    defer_unmasked : bool
+        See ``callback``.
+    copy_views : bool
+        Copy features that share memory with the activation (a 2-D Linear input is passed on
+        as it is), for a callback that reads them after the forward pass has gone on.
     """
 
     def __init__(
@@ -163,10 +189,20 @@ class Capture:
         callback: FeatureCallback,
         *,
         active: set[str] | None = None,
+        root: nn.Module | None = None,
+        mask_key: str | None = None,
+        on_forward: Callable[[], None] | None = None,
+        defer_unmasked: bool = False,
+        copy_views: bool = False,
     ) -> None:
         self.layers = list(layers)
         self.callback = callback
         self.active = active
+        self.root = root
+        self.mask_key = mask_key
+        self.on_forward = on_forward
+        self.defer_unmasked = defer_unmasked
+        self.copy_views = copy_views
         self.order: list[str] = []
         self.mask: torch.Tensor | None = None
         self._seen: set[str] = set()
@@ -176,6 +212,12 @@ class Capture:
         """Start a forward pass; ``mask`` (batch, T) selects tokens for masked mean pooling."""
         self._seen.clear()
         self.mask = mask
+
+    def _root_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.on_forward is not None:
+            self.on_forward()
+        mask = kwargs.get(self.mask_key) if self.mask_key else None
+        self.next_batch(mask if isinstance(mask, torch.Tensor) else None)
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -192,14 +234,29 @@ class Capture:
                 self.order.append(name)
             if self.active is None or name in self.active:
                 inp = args[0].detach()
+                if (
+                    self.defer_unmasked
+                    and self.mask is None
+                    and isinstance(module, nn.Linear)
+                    and inp.ndim >= 3
+                ):
+                    pending = PendingPool(module, inp.clone() if self.copy_views else inp)
+                    self.callback(name, pending)
+                    return
                 with single_threaded(inp.device):
                     features = pool(module, inp, self.mask)
+                    if self.copy_views and features.data_ptr() == inp.data_ptr():
+                        features = features.clone()
                 self.callback(name, features)
 
         return hook
 
     def __enter__(self) -> Capture:
         try:
+            if self.root is not None:
+                self._handles.append(
+                    self.root.register_forward_pre_hook(self._root_hook, with_kwargs=True)
+                )
             for w in self.layers:
                 self._handles.append(w.module.register_forward_pre_hook(self._make_hook(w.name)))
         except BaseException:
@@ -214,3 +271,7 @@ class Capture:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    @property
+    def hooked(self) -> bool:
+        return bool(self._handles)

@@ -25,7 +25,7 @@ from pathlib import Path
 from nrc_cli._version import __version__
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.io._files import require_regular
-from nrc_cli.results import LAYER_COLUMNS, METRIC_COLUMNS, SUMMARY_FIELDS, Results, clean
+from nrc_cli.results import LAYER_COLUMNS, METRIC_COLUMNS, SUMMARY_FIELDS, Results, plain
 
 # Per-layer columns a requirement may test: every numeric or boolean column of the schema.
 GATE_LAYER_COLUMNS: tuple[str, ...] = tuple(
@@ -598,7 +598,7 @@ def _no_match_error(r: Requirement, layers: list[dict]) -> ConfigError:
 
 
 def _number(value, where: str) -> float | None:
-    value = clean(value)
+    value = plain(value)
     if value is None:
         return None
     if isinstance(value, bool):

@@ -30,10 +30,11 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from nrc_cli._threads import single_threaded
-from nrc_cli.errors import ConfigError
 
 __all__ = [
     "DEFAULT_OVERSAMPLE",
@@ -45,6 +46,7 @@ __all__ = [
     "principal_alignment",
     "projector_distance",
     "randomized_eigh",
+    "randomized_range_finder",
     "randomized_svd",
     "resolve_svd_method",
     "single_threaded",
@@ -125,15 +127,11 @@ def resolve_svd_method(
 
     Raises
     ------
-    ConfigError
+    ValueError
         If ``method`` is not one of ``auto``, ``exact``, ``randomized``.
     """
     if method not in SVD_METHODS:
-        raise ConfigError(
-            f"unknown SVD method {method!r}; expected one of {', '.join(SVD_METHODS)}",
-            hint=f"use 'auto' (exact up to width {threshold}, randomized above), "
-            "'exact' or 'randomized'",
-        )
+        raise ValueError(f"unknown SVD method {method!r}; expected one of {', '.join(SVD_METHODS)}")
     if method == "exact" or 2 * (rank + oversample) >= width:
         return "exact"
     if method == "randomized":
@@ -169,6 +167,56 @@ def gaussian_test_matrix(
     generator.manual_seed(seed)
     omega = torch.randn(p, s, generator=generator, dtype=torch.float64, device="cpu")
     return omega if device is None else omega.to(device)
+
+
+def randomized_range_finder(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    p: int,
+    size: int,
+    *,
+    power_iters: int,
+    seed: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Orthonormal basis of the dominant range of a symmetric PSD operator ``M`` (p x p).
+
+    Randomized subspace iteration (Halko et al. [1]_, Algorithm 4.4), the one range finder under
+    every randomized solver here::
+
+        Q = qr(M @ gaussian_test_matrix(p, size, seed=seed))
+        repeat power_iters times:  Q = qr(M @ Q)
+
+    Parameters
+    ----------
+    apply : callable
+        ``apply(X)`` returns ``M @ X`` for a (p, size) float64 ``X``: ``A @ X`` for a
+        covariance (:func:`randomized_eigh`), ``W.T @ (W @ X)`` for a weight's row space
+        (:func:`randomized_svd`, never forming ``W.T @ W``).
+    p, size : int
+        Side of ``M`` and number of basis vectors (rank + oversample).
+    power_iters : int
+        Re-orthonormalised products after the first; the tail is damped by
+        ``(lambda_{size+1} / lambda_k) ** (power_iters + 1)``.
+    seed : int
+        Seed of the Gaussian test matrix (see :func:`gaussian_test_matrix`).
+    device : torch.device or str, optional
+        Where the test matrix goes (that of ``apply``'s operands).
+
+    Returns
+    -------
+    torch.Tensor, shape (p, size), float64
+        Orthonormal columns.
+
+    Notes
+    -----
+    Cost ``power_iters + 1`` applications of ``M`` to ``size`` vectors and as many thin QR
+    factorisations, ``O(p * size**2)`` each.
+    """
+    omega = gaussian_test_matrix(p, size, seed=seed, device=device)
+    Q, _ = torch.linalg.qr(apply(omega))
+    for _ in range(power_iters):
+        Q, _ = torch.linalg.qr(apply(Q))
+    return Q
 
 
 def exact_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +294,7 @@ def randomized_eigh(
 
     Raises
     ------
-    ConfigError
+    ValueError
         If ``rank`` is not in ``[1, p]`` or ``oversample`` or ``power_iters`` is negative.
 
     Notes
@@ -268,9 +316,9 @@ def randomized_eigh(
     p = A.shape[0]
     _check_rank(rank, p)
     if oversample < 0:
-        raise ConfigError(f"oversample must be >= 0, got {oversample}")
+        raise ValueError(f"oversample must be >= 0, got {oversample}")
     if power_iters < 0:
-        raise ConfigError(f"power_iters must be >= 0, got {power_iters}")
+        raise ValueError(f"power_iters must be >= 0, got {power_iters}")
 
     sketch_cols = min(rank + oversample, p)
     if sketch_cols >= p:
@@ -278,10 +326,9 @@ def randomized_eigh(
         return evals[:rank], evecs[:, :rank]
 
     A = _symmetrize(A)
-    omega = gaussian_test_matrix(p, sketch_cols, seed=seed, device=A.device)
-    Q, _ = torch.linalg.qr(A @ omega)
-    for _ in range(power_iters):
-        Q, _ = torch.linalg.qr(A @ Q)
+    Q = randomized_range_finder(
+        lambda m: A @ m, p, sketch_cols, power_iters=power_iters, seed=seed, device=A.device
+    )
     B = _symmetrize(Q.mT @ (A @ Q))
     w, U = torch.linalg.eigh(B)
     w = w.flip(0)[:rank]
@@ -329,7 +376,7 @@ def nystrom_eigh(
     ------
     ValueError
         If ``Y`` and ``Omega`` differ in shape or are not two-dimensional.
-    ConfigError
+    ValueError
         If ``rank`` is not in ``[1, s]``.
     torch.linalg.LinAlgError
         If the Cholesky factorisation still fails after the shift has been increased
@@ -481,7 +528,7 @@ def _as_basis_pair(
 
 def _check_rank(rank: int, limit: int) -> None:
     if not 1 <= rank <= limit:
-        raise ConfigError(f"rank must be between 1 and {limit}, got {rank}")
+        raise ValueError(f"rank must be between 1 and {limit}, got {rank}")
 
 
 def _symmetrize(A: torch.Tensor) -> torch.Tensor:
@@ -538,14 +585,13 @@ def randomized_svd(
     q, p = W.shape
     _check_rank(rank, min(q, p))
     if oversample < 0 or power_iters < 0:
-        raise ConfigError("oversample and power_iters must be >= 0")
+        raise ValueError("oversample and power_iters must be >= 0")
     width = rank + oversample
     if width >= min(q, p):
         _, s, vh = torch.linalg.svd(W, full_matrices=False)
         return s[:rank], _fix_signs(vh[:rank].T)
-    omega = gaussian_test_matrix(p, width, seed=seed, device=W.device)
-    Q, _ = torch.linalg.qr(W.T @ (W @ omega))
-    for _ in range(power_iters):
-        Q, _ = torch.linalg.qr(W.T @ (W @ Q))
+    Q = randomized_range_finder(
+        lambda m: W.T @ (W @ m), p, width, power_iters=power_iters, seed=seed, device=W.device
+    )
     _, s, vbh = torch.linalg.svd(W @ Q, full_matrices=False)
     return s[:rank], _fix_signs(Q @ vbh[:rank].T)

@@ -1,119 +1,40 @@
-"""``run(config) -> Results``: checkpoint and data in, every Deep NRC number out.
+"""Files (or in-memory data) in -> plan passes -> feed the monitor -> Results.
 
-One forward pass over the data feeds float64 accumulators for all selected layers at once; the
-metrics are then computed from the accumulated moments alone. Nothing here prints: progress is
-reported through an optional callback.
+The analysis itself is :class:`nrc_cli.monitor.CollapseMonitor`'s. This module opens the inputs
+(a checkpoint or an ``nn.Module``; a data file, arrays or batches), checks that they fit, plans
+the data passes within the memory budget (:mod:`nrc_cli.planning`), runs the forward passes
+feeding one monitor per pass, and joins them into one :class:`~nrc_cli.results.Results`.
+Nothing here prints: progress is reported through optional callbacks.
 """
 
 from __future__ import annotations
 
-import math
+import copy
+import os
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError, Workspace
-from nrc_cli.accumulate.sketch import CovarianceSketch
-from nrc_cli.capture import Capture, WeightLayer, weight_layers
+from nrc_cli.capture import WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError, NrcError
 from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.io.data import Dataset, open_dataset
-from nrc_cli.linalg import gaussian_test_matrix, resolve_svd_method, single_threaded
-from nrc_cli.metrics.layer import (
-    Spectrum,
-    layer_metrics,
-    probe_mse_regularized,
-    weight_input_basis,
-)
-from nrc_cli.metrics.summary import (
-    DEFAULT_COLLAPSE_RULE,
-    CollapseRule,
-    first_collapsed,
-    interpolation_warning,
-    join_notes,
-    last_layer_fields,
-    layer_collapsed,
-    target_fields,
-)
-from nrc_cli.model.build import BuiltModel, build_model, parse_arch_kwargs
-from nrc_cli.planning import Plan, default_budget, layer_need, make_plan, parse_size
+from nrc_cli.io.memory import BatchesDataset, as_dataset
+from nrc_cli.model.build import BuiltModel, build_model
+from nrc_cli.monitor import CollapseMonitor
+from nrc_cli.options import AnalysisOptions
+from nrc_cli.planning import Plan, default_budget, make_plan
 from nrc_cli.results import Results
 
+Progress = Callable[[int, int], None]
 _KEYWORD_HINT = (
     "; a model that takes keyword inputs (input_ids, attention_mask, ...) gets them with "
     "--input NAME, once per array"
 )
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class AnalyzeConfig:
-    """Everything one analysis needs; built by the CLI or by :func:`nrc_cli.analyze`."""
-
-    checkpoint: str
-    data: str
-    x_key: str = "x"
-    y_key: str = "y"
-    batch_size: int = 1024
-    max_samples: int | None = None
-    rank: int | None = None
-    collapse_rule: str = DEFAULT_COLLAPSE_RULE
-    arch: str | None = None
-    arch_kwargs: str | None = None
-    activation: str | None = None
-    svd: str = "auto"
-    oversample: int = 10
-    power_iters: int = 4
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    layers: tuple[str, ...] = field(default_factory=tuple)
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    memory_budget: str | None = None
-    output_key: str | None = None
-    prediction: bool = True
-    inputs: tuple[str, ...] = field(default_factory=tuple)
-    mask_key: str | None = None
-
-    def validate(self) -> CollapseRule:
-        """Check option values; return the parsed collapse rule."""
-        if self.rank is not None and self.rank < 1:
-            raise ConfigError(f"--rank: expected an integer >= 1, found {self.rank}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size: expected an integer >= 1, found {self.batch_size}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"--max-samples: expected an integer >= 1, found {self.max_samples}")
-        if self.oversample < 0:
-            raise ConfigError(f"--oversample: expected an integer >= 0, found {self.oversample}")
-        if self.power_iters < 0:
-            raise ConfigError(f"--power-iters: expected an integer >= 0, found {self.power_iters}")
-        for flag, value in (
-            ("--rank", self.rank),
-            ("--batch-size", self.batch_size),
-            ("--max-samples", self.max_samples),
-            ("--oversample", self.oversample),
-            ("--power-iters", self.power_iters),
-        ):
-            if value is not None and value >= 2**63:
-                raise ConfigError(f"{flag}: {value} is too large for a 64-bit integer")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(
-                f"--seed: expected an integer from 0 to 2**63 - 1, found {self.seed}",
-                hint="seeds are stored as 64-bit integers (JSON, Parquet)",
-            )
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, found '{self.dtype}'")
-        if self.output_key is not None and not self.prediction:
-            raise ConfigError("--output-key and --no-prediction exclude each other")
-        resolve_svd_method(self.svd, 1, 1)
-        if self.memory_budget is not None:
-            parse_size(self.memory_budget)
-        return CollapseRule.parse(self.collapse_rule)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,14 +62,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
-    """Open the inputs, build the model and check that they fit, before anything runs.
-
-    ``config`` must have passed :meth:`AnalyzeConfig.validate` (as :func:`run` does).
-    """
-    ckpt = open_checkpoint(config.checkpoint)
+def prepare(
+    checkpoint: str, data_path: str, config: AnalysisOptions
+) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
+    """Open the inputs, build the model and check that they fit, before anything runs."""
+    ckpt = open_checkpoint(checkpoint)
     data = open_dataset(
-        config.data,
+        data_path,
         x_key=config.x_key,
         y_key=config.y_key,
         inputs=config.inputs,
@@ -158,19 +78,19 @@ def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLaye
         built = build_model(
             ckpt,
             arch=config.arch,
-            arch_kwargs=parse_arch_kwargs(config.arch_kwargs),
+            arch_kwargs=config.arch_kwargs,
             activation=config.activation,
         )
         if built.in_features is not None and data.x_sample_shape[-1] != built.in_features:
             raise DataError(
-                f"{config.data}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
+                f"{data_path}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
                 f"(shape {list(data.x_info.shape)}), but the model's first layer "
                 f"'{built.spec.blocks[0].linear}' expects {built.in_features}",
                 hint="is this the data the model was trained on? pick arrays with --x-key",
             )
         if built.out_features is not None and data.target_dim != built.out_features:
             raise DataError(
-                f"{config.data}: targets '{data.y_info.key}' have {data.target_dim} column(s) "
+                f"{data_path}: targets '{data.y_info.key}' have {data.target_dim} column(s) "
                 f"(shape {list(data.y_info.shape)}), but the model outputs {built.out_features}",
                 hint="pick the target array with --y-key",
             )
@@ -179,30 +99,6 @@ def prepare(config: AnalyzeConfig) -> tuple[BuiltModel, Dataset, list[WeightLaye
         data.close()
         raise
     return built, data, layers
-
-
-def run(
-    config: AnalyzeConfig,
-    *,
-    progress: Progress | None = None,
-    on_plan: Callable[[dict], None] | None = None,
-) -> Results:
-    """Analyze one checkpoint on one data set.
-
-    Parameters
-    ----------
-    config : AnalyzeConfig
-    progress : callable(done, total), optional
-        Called after each batch with the number of samples seen so far (over all passes) and
-        the total to see.
-    on_plan : callable(plan), optional
-        Called once before the first data pass with the plan (as recorded in the summary).
-    """
-    rule = config.validate()
-    device = resolve_device(config.device)
-    built, data, layers = prepare(config)
-    with data, full_float32(device):
-        return _Analysis(config, rule, device, built, data, layers, progress, on_plan).run()
 
 
 @contextmanager
@@ -223,30 +119,143 @@ def full_float32(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-class _Analysis:
-    """One analysis: plan, data passes, then metrics from the accumulated state."""
+def run(
+    model: str | os.PathLike | nn.Module,
+    data: Any,
+    config: AnalysisOptions,
+    *,
+    progress: Progress | None = None,
+    on_plan: Callable[[dict], None] | None = None,
+) -> Results:
+    """Analyze one model on one data set.
 
-    def __init__(self, config, rule, device, built, data, layers, progress, on_plan) -> None:
-        self.on_plan = on_plan
+    Parameters
+    ----------
+    model : str, os.PathLike or nn.Module
+        A checkpoint (built as ``nrc analyze`` builds it), or a module. A module is run in
+        eval mode, restored afterwards; when ``config`` asks for another device or dtype than
+        its own, a copy runs instead, so the caller's module is never changed.
+    data : str, os.PathLike, (x, y) or iterable of (x, y)
+        A data file (``.npz`` or ``.toml`` spec), an ``(x, y)`` pair of arrays or tensors
+        (``x`` may be a dict of keyword inputs), or an iterable of ``(x, y)`` batches.
+    config : AnalysisOptions
+    progress : callable(done, total), optional
+        Called after each batch with the number of samples seen so far (over all passes) and
+        the total to see (0 when unknown).
+    on_plan : callable(plan), optional
+        Called once before the first data pass with the plan (as recorded in the summary).
+    """
+    device = resolve_device(config.device)
+    built, dataset, label, metadata = _open(model, data, config)
+    with dataset, full_float32(device), _analysis_module(built, device, config) as module:
+        results = _Passes(module, dataset, config, device, progress, on_plan).run()
+    results.checkpoint = label
+    results.data = str(data) if _is_path(data) else dataset.label
+    results.metadata = metadata
+    _describe_build(results.summary, built)
+    return results
+
+
+def _describe_build(summary: dict, source: BuiltModel | nn.Module) -> None:
+    """Record how the model was built (route, description, activation, norms), what loading
+    filled in or left out (notes) and what may make every number wrong (warnings first)."""
+    if isinstance(source, BuiltModel):
+        fields, notes, warnings = source.summary_fields(), source.notes(), source.warnings()
+    else:  # a module handed over in Python: nothing was rebuilt or loaded
+        fields = {"build": "module", "model": type(source).__name__}
+        fields.update(activation=None, norm=None)
+        notes, warnings = [], []
+    rest = summary.pop("warnings", None) or []
+    summary.update(fields)
+    summary["notes"] = notes
+    summary["warnings"] = [*warnings, *rest]
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _open(model, data, config: AnalysisOptions):
+    """(model to run, data set, checkpoint label, metadata), checked before anything runs."""
+    if _is_path(model) and _is_path(data):
+        built, opened, _ = prepare(str(model), str(data), config)
+        ckpt_meta = built.checkpoint.metadata if built.checkpoint is not None else {}
+        return built, opened, str(model), dict(ckpt_meta)
+    if _is_path(model):
+        ckpt = open_checkpoint(str(model))
+        source: BuiltModel | nn.Module = build_model(
+            ckpt, arch=config.arch, arch_kwargs=config.arch_kwargs, activation=config.activation
+        )
+        label, metadata = str(model), dict(ckpt.metadata)
+    elif isinstance(model, nn.Module):
+        source, label, metadata = model, f"<{type(model).__name__}>", {}
+    else:
+        raise ConfigError(
+            f"expected a checkpoint path or a torch.nn.Module, found {type(model).__name__}"
+        )
+    dataset: Any
+    if _is_path(data):
+        dataset = open_dataset(
+            data,
+            x_key=config.x_key,
+            y_key=config.y_key,
+            inputs=config.inputs,
+            max_samples=config.max_samples,
+        )
+    else:
+        dataset = as_dataset(data)
+    try:
+        module = source.module if isinstance(source, BuiltModel) else source
+        weight_layers(module, include=config.layers, exclude=config.exclude)
+    except BaseException:
+        dataset.close()
+        raise
+    return source, dataset, label, metadata
+
+
+@contextmanager
+def _analysis_module(source: BuiltModel | nn.Module, device: torch.device, config):
+    """The module to run: a built one moved to the device and dtype; a caller's module in eval
+    mode (restored on exit), copied when it must move."""
+    dtype = config.torch_dtype
+    if isinstance(source, BuiltModel):
+        yield source.module.to(device=device, dtype=dtype)
+        return
+    tensors = [*source.parameters(), *source.buffers()]
+    moves = any(t.device != device or (t.is_floating_point() and t.dtype != dtype) for t in tensors)
+    module = copy.deepcopy(source).to(device=device, dtype=dtype) if moves else source
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+class _Passes:
+    """The plan, the data passes (one monitor each), and their joined results."""
+
+    def __init__(self, model, dataset, config, device, progress, on_plan) -> None:
+        self.model: nn.Module = model
+        self.data = dataset
         self.config = config
-        self.rule = rule
         self.device = device
-        self.built = built
-        self.data = data
-        self.layers = layers
         self.progress = progress
-        self.model: nn.Module = built.module.to(device=device, dtype=DTYPES[config.dtype])
-        self.t = data.target_dim
-        self.k = config.rank or self.t
-        # The head is known only after the first forward pass, so the normalised Gram of the
-        # last-layer NRC is kept for every Linear that could be one (t outputs): in practice
-        # only the head itself has that width.
-        self.heads = {
-            w.name
-            for w in layers
-            if isinstance(w.module, nn.Linear) and w.module.out_features == self.t
+        self.on_plan = on_plan
+        self.t = dataset.target_dim
+        self.monitor_options = {
+            "rank": config.rank,
+            "layers": config.layers,
+            "exclude": config.exclude,
+            "svd": config.svd,
+            "oversample": config.oversample,
+            "power_iters": config.power_iters,
+            "seed": config.seed,
+            "collapse_rule": config.collapse_rule,
+            "output_key": config.output_key,
+            "mask_key": self._mask_key(),
         }
-        self.mask_key = self._mask_key()
 
     def _mask_key(self) -> str | None:
         names = tuple(getattr(self.data, "input_names", ()) or ())
@@ -259,138 +268,77 @@ class _Analysis:
             return self.config.mask_key
         return "attention_mask" if "attention_mask" in names else None
 
-    # -- planning ---------------------------------------------------------------------------
+    def _first_batch(self) -> int:
+        if isinstance(self.data, BatchesDataset):
+            return self.data.first_rows
+        n = self.data.n_samples
+        if self.config.max_samples is not None:
+            n = min(n, self.config.max_samples)
+        return min(self.config.batch_size, n)
 
-    def plan(self) -> Plan:
-        budget = (
-            parse_size(self.config.memory_budget)
-            if self.config.memory_budget is not None
-            else default_budget(self.device)
-        )
-        needs = [
-            layer_need(
-                w.name,
-                w.in_dim,
-                self.t,
-                self.k,
-                oversample=self.config.oversample,
-                batch=min(self.config.batch_size, self.data.n_samples),
-                head=w.name in self.heads,
-            )
-            for w in self.layers
-        ]
+    def plan(self, monitor: CollapseMonitor) -> Plan:
+        budget = self.config.budget_bytes()
+        if budget is None:
+            budget = default_budget(self.device)
+        batch = self._first_batch()
+        needs = [monitor.family.layer_need(w, self.t, batch) for w in monitor.layers]
         return make_plan(needs, budget)
 
-    def spectrum_method(self, name: str, p: int, plan: Plan) -> str:
-        if plan.mode[name] == "sketch":
-            return "nystrom"
-        return resolve_svd_method(
-            self.config.svd, p, min(self.k, p), oversample=self.config.oversample
-        )
-
-    # -- data passes ------------------------------------------------------------------------
-
     def run(self) -> Results:
-        plan = self.plan()
-        methods = {w.name: self.spectrum_method(w.name, w.in_dim, plan) for w in self.layers}
+        probe = CollapseMonitor(self.model, **self.monitor_options)
+        plan = self.plan(probe)
+        family = probe.family
+        methods = {
+            w.name: family.spectrum_method(w, self.t, plan.mode[w.name] == "sketch")
+            for w in probe.layers
+        }
+        plan_doc = plan.to_dict(methods, self.config.budget_label, requested=self.config.svd)
         if self.on_plan is not None:
-            self.on_plan(
-                plan.to_dict(
-                    methods, self.config.memory_budget or "auto", requested=self.config.svd
-                )
-            )
-        accs: dict[str, CrossMoments | CovarianceSketch] = {}
-        grams: dict[str, NormalizedGram] = {}
-        sse = SquaredError() if self.config.prediction else None
-        order: list[str] = []
-        total = self.data.n_samples * len(plan.passes)
+            self.on_plan(plan_doc)
+        n = self.data.n_samples
+        total = n * len(plan.passes) if n is not None else 0
+        joined: CollapseMonitor | None = None
         seen = 0
         for i, group in enumerate(plan.passes):
-            # One scratch buffer for every exact layer's per-batch temporaries, allocated
-            # before their states so that the two never interleave on the heap.
-            workspace = Workspace()
-            widths = [
-                w.in_dim
-                for w in self.layers
-                if plan.mode.get(w.name) == "exact" and w.name in group
-            ]
-            if widths:
-                batch = min(self.config.batch_size, self.data.n_samples)
-                workspace.reserve(batch * max(widths), self.device)
-            for name in group:
-                if plan.mode[name] == "exact":
-                    accs[name] = CrossMoments(self.device, workspace)
-                    if name in self.heads:
-                        grams[name] = NormalizedGram(self.device, workspace)
-                else:
-                    p = next(w.in_dim for w in self.layers if w.name == name)
-                    omega = gaussian_test_matrix(
-                        p, plan.sketch_size[name], seed=self.config.seed, device=self.device
-                    )
-                    accs[name] = CovarianceSketch(omega)
-            # The first pass hooks every selected layer, to learn the forward order; the
-            # layers of later passes are the only ones hooked then.
-            hooked = self.layers if i == 0 else [w for w in self.layers if w.name in group]
-            pass_order, seen = self._data_pass(
-                hooked, set(group), accs, grams, sse if i == 0 else None, seen, total
+            monitor = CollapseMonitor(
+                self.model,
+                **self.monitor_options,
+                active=group,
+                sketch={n: plan.sketch_size[n] for n in group if plan.mode[n] == "sketch"},
             )
-            if i == 0:
-                order = pass_order
-        with single_threaded():
-            return self._results(plan, methods, order, accs, grams, sse)
+            # The model's prediction is read in the first pass only.
+            seen = self._data_pass(monitor, i == 0 and self.config.prediction, seen, total)
+            joined = monitor if joined is None else joined.join(monitor)
+        assert joined is not None
+        if joined.n_samples == 0:
+            raise DataError("the data set has no samples")
+        results = joined.compute()
+        not_run = [w.name for w in probe.layers if w.name not in joined.order]
+        if not_run:
+            plan_doc["not_run"] = not_run
+        results.plan = plan_doc
+        return results
 
-    def _data_pass(self, hooked, active, accs, grams, sse, seen, total):
-        config = self.config
-        state: dict = {"pending": []}
-        # One reduction per layer finds any nan/inf (they propagate into the sum; a float32 sum
-        # that merely overflows is taken again in float64). On the CPU it is read at once; on a
-        # GPU reading it would stall the stream once per layer, so the sums of a batch are read
-        # together after its forward pass.
-        deferred = self.device.type != "cpu"
-
-        def check(name: str, z: torch.Tensor, total: torch.Tensor) -> None:
-            if bool(torch.isfinite(total)):
+    def _batches(self):
+        batches = self.data.batches(self.config.batch_size)
+        limit = self.config.max_samples
+        if limit is None or _is_path_dataset(self.data):
+            yield from batches  # a data file applies max_samples itself
+            return
+        for batch in batches:
+            left = limit - batch.start
+            if left <= 0:
                 return
-            if z.dtype != torch.float64 and bool(torch.isfinite(z.sum(dtype=torch.float64))):
-                return  # finite features whose float32 sum overflowed: float64 holds them
-            bad = ~torch.isfinite(z).all(dim=1)
-            row = int(bad.nonzero()[0]) if bool(bad.any()) else None
-            if row is None:
-                raise DataError(
-                    f"layer '{name}': features too large to sum in float64 in the batch "
-                    f"starting at sample {state['start']}",
-                    hint="check the input scale",
-                )
-            raise DataError(
-                f"layer '{name}': non-finite features (nan or inf) at sample "
-                f"{state['start'] + row}",
-                hint="the model overflows on this input; check the input scale, "
-                "or use --dtype float32",
-            )
+            if batch.y.shape[0] > left:
+                x = batch.x
+                x = {k: v[:left] for k, v in x.items()} if isinstance(x, dict) else x[:left]
+                batch = type(batch)(batch.start, x, batch.y[:left])
+            yield batch
 
-        def on_features(name: str, z: torch.Tensor) -> None:
-            with single_threaded(z.device):
-                total = z.sum()
-            if deferred:
-                state["pending"].append((name, z, total))
-            else:
-                check(name, z, total)
-            accs[name].update(z, state["y"])
-            if name in grams:
-                grams[name].update(z)
-
-        def check_pending() -> None:
-            pending, state["pending"] = state["pending"], []
-            if pending and not bool(torch.isfinite(torch.stack([t for _, _, t in pending])).all()):
-                for name, z, t in pending:
-                    check(name, z, t)
-
-        with Capture(hooked, on_features, active=active) as cap, torch.inference_mode():
-            for batch in self.data.batches(config.batch_size):
-                x, mask = self._inputs(batch.x)
-                y = torch.from_numpy(batch.y).to(device=self.device, dtype=torch.float64)
-                state["start"], state["y"] = batch.start, y
-                cap.next_batch(mask)
+    def _data_pass(self, monitor: CollapseMonitor, prediction: bool, seen: int, total: int):
+        with monitor, torch.inference_mode():
+            for batch in self._batches():
+                x = self._inputs(batch.x)
                 try:
                     out = self.model(**x) if isinstance(x, dict) else self.model(x)
                 except NrcError:
@@ -407,192 +355,25 @@ class _Analysis:
                         hint="check that the data matches the model's expected input"
                         + ("" if isinstance(x, dict) else _KEYWORD_HINT),
                     ) from exc
-                check_pending()
-                if sse is not None:
-                    sse.update(select_prediction(out, y, config), y)
-                seen += y.shape[0]
+                monitor.update(batch.y, out if prediction else None, start=batch.start)
+                seen += batch.y.shape[0]
                 if self.progress is not None:
                     self.progress(seen, total)
-            return list(cap.order), seen
+        return seen
 
     def _inputs(self, x):
-        """Batch arrays -> tensors on the device (floats in the model's dtype), and the mask."""
+        """Batch arrays -> tensors on the device (floats in the model's dtype)."""
 
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            v = torch.from_numpy(np.ascontiguousarray(a))
+        def tensor(a) -> torch.Tensor:
+            v = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
             if v.is_floating_point():
-                v = v.to(dtype=DTYPES[self.config.dtype])
+                v = v.to(dtype=self.config.torch_dtype)
             return v.to(self.device)
 
         if isinstance(x, dict):
-            xs = {k: tensor(v) for k, v in x.items()}
-            return xs, xs.get(self.mask_key) if self.mask_key else None
-        return tensor(x), None
-
-    # -- metrics ----------------------------------------------------------------------------
-
-    def _results(self, plan, methods, order, accs, grams, sse) -> Results:
-        config = self.config
-        by_name = {w.name: w for w in self.layers}
-        model_mse = sse.compute() if sse is not None else None
-        randomized = {
-            "oversample": config.oversample,
-            "power_iters": config.power_iters,
-            "seed": config.seed,
-        }
-        rows: list[dict] = []
-        cov_y = None
-        for i, name in enumerate(order, start=1):
-            w = by_name[name]
-            p = w.in_dim
-            method = methods[name]
-            probe = None
-            # Each state is let go once read, so the metrics phase does not hold them all.
-            acc = accs.pop(name)
-            if method == "nystrom":
-                r = acc.compute()
-                m = r.moments
-                spectrum = Spectrum.from_sketch(r.sketch, r.omega, r.trace)
-            else:
-                m = acc.compute()
-                if method == "exact":
-                    spectrum = Spectrum.exact(m.cov_z)
-                else:
-                    spectrum = Spectrum.randomized(m.cov_z, min(self.k, p), **randomized)
-                    probe = probe_mse_regularized(m, spectrum.top)
-            weight = (
-                weight_input_basis(w.module)
-                if method == "exact"
-                else weight_input_basis(w.module, min(self.k, p), **randomized)
-            )
-            cov_y = m.cov_y
-            last = (spectrum, m)  # the head's, once the loop is done
-            row = {"layer": name, "index": i, "type": w.type}
-            row.update(
-                layer_metrics(
-                    m, spectrum, w.module, self.k, model_mse, probe_mse=probe, weight=weight
-                )
-            )
-            row["collapsed"], vacuous = layer_collapsed(self.rule, row)
-            row["note"] = join_notes(row["note"], vacuous)
-            rows.append(row)
-        if cov_y is None:
-            raise ConfigError("none of the selected weight layers ran during the forward pass")
-
-        first = first_collapsed([r["collapsed"] for r in rows])
-        used = sorted(set(methods.values()))
-        summary = {
-            "n_samples": self.data.n_samples,
-            "target_dim": self.t,
-            "rank": self.k,
-            "model_mse": model_mse,
-            **target_fields(cov_y),
-            "first_collapsed_layer": rows[first - 1]["layer"] if first else None,
-            "first_collapsed_index": first,
-            "collapse_rule": self.rule.text,
-            "nrc1_last": None,
-            "nrc2_last": None,
-            "nrc3_last": None,
-            "nrc3_gamma": None,
-            "prediction": prediction_label(config),
-            "svd": used[0] if len(used) == 1 else "mixed",
-            "oversample": config.oversample,
-            "power_iters": config.power_iters,
-            "seed": config.seed,
-            "passes": len(plan.passes),
-            "device": str(self.device),
-            "dtype": config.dtype,
-            **self.built.summary_fields(),
-            "notes": self.built.notes(),
-            "warnings": [
-                *self.built.warnings(),
-                *filter(None, [interpolation_warning(rows, self.data.n_samples)]),
-            ],
-        }
-        head = order[-1]
-        if sse is not None and not math.isfinite(model_mse):
-            summary["warnings"].append(
-                "model_mse is null: the model's predictions are not finite (nan or inf), "
-                "so nrc4_ratio is null too; check the model's output"
-            )
-        if head in grams:
-            spectrum, m = last
-            summary.update(
-                last_layer_fields(
-                    by_name[head].module.weight, spectrum, grams[head].compute(), m.cov_y, self.k
-                )
-            )
-        plan_doc = plan.to_dict(methods, config.memory_budget or "auto", requested=config.svd)
-        not_run = [w.name for w in self.layers if w.name not in order]
-        if not_run:
-            plan_doc["not_run"] = not_run
-        return Results(
-            checkpoint=str(config.checkpoint),
-            data=str(config.data),
-            summary=summary,
-            layers=rows,
-            metadata=dict(self.built.checkpoint.metadata),
-            plan=plan_doc,
-        )
+            return {k: tensor(v) for k, v in x.items()}
+        return tensor(x)
 
 
-def prediction_label(config: AnalyzeConfig) -> str:
-    """What ``model_mse`` compares with the targets, as recorded in the summary."""
-    if not config.prediction:
-        return "none"
-    if config.output_key is not None:
-        return f"output[{config.output_key}]"
-    return "output"
-
-
-def select_prediction(out, y: torch.Tensor, config: AnalyzeConfig) -> torch.Tensor:
-    """The prediction tensor (b, t) inside a model's output (tensor, tuple, dict, ModelOutput)."""
-    key = config.output_key
-    if key is not None:
-        out = _pick(out, key)
-    elif not isinstance(out, torch.Tensor):
-        raise DataError(
-            f"the model returned {_describe(out)}, not a tensor of predictions",
-            hint="pick the prediction with --output-key, or pass --no-prediction "
-            "to measure the features against the targets without one",
-        )
-    if not isinstance(out, torch.Tensor):
-        raise DataError(f"--output-key {key!r} selects {_describe(out)}, not a tensor")
-    b, t = y.shape
-    if out.ndim == 0 or out.shape[0] != b or math.prod(out.shape[1:]) != t:
-        raise DataError(
-            f"the model's prediction has shape {list(out.shape)}, but the targets "
-            f"'{config.y_key}' need ({b}, {t}) per batch",
-            hint="pick the target array with --y-key, the prediction with --output-key, "
-            "or pass --no-prediction",
-        )
-    return out.reshape(b, t)
-
-
-def _pick(out, key: str):
-    if isinstance(out, (tuple, list)) and not hasattr(out, "keys"):
-        try:
-            return out[int(key)]
-        except (ValueError, IndexError):
-            raise DataError(
-                f"--output-key {key!r}: the model returned a {type(out).__name__} of "
-                f"{len(out)} items; use an index 0..{len(out) - 1}",
-            ) from None
-    if hasattr(out, "keys"):
-        keys = list(out.keys())
-        if key in keys:
-            return out[key]
-        raise DataError(
-            f"--output-key {key!r}: the model's output has keys {', '.join(map(str, keys))}",
-        )
-    if hasattr(out, key):
-        return getattr(out, key)
-    raise DataError(f"--output-key {key!r}: the model returned {_describe(out)}")
-
-
-def _describe(out) -> str:
-    if hasattr(out, "keys"):
-        return f"a {type(out).__name__} with keys {', '.join(map(str, out.keys()))}"
-    if isinstance(out, (tuple, list)):
-        return f"a {type(out).__name__} of {len(out)} items"
-    return f"a {type(out).__name__}"
+def _is_path_dataset(dataset) -> bool:
+    return not hasattr(dataset, "label")

@@ -16,153 +16,34 @@ activations and the data batches come on top.
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from nrc_cli._memory import (
+    CGROUP_ROOT,
+    available_device_memory,
+    available_memory,
+    cgroup_headroom,
+)
 from nrc_cli.errors import ConfigError
+from nrc_cli.options import parse_size
+
+__all__ = [
+    "Plan",
+    "available_device_memory",
+    "available_memory",
+    "cgroup_headroom",
+    "default_budget",
+    "layer_need",
+    "make_plan",
+    "parse_size",
+]
 
 _F64 = 8
 # A single pass allows no power iterations, so the sketch gets more columns than k + oversample:
 # at 128 its memory is still O(p) (1 MB per 1000 features) and its cost per batch b·p·128.
 MIN_SKETCH = 128
 DEFAULT_BUDGET_FRACTION = 0.5
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-
-
-_MAX_SIZE = 1e18
-
-
-def parse_size(text: str) -> int:
-    """Parse a memory size such as ``4GB``, ``512MiB`` or ``1e9`` into bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
-    if m is None or m.group(2).lower() not in _UNITS:
-        raise ConfigError(
-            f"--memory-budget: expected a size like 4GB, 512MB or 2GiB, found '{text}'",
-        )
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value < 1:
-        raise ConfigError(f"--memory-budget: expected a positive size, found '{text}'")
-    if not value < _MAX_SIZE:  # also inf: 1e400GB overflows a float
-        raise ConfigError(
-            f"--memory-budget: '{text}' is too large; expected a size below 1 EB (1e18 bytes)"
-        )
-    return int(value)
-
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-SELF_CGROUP = Path("/proc/self/cgroup")
-# cgroup v1 reports "no limit" as the largest page-aligned 63-bit number (~9.2e18).
-_UNLIMITED = 1 << 60
-
-
-def available_memory(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int:
-    """Bytes of memory available now: the host's MemAvailable (physical memory off Linux),
-    and no more than this process's cgroup still allows (:func:`cgroup_headroom`)."""
-    host = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    host = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if host is None:
-        try:
-            host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            host = 8 * 1024**3
-    headroom = cgroup_headroom(cgroup_root, self_cgroup)
-    return host if headroom is None else min(host, headroom)
-
-
-def cgroup_headroom(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int | None:
-    """Bytes this process's memory cgroup may still grow by (limit − usage), or None.
-
-    A container's memory limit is a cgroup limit, invisible in /proc/meminfo: a process that
-    plans by MemAvailable alone is killed at the limit. Reads cgroup v2 ``memory.max`` and
-    ``memory.current``, or v1 ``memory/memory.limit_in_bytes`` and ``memory.usage_in_bytes``,
-    in this process's cgroup (from ``self_cgroup``) and every cgroup above it up to ``root``
-    (a parent's limit binds its children too); the smallest headroom wins. None when no
-    limit is set or nothing can be read.
-
-    Parameters
-    ----------
-    root : Path
-        Where the cgroup file system is mounted (``/sys/fs/cgroup``).
-    self_cgroup : Path
-        This process's cgroup membership (``/proc/self/cgroup``).
-    """
-    try:
-        lines = self_cgroup.read_text().splitlines()
-    except OSError:
-        lines = []
-    v2, v1 = "/", "/"
-    for line in lines:
-        fields = line.split(":", 2)
-        if len(fields) != 3:
-            continue
-        _, controllers, path = fields
-        if controllers == "":
-            v2 = path or "/"
-        elif "memory" in controllers.split(","):
-            v1 = path or "/"
-    found = [
-        *_headrooms(root, v2, "memory.max", "memory.current"),
-        *_headrooms(root / "memory", v1, "memory.limit_in_bytes", "memory.usage_in_bytes"),
-    ]
-    return min(found) if found else None
-
-
-def _headrooms(base: Path, own: str, limit_name: str, usage_name: str) -> list[int]:
-    """limit − usage in ``base/own`` and each of its parents up to ``base``, where limited."""
-    out = []
-    parts = [p for p in own.strip("/").split("/") if p and p not in (".", "..")]
-    for depth in range(len(parts), -1, -1):
-        folder = base.joinpath(*parts[:depth])
-        limit = _read_bytes(folder / limit_name)
-        if limit is None or limit >= _UNLIMITED:
-            continue
-        usage = _read_bytes(folder / usage_name) or 0
-        out.append(max(limit - usage, 0))
-    return out
-
-
-def _read_bytes(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None  # "max": no limit
-
-
-def available_device_memory(device, cgroup_root: Path = CGROUP_ROOT) -> int:
-    """Bytes free on ``device`` now: host memory for the CPU (within the cgroup's limit), the
-    card's free memory for CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return available_memory(cgroup_root)
 
 
 def default_budget(device="cpu", *, cgroup_root: Path = CGROUP_ROOT) -> int:

@@ -1,17 +1,31 @@
-"""The one results schema every output format reads (columns, order, dtypes).
+"""The one results schema every output format reads (columns, order, kinds), and the one
+conversion of values to and from it.
 
 Column names are those of docs/metrics.md. Tidy tables (CSV, Parquet, audits) have one row per
 (checkpoint, layer): ``checkpoint``, ``data``, the per-layer columns, then the summary fields.
 The summary's ``rank`` (the requested k) is called ``requested_rank`` there, since the per-layer
 ``rank`` (the k actually used) owns that name.
+
+Rows and summary stay dicts keyed by the schema (other modules, and other tools, read them as
+such); what is typed is the schema: every column has a kind (``str``, ``int``, ``float``,
+``bool``), :func:`plain` is the one place where NaN, infinities, pandas' NA and numpy scalars
+become JSON values, and :func:`cell` turns a table cell back into its column's kind.
+:meth:`Results.to_dict` / :meth:`Results.tidy_rows` write the schema; :meth:`Results.from_dict`,
+:meth:`Results.from_tidy` and :meth:`Results.load` read it back.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from nrc_cli._version import __version__
+from nrc_cli.errors import DataError
 
 # (name, kind) with kind one of "str", "int", "float", "bool".
 LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -70,11 +84,56 @@ def tidy_columns() -> list[tuple[str, str]]:
     return cols
 
 
-def clean(value):
-    """NaN and infinities become None (null); everything else is returned unchanged."""
-    if isinstance(value, float) and not math.isfinite(value):
+def plain(value: Any, *, keep_inf: bool = False) -> Any:
+    """A value as JSON holds it: None for a missing value, Python scalars for numpy's.
+
+    Missing values are None, NaN, pandas' NA and NaT, and (unless ``keep_inf``) the
+    infinities, which JSON cannot hold. Numpy scalars become the Python scalar of their kind;
+    everything else is returned unchanged.
+    """
+    if value is None:
+        return None
+    if type(value).__name__ in ("NAType", "NaTType"):
+        return None
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and (math.isnan(value) or (not keep_inf and math.isinf(value))):
         return None
     return value
+
+
+def clean(value: Any) -> Any:
+    """NaN and infinities become None (null); numpy scalars Python ones (see :func:`plain`)."""
+    return plain(value)
+
+
+def cell(value: Any, kind: str) -> Any:
+    """A table cell (CSV text, a Parquet or pandas value) as the Python value of ``kind``.
+
+    Raises ``ValueError`` when the cell does not fit the kind (``"abc"`` for an int).
+    """
+    value = plain(value, keep_inf=True)
+    if value is None:
+        return None
+    if kind == "str":
+        return str(value)
+    if kind == "bool":
+        if isinstance(value, str):
+            try:
+                return {"true": True, "false": False}[value.lower()]
+            except KeyError:
+                raise ValueError(f"expected true or false, found {value!r}") from None
+        return bool(value)
+    if kind == "int":
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                value = float(value)  # "3.0", as a CSV writer may print an integer column
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"expected an integer, found {value!r}")
+        return int(value)
+    return float(value)
 
 
 @dataclass
@@ -132,6 +191,69 @@ class Results:
             plan=plan,
             nrc_version=doc.get("nrc_version", __version__),
         )
+
+    @classmethod
+    def from_tidy(cls, records: Sequence[Mapping[str, Any]]) -> Results:
+        """Rebuild results from the rows of a tidy table of one checkpoint (any order).
+
+        Columns missing from the table are left out of the rows and the summary; values are
+        converted to their schema kinds with :func:`cell`.
+        """
+        if not records:
+            raise ValueError("no rows")
+        records = sorted(records, key=lambda r: cell(r.get("index"), "int") or 0)
+        layers = [{n: cell(r[n], kind) for n, kind in LAYER_COLUMNS if n in r} for r in records]
+        first = records[0]
+        summary = {}
+        for n, kind in SUMMARY_FIELDS:
+            col = TIDY_RENAMES.get(n, n)
+            if col in first:
+                summary[n] = cell(first[col], kind)
+        return cls(
+            checkpoint=str(plain(first.get("checkpoint")) or ""),
+            data=str(plain(first.get("data")) or ""),
+            summary=summary,
+            layers=layers,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Results:
+        """Read results written by ``nrc analyze``: ``.json``, or a ``.csv``/``.parquet`` table
+        (of one checkpoint).
+
+        Raises
+        ------
+        DataError
+            A missing or unreadable file, or one that holds no report.
+        """
+        p = Path(path)
+        suffix = p.suffix.lower()
+        if not p.is_file():
+            raise DataError(f"'{p}': no such file")
+        try:
+            if suffix == ".json":
+                doc = json.loads(p.read_text(encoding="utf-8"))
+                if not isinstance(doc, dict) or "summary" not in doc or "layers" not in doc:
+                    raise ValueError("expected a JSON object with 'summary' and 'layers'")
+                return cls.from_dict(doc)
+            import pandas as pd
+
+            if suffix == ".parquet":
+                frame = pd.read_parquet(p)
+            elif suffix == ".csv":
+                frame = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
+            else:
+                raise ValueError("expected a .json, .csv or .parquet file")
+            records = frame.to_dict("records")
+            names = {str(r.get("checkpoint")) for r in records}
+            if len(names) > 1:
+                raise ValueError(f"the table holds {len(names)} checkpoints, expected one")
+            return cls.from_tidy(records)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"'{p}': not a report of nrc analyze: {exc}",
+                hint="write one with: nrc analyze CHECKPOINT --data DATA --output run.json",
+            ) from exc
 
     def tidy_rows(self) -> list[dict]:
         """One dict per layer with the tidy columns (see :func:`tidy_columns`)."""

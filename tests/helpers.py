@@ -496,6 +496,37 @@ def check_accumulator_contract(
     case.update(empty, *(a[:50] for a in arrays))  # must not write through to acc's state
     assert_results_close(case.result(acc), before, 0.0, "merge shared state with its argument")
 
+    # The declared state: a flat dict of tensors that survives torch.save (weights only) and
+    # safetensors, and loads into a fresh accumulator with the same result, bit for bit.
+    import io
+
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    state = acc.state_dict()
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    for loaded in (torch.load(buffer, weights_only=True), st_load(st_save(state))):
+        fresh = case.make()
+        fresh.load_state_dict(loaded)
+        assert_results_close(case.result(fresh), case.result(acc), 0.0, "state_dict round trip")
+
+    # Shift-based sums: re-expressed about one common shift, shards add up to the merge
+    # (what a data-parallel all_reduce(SUM) does).
+    halves = [_stream(case, arrays, 37, 0, n // 2), _stream(case, arrays, 53, n // 2, n)]
+    if hasattr(halves[0], "reshift_"):
+        cz, cy = halves[0].cz.clone(), halves[0].cy.clone()
+        for h in halves:
+            h.reshift_(cz, cy)
+        summed = case.make()
+        summed.load_state_dict(halves[0].state_dict())
+        for name, value in halves[1].state_dict().items():
+            if name not in ("cz", "cy"):
+                summed.load_state_dict({**summed.state_dict(), name: getattr(summed, name) + value})
+        assert_results_close(case.result(summed), whole, rtol, "reshifted sum")
+
     acc.reset()
     with pytest.raises(ValueError):
         acc.compute()

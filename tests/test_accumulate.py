@@ -21,6 +21,8 @@ from nrc_cli.accumulate.moments import (
     add_gram_,
     symmetric,
 )
+from nrc_cli.accumulate.sketch import CovarianceSketch
+from nrc_cli.linalg import gaussian_test_matrix
 
 
 def _dense_moments(z: np.ndarray, y: np.ndarray) -> dict:
@@ -73,6 +75,36 @@ SQUARED = AccumulatorCase(
 )
 
 
+_OMEGA = gaussian_test_matrix(6, 4, seed=5)
+
+
+def _dense_sketch(z: np.ndarray, y: np.ndarray) -> dict:
+    d = _dense_moments(z, y)
+    return {
+        "sketch": d["cov_z"] @ _OMEGA.numpy(),
+        "trace": np.asarray(np.trace(d["cov_z"])),
+        "cov_zy": d["cov_zy"],
+        "cov_y": d["cov_y"],
+        "mean_z": d["mean_z"],
+    }
+
+
+def _sketch_result(acc: CovarianceSketch) -> dict:
+    r = acc.compute()
+    m = r.moments
+    return tensor_results(
+        sketch=r.sketch, trace=r.trace, cov_zy=m.cov_zy, cov_y=m.cov_y, mean_z=m.mean_z
+    )
+
+
+SKETCH = AccumulatorCase(
+    make=lambda: CovarianceSketch(_OMEGA),
+    update=lambda acc, z, y: acc.update(z, y),
+    result=_sketch_result,
+    dense=_dense_sketch,
+)
+
+
 def _features(n: int, p: int, seed: int, dtype=torch.float64) -> torch.Tensor:
     """Correlated features with per-column offsets and scales (not centred, not whitened)."""
     rng = np.random.default_rng(seed)
@@ -87,6 +119,18 @@ def test_cross_moments_contract(dtype):
     y = torch.from_numpy(np.random.default_rng(2).standard_normal((1500, 3)) + 4).to(dtype)
     y = y + 0.5 * z[:, :3]
     check_accumulator_contract(CROSS, [z, y])
+
+
+def test_covariance_sketch_contract():
+    """The sketch shares the exact accumulator's shift-and-merge (ShiftedSums)."""
+    z = _features(1200, 6, seed=21)
+    y = torch.from_numpy(np.random.default_rng(22).standard_normal((1200, 2)) - 3) + z[:, :2]
+    check_accumulator_contract(SKETCH, [z, y], rtol=1e-11)
+
+
+def test_accumulators_refuse_to_merge_another_kind():
+    with pytest.raises(TypeError, match="cannot merge NormalizedGram into CrossMoments"):
+        CrossMoments().merge(NormalizedGram())
 
 
 def test_cross_moments_contract_single_target_and_feature():

@@ -5,7 +5,6 @@ Every test builds a tiny zoo of real safetensors checkpoints and a real ``.npz``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -31,7 +30,8 @@ from nrc_cli.audit import (
     write_table,
 )
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.pipeline import AnalyzeConfig, run
+from nrc_cli.options import AnalysisOptions
+from nrc_cli.pipeline import run
 
 IN, OUT = 6, 2
 
@@ -79,8 +79,9 @@ def zoo(tmp_path, monkeypatch):
     return tmp_path
 
 
-def config(**options) -> AnalyzeConfig:
-    return AnalyzeConfig(checkpoint="", data="data.npz", **options)
+def config(**options) -> tuple[str, AnalysisOptions]:
+    """The data set and the options of an audit, for ``run_audit(paths, *config(...))``."""
+    return "data.npz", AnalysisOptions(**options)
 
 
 def labels_of(frame) -> list[str]:
@@ -127,7 +128,7 @@ def test_model_folders_are_one_checkpoint_each(zoo):
     assert "zoo/hf_model" in found and "zoo/sharded" in found
     assert not any(f.startswith(("zoo/hf_model/", "zoo/sharded/")) for f in found)
     assert discover(["zoo/hf_model"]) == ["zoo/hf_model"]
-    result = run_audit(["zoo/hf_model"], config(max_samples=32), output="out.csv")
+    result = run_audit(["zoo/hf_model"], *config(max_samples=32), output="out.csv")
     assert result.analyzed == 1
     assert set(result.frame["meta.weight_decay"]) == {0.25}
     # Replacing a file inside the folder makes it a new checkpoint for the resume key.
@@ -135,7 +136,7 @@ def test_model_folders_are_one_checkpoint_each(zoo):
     make_checkpoint(target, weight_decay=0.5)
     st = os.stat(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    again = run_audit(["zoo/hf_model"], config(max_samples=32), output="out.csv")
+    again = run_audit(["zoo/hf_model"], *config(max_samples=32), output="out.csv")
     assert again.analyzed == 1
     assert set(again.frame["meta.weight_decay"]) == {0.5}
 
@@ -181,7 +182,7 @@ def test_shards_partition_the_sorted_list():
 
 def test_rows_are_the_analysis_of_each_checkpoint_plus_identity_and_metadata(zoo):
     found = discover(["zoo"])
-    result = run_audit(found, config(max_samples=64))
+    result = run_audit(found, *config(max_samples=64))
     frame = result.frame
     assert (result.analyzed, result.skipped, result.failed, result.total) == (6, 0, 0, 6)
     assert len(frame) == 6 * 3
@@ -197,7 +198,7 @@ def test_rows_are_the_analysis_of_each_checkpoint_plus_identity_and_metadata(zoo
     assert frame[["checkpoint", "index"]].duplicated().sum() == 0
     # Each checkpoint's rows are exactly what `nrc analyze` gives for it.
     one = "zoo/wd0.001_seed1.safetensors"
-    expected = run(AnalyzeConfig(checkpoint=one, data="data.npz", max_samples=64)).to_frame()
+    expected = run(one, "data.npz", AnalysisOptions(max_samples=64)).to_frame()
     got = frame[frame["checkpoint"] == one].reset_index(drop=True)
     assert_frame_equal(got[list(expected.columns)], expected, check_exact=True)
     stat = os.stat(one)
@@ -252,7 +253,7 @@ def test_failures_become_error_rows_and_the_audit_goes_on(zoo):
     make_checkpoint(zoo / "zoo" / "wide.safetensors", in_dim=IN + 3)
     found = discover(["zoo"])
     calls = []
-    result = run_audit(found, config(max_samples=32), progress=lambda *a: calls.append(a))
+    result = run_audit(found, *config(max_samples=32), progress=lambda *a: calls.append(a))
     assert (result.analyzed, result.failed) == (6, 2)
     errors = result.errors
     assert list(errors.columns) == [n for n, _ in ERROR_COLUMNS]
@@ -269,11 +270,11 @@ def test_failures_become_error_rows_and_the_audit_goes_on(zoo):
 
 def test_problems_common_to_every_checkpoint_are_refused_before_any_runs(zoo):
     with pytest.raises(DataError, match=r"missing\.npz"):
-        run_audit(discover(["zoo"]), AnalyzeConfig(checkpoint="", data="missing.npz"))
+        run_audit(discover(["zoo"]), "missing.npz", AnalysisOptions())
     with pytest.raises(ConfigError, match="--rank"):
-        run_audit(discover(["zoo"]), config(rank=0))
+        run_audit(discover(["zoo"]), *config(rank=0))
     with pytest.raises(ConfigError, match="--jobs"):
-        run_audit(discover(["zoo"]), config(), jobs=0)
+        run_audit(discover(["zoo"]), *config(), jobs=0)
     assert not parts_dir(zoo / "out.parquet").exists()
 
 
@@ -284,13 +285,13 @@ def test_problems_common_to_every_checkpoint_are_refused_before_any_runs(zoo):
 
 def test_rerun_skips_what_is_done_and_gives_the_same_table(zoo):
     found = discover(["zoo"])
-    first = run_audit(found[:4], config(max_samples=32), output="out.parquet")
+    first = run_audit(found[:4], *config(max_samples=32), output="out.parquet")
     assert first.analyzed == 4
-    full = run_audit(found, config(max_samples=32), output="out.parquet")
+    full = run_audit(found, *config(max_samples=32), output="out.parquet")
     assert (full.analyzed, full.skipped) == (2, 4)
-    again = run_audit(found, config(max_samples=32), output="out.parquet")
+    again = run_audit(found, *config(max_samples=32), output="out.parquet")
     assert (again.analyzed, again.skipped) == (0, 6)
-    fresh = run_audit(found, config(max_samples=32), output="fresh.csv")
+    fresh = run_audit(found, *config(max_samples=32), output="fresh.csv")
     assert_frame_equal(full.frame, fresh.frame, check_exact=True)
     assert_frame_equal(read_table("out.parquet"), fresh.frame, check_exact=True)
     assert_frame_equal(read_table("fresh.csv"), fresh.frame, check_exact=True)
@@ -298,18 +299,18 @@ def test_rerun_skips_what_is_done_and_gives_the_same_table(zoo):
 
 def test_a_changed_file_or_changed_options_are_analyzed_again(zoo):
     found = discover(["zoo"])
-    run_audit(found, config(max_samples=32), output="out.csv")
+    run_audit(found, *config(max_samples=32), output="out.csv")
     target = "zoo/wd0_seed1.safetensors"
     make_checkpoint(target, weight_decay=0.5, seed=1)
     st = os.stat(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    again = run_audit(found, config(max_samples=32), output="out.csv")
+    again = run_audit(found, *config(max_samples=32), output="out.csv")
     assert (again.analyzed, again.skipped) == (1, 5)
     assert set(again.frame.loc[again.frame["checkpoint"] == target, "meta.weight_decay"]) == {0.5}
-    other = run_audit(found, config(max_samples=48), output="out.csv")
+    other = run_audit(found, *config(max_samples=48), output="out.csv")
     assert other.analyzed == 6
     assert set(other.frame["n_samples"]) == {48}
-    assert run_audit(found, config(max_samples=48), output="out.csv", fresh=True).analyzed == 6
+    assert run_audit(found, *config(max_samples=48), output="out.csv", fresh=True).analyzed == 6
 
 
 def test_editing_a_file_a_data_spec_reads_analyzes_again(zoo):
@@ -333,17 +334,17 @@ def test_editing_a_file_a_data_spec_reads_analyzes_again(zoo):
         '[inputs]\nfile = "x.csv"\ncolumns = "f*"\n[targets]\nfile = "y.parquet"\ncolumns = "y*"\n'
     )
     found = discover(["zoo"])[:2]
-    cfg = dataclasses.replace(config(), data=str(spec))
-    first = run_audit(found, cfg, output="out.csv")
+    cfg = (str(spec), AnalysisOptions())
+    first = run_audit(found, *cfg, output="out.csv")
     assert first.analyzed == 2
-    assert run_audit(found, cfg, output="out.csv").skipped == 2
+    assert run_audit(found, *cfg, output="out.csv").skipped == 2
     spec_stat = os.stat(spec)
     write(3.0)
     for name in ("x.csv", "y.parquet"):  # a later modification time, whatever the clock did
         st = os.stat(zoo / name)
         os.utime(zoo / name, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert os.stat(spec).st_mtime_ns == spec_stat.st_mtime_ns
-    again = run_audit(found, cfg, output="out.csv")
+    again = run_audit(found, *cfg, output="out.csv")
     assert (again.analyzed, again.skipped) == (2, 0)
     # The targets are 3 times larger now: every model's error grows.
     assert (again.frame["model_mse"].to_numpy() > first.frame["model_mse"].to_numpy()).all()
@@ -351,22 +352,22 @@ def test_editing_a_file_a_data_spec_reads_analyzes_again(zoo):
 
 def test_a_checkpoint_that_breaks_loses_its_old_rows(zoo):
     found = discover(["zoo"])
-    run_audit(found, config(max_samples=32), output="out.parquet")
+    run_audit(found, *config(max_samples=32), output="out.parquet")
     target = zoo / "zoo" / "wd0_seed0.safetensors"
     target.write_bytes(b"broken now")
-    again = run_audit(found, config(max_samples=32), output="out.parquet")
+    again = run_audit(found, *config(max_samples=32), output="out.parquet")
     assert again.failed == 1 and again.skipped == 5
     assert "zoo/wd0_seed0.safetensors" not in set(read_table("out.parquet")["checkpoint"])
 
 
 def test_leftovers_of_a_killed_job_are_harmless(zoo):
     found = discover(["zoo"])
-    run_audit(found[:3], config(max_samples=32), output="out.parquet")
+    run_audit(found[:3], *config(max_samples=32), output="out.parquet")
     parts = parts_dir("out.parquet")
     (parts / ".abc.json.x1.tmp").write_text('{"half": ')
     damaged = sorted(parts.glob("*.json"))[0]
     damaged.write_text(damaged.read_text()[:40])
-    result = run_audit(found, config(max_samples=32), output="out.parquet")
+    result = run_audit(found, *config(max_samples=32), output="out.parquet")
     assert (result.analyzed, result.skipped) == (4, 2)
     assert not list(parts.glob(".*.tmp"))
     assert labels_of(read_table("out.parquet")) == found
@@ -380,7 +381,9 @@ def test_the_table_is_rewritten_as_checkpoints_are_committed(zoo):
         if status != "start":
             seen.append(labels_of(read_table("out.parquet")))
 
-    run_audit(found, config(max_samples=32), output="out.parquet", flush_every=0, progress=progress)
+    run_audit(
+        found, *config(max_samples=32), output="out.parquet", flush_every=0, progress=progress
+    )
     assert seen == [found[:i] for i in range(1, 7)]
     part = json.loads(next(parts_dir("out.parquet").glob("*.json")).read_text())
     assert set(part) == {"format", "checkpoint", "key", "report", "metadata"}
@@ -390,12 +393,12 @@ def test_two_audits_cannot_write_one_output_at_once(zoo):
     found = discover(["zoo"])
 
     def progress(*_):
-        run_audit(found, config(max_samples=32), output="out.parquet")
+        run_audit(found, *config(max_samples=32), output="out.parquet")
 
     with pytest.raises(ConfigError, match="another nrc audit is writing"):
-        run_audit(found[:1], config(max_samples=32), output="out.parquet", progress=progress)
+        run_audit(found[:1], *config(max_samples=32), output="out.parquet", progress=progress)
     # The lock goes with the audit that held it.
-    assert run_audit(found, config(max_samples=32), output="out.parquet").total == 6
+    assert run_audit(found, *config(max_samples=32), output="out.parquet").total == 6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -426,8 +429,8 @@ def test_tables_read_back_exactly_even_with_numeric_looking_layer_names(tmp_path
 def test_merge_of_shards_equals_the_whole(zoo):
     found = discover(["zoo"])
     for i in (1, 2, 3):
-        run_audit(select_shard(found, (i, 3)), config(max_samples=32), output=f"s{i}.csv")
-    whole = run_audit(found, config(max_samples=32)).frame
+        run_audit(select_shard(found, (i, 3)), *config(max_samples=32), output=f"s{i}.csv")
+    whole = run_audit(found, *config(max_samples=32)).frame
     merged = merge_tables(["s2.csv", "s1.csv", "s3.csv"])
     assert_frame_equal(merged, whole, check_exact=True)
     write_table(whole, "whole.parquet")
@@ -449,7 +452,7 @@ def test_merge_refuses_what_is_not_an_audit_table(tmp_path):
 
 
 def test_resolve_column_prefers_metadata(zoo):
-    frame = run_audit(discover(["zoo/wd0_seed0.safetensors"]), config(max_samples=32)).frame
+    frame = run_audit(discover(["zoo/wd0_seed0.safetensors"]), *config(max_samples=32)).frame
     assert resolve_column(frame, "weight_decay") == "meta.weight_decay"
     assert resolve_column(frame, "meta.weight_decay") == "meta.weight_decay"
     assert resolve_column(frame, "seed") == "meta.seed"  # not the SVD seed of the summary

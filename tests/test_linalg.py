@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from nrc_cli.errors import ConfigError
 from nrc_cli.linalg import (
     DEFAULT_OVERSAMPLE,
     DEFAULT_POWER_ITERS,
@@ -208,13 +207,13 @@ def test_randomized_eigh_falls_back_to_exact_when_sketch_is_full(
 
 
 def test_randomized_eigh_validates_arguments(fast_matrix: torch.Tensor) -> None:
-    with pytest.raises(ConfigError, match="rank"):
+    with pytest.raises(ValueError, match="rank"):
         randomized_eigh(fast_matrix, 0)
-    with pytest.raises(ConfigError, match="rank"):
+    with pytest.raises(ValueError, match="rank"):
         randomized_eigh(fast_matrix, P + 1)
-    with pytest.raises(ConfigError, match="oversample"):
+    with pytest.raises(ValueError, match="oversample"):
         randomized_eigh(fast_matrix, K, oversample=-1)
-    with pytest.raises(ConfigError, match="power_iters"):
+    with pytest.raises(ValueError, match="power_iters"):
         randomized_eigh(fast_matrix, K, power_iters=-1)
 
 
@@ -308,7 +307,7 @@ def test_nystrom_validates_arguments() -> None:
     omega = gaussian_test_matrix(30, 5, seed=0)
     with pytest.raises(ValueError, match="same shape"):
         nystrom_eigh(omega[:, :4], omega, 2)
-    with pytest.raises(ConfigError, match="rank"):
+    with pytest.raises(ValueError, match="rank"):
         nystrom_eigh(omega, omega, 6)
 
 
@@ -398,9 +397,9 @@ def test_resolve_svd_method_counts_the_oversampling() -> None:
 
 
 def test_resolve_svd_method_rejects_unknown_method() -> None:
-    with pytest.raises(ConfigError, match=r"'bogus'.*auto, exact, randomized") as excinfo:
+    with pytest.raises(ValueError, match=r"'bogus'.*auto, exact, randomized") as excinfo:
         resolve_svd_method("bogus", 100, 4)
-    assert excinfo.value.hint
+    assert "auto" in str(excinfo.value)
 
 
 # --- devices ----------------------------------------------------------------------------------

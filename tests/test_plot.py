@@ -21,7 +21,7 @@ from helpers import Wrapped, error_line, invoke, mlp, save_model, save_npz
 
 from nrc_cli.audit import read_table, run_audit
 from nrc_cli.errors import ConfigError
-from nrc_cli.pipeline import AnalyzeConfig
+from nrc_cli.options import AnalysisOptions
 from nrc_cli.report.plot import (
     PROFILE_PANELS,
     metric_series,
@@ -59,7 +59,7 @@ def shared(tmp_path_factory):
     os.chdir(folder)  # checkpoint paths in the audit are relative, as a user types them
     try:
         found = sorted(p.as_posix() for p in Path("zoo").glob("*.safetensors"))
-        run_audit(found, AnalyzeConfig(checkpoint="", data="data.npz"), output="audit.parquet")
+        run_audit(found, "data.npz", AnalysisOptions(), output="audit.parquet")
         result = invoke(
             ["analyze", "zoo/wd0.001_s0.safetensors", "-d", "data.npz", "-o", "run.json"]
         )

@@ -55,7 +55,28 @@ def test_python_example_runs(monkeypatch):
     assert list(frame["layer"]) == ["net.0", "net.2", "net.4", "net.6", "net.8", "net.10"]
 
 
-@pytest.mark.parametrize("path", ["docs/metrics.md", "docs/data-spec.md"])
+def test_training_loop_example_runs_and_draws_its_plot(monkeypatch, tmp_path):
+    """The "From Python" training loop and its plot run as written (the PNG goes to tmp_path)."""
+    (train,) = [b for b in blocks("python") if "CollapseMonitor(model)" in b]
+    (plot,) = [b for b in blocks("python") if "monitor_epochs.png" in b]
+    assert "(docs/img/monitor_epochs.png)" in README
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    exec(compile(train, "README.md", "exec"), namespace)
+    history = namespace["history"]
+    assert len(history) == 8
+    last = [next(r["nrc1_noise"] for r in h.layers if r["layer"] == "4") for h in history]
+    assert last[-1] < 0.5 * last[0]  # the README's reading of the figure
+    assert all(not m._forward_pre_hooks for m in namespace["model"].modules())
+    png = tmp_path / "epochs.png"
+    exec(
+        compile(plot.replace("docs/img/monitor_epochs.png", str(png)), "README.md", "exec"),
+        namespace,
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("path", ["docs/metrics.md", "docs/data-spec.md", "docs/api.md"])
 def test_linked_docs_exist(path):
     assert f"({path})" in README
     assert (ROOT / path).is_file()

@@ -1,8 +1,8 @@
 """Streaming, mergeable float64 moments (the state every Deep NRC metric is computed from).
 
-Each accumulator follows the torchmetrics ``Metric`` shape: state declared in ``__init__`` and
-``reset``, ``update(batch)`` only changes state, ``compute()`` is pure, ``merge(other)`` combines
-two partial states. Co-moments are summed about a fixed shift (the first batch's mean), which
+Each accumulator follows the torchmetrics ``Metric`` shape (:mod:`nrc_cli.accumulate.base`):
+state declared once in ``__init__``, from which ``reset``, ``merge``, ``to(device)`` and the
+state dicts follow; ``update(batch)`` only changes state, ``compute()`` is pure. Co-moments are summed about a fixed shift (the first batch's mean), which
 avoids the cancellation of raw sums of squares and makes the result independent of batch size
 and order up to round-off.
 """
@@ -16,6 +16,18 @@ from dataclasses import dataclass
 import torch
 
 from nrc_cli._threads import single_threaded
+from nrc_cli.accumulate.base import Accumulator, ShiftedSums, shift_correction
+
+__all__ = [
+    "CrossMoments",
+    "Moments",
+    "NormalizedGram",
+    "SquaredError",
+    "Workspace",
+    "add_gram_",
+    "shift_correction",
+    "symmetric",
+]
 
 _F64 = torch.float64
 
@@ -115,15 +127,7 @@ class Moments:
     cov_y: torch.Tensor
 
 
-def shift_correction(
-    sa: torch.Tensor, da: torch.Tensor, sb: torch.Tensor, db: torch.Tensor, n: int
-) -> torch.Tensor:
-    """What Σ(a − c_a)(b − c_b)ᵀ over n samples gains when its shifts move to c_a − da and
-    c_b − db, given sa = Σ(a − c_a) and sb = Σ(b − c_b): sa dbᵀ + da sbᵀ + n da dbᵀ."""
-    return torch.outer(sa, db) + torch.outer(da, sb) + n * torch.outer(da, db)
-
-
-class CrossMoments:
+class CrossMoments(ShiftedSums):
     """Joint first and second centred moments of features z ∈ R^p and targets y ∈ R^t.
 
     Sums are taken about a fixed shift c (the first batch's mean): Σ(z − c), Σ(z − c)(z − c)ᵀ
@@ -142,19 +146,13 @@ class CrossMoments:
     def __init__(
         self, device: torch.device | str | None = None, workspace: Workspace | None = None
     ) -> None:
+        super().__init__()
         self.device = torch.device(device) if device is not None else None
         self.workspace = workspace
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.cz: torch.Tensor | None = None  # shifts
-        self.cy: torch.Tensor | None = None
-        self.sz: torch.Tensor | None = None  # Σ (z − c_z)
-        self.sy: torch.Tensor | None = None
-        self.czz: torch.Tensor | None = None  # Σ (z − c_z)(z − c_z)ᵀ
-        self.czy: torch.Tensor | None = None
-        self.cyy: torch.Tensor | None = None
+        # Σ (z − c_z)(z − c_z)ᵀ, upper triangle only (see add_gram_); the cross and target sums.
+        self.add_comoment("czz", "z", "z")
+        self.add_comoment("czy", "z", "y")
+        self.add_comoment("cyy", "y", "y")
 
     def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch: ``z`` of shape (b, p), ``y`` of shape (b, t); neither is modified."""
@@ -192,41 +190,9 @@ class CrossMoments:
         add_gram_(self.czz, u)
         self.n += b
 
-    def _shifted(self, cz: torch.Tensor, cy: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """This state's sums re-expressed about the shifts (cz, cy)."""
-        d = self.cz - cz
-        e = self.cy - cy
-        n = self.n
-        sz = self.sz + n * d
-        sy = self.sy + n * e
-        czz = self.czz + shift_correction(self.sz, d, self.sz, d, n)
-        czy = self.czy + shift_correction(self.sz, d, self.sy, e, n)
-        cyy = self.cyy + shift_correction(self.sy, e, self.sy, e, n)
-        return sz, sy, czz, czy, cyy
-
-    def merge(self, other: CrossMoments) -> CrossMoments:
-        """Fold another partial state into this one (in place) and return self."""
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            self.n = other.n
-            for name in ("cz", "cy", "sz", "sy", "czz", "czy", "cyy"):
-                setattr(self, name, getattr(other, name).clone())
-            return self
-        if other.cz.shape != self.cz.shape or other.cy.shape != self.cy.shape:
-            raise ValueError(
-                f"feature/target width changed: had ({self.cz.shape[0]}, {self.cy.shape[0]}), "
-                f"got ({other.cz.shape[0]}, {other.cy.shape[0]})"
-            )
-        dev = self.czz.device
-        with single_threaded(dev):
-            parts = other._shifted(self.cz.to(other.cz.device), self.cy.to(other.cy.device))
-            for mine, theirs in zip(
-                (self.sz, self.sy, self.czz, self.czy, self.cyy), parts, strict=True
-            ):
-                mine.add_(theirs.to(dev))
-        self.n += other.n
-        return self
+    def _merge_nonempty(self, other: Accumulator) -> None:
+        with single_threaded(self.czz.device):
+            super()._merge_nonempty(other)
 
     def compute(self) -> Moments:
         """The moments so far, normalised by 1/N; the state is not changed."""
@@ -245,19 +211,20 @@ class CrossMoments:
         )
 
 
-class NormalizedGram:
-    """(1/N) Σ_i h̃_i h̃_iᵀ with h̃ = z/‖z‖ (a zero row stays 0): uncentred, for last-layer NRC."""
+class NormalizedGram(Accumulator):
+    """(1/N) Σ_i h̃_i h̃_iᵀ with h̃ = z/‖z‖ (a zero row stays 0): uncentred, for last-layer NRC.
+
+    ``gram`` holds the upper triangle of the sum (see :func:`add_gram_`).
+    """
 
     def __init__(
         self, device: torch.device | str | None = None, workspace: Workspace | None = None
     ) -> None:
+        super().__init__()
         self.device = torch.device(device) if device is not None else None
         self.workspace = workspace
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.gram: torch.Tensor | None = None
+        self.add_state("n", 0)
+        self.add_state("gram", None)
 
     def update(self, z: torch.Tensor) -> None:
         device = self.device if self.device is not None else z.device
@@ -272,40 +239,26 @@ class NormalizedGram:
         add_gram_(self.gram, h)
         self.n += z.shape[0]
 
-    def merge(self, other: NormalizedGram) -> NormalizedGram:
-        if other.n:
-            if self.gram is None:
-                self.gram = other.gram.clone()
-            else:
-                self.gram.add_(other.gram.to(self.gram.device))
-            self.n += other.n
-        return self
-
     def compute(self) -> torch.Tensor:
         if self.n == 0:
             raise ValueError("no samples accumulated")
         return symmetric(self.gram).div_(self.n)
 
 
-class SquaredError:
+class SquaredError(Accumulator):
     """Sum of squared prediction errors over all N·t entries."""
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sse = 0.0
-        self.count = 0
+        super().__init__()
+        self.add_state("n", 0)  # samples (rows)
+        self.add_state("sse", 0.0)
+        self.add_state("count", 0)  # entries
 
     def update(self, pred: torch.Tensor, y: torch.Tensor) -> None:
         d = pred.to(_F64) - y.to(device=pred.device, dtype=_F64)
         self.sse += float((d * d).sum())
         self.count += d.numel()
-
-    def merge(self, other: SquaredError) -> SquaredError:
-        self.sse += other.sse
-        self.count += other.count
-        return self
+        self.n += d.shape[0] if d.ndim else 1
 
     def compute(self) -> float:
         if self.count == 0:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nrc_cli.accumulate.moments import Moments, shift_correction
+from nrc_cli.accumulate.base import ShiftedSums
+from nrc_cli.accumulate.moments import Moments
 
 _F64 = torch.float64
 
@@ -45,20 +46,23 @@ class SketchResult:
     trace: float
 
 
-class CovarianceSketch:
-    """Streaming Σ_Z·Ω, Σ_ZY, Σ_Y, diag Σ_Z with shift-and-merge; memory O(p·(s + t))."""
+class CovarianceSketch(ShiftedSums):
+    """Streaming Σ_Z·Ω, Σ_ZY, Σ_Y, diag Σ_Z with shift-and-merge; memory O(p·(s + t)).
+
+    The shift logic (re-expressing the sums about another shift, merging) is
+    :class:`nrc_cli.accumulate.base.ShiftedSums`', shared with the exact accumulator. The test
+    matrix Ω is a constant of the sketch, not state: two sketches merge only when built with
+    the same Ω.
+    """
 
     def __init__(self, omega: torch.Tensor) -> None:
+        super().__init__()
         self.omega = omega.to(_F64)
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.cz = self.cy = None  # shifts
-        self.sz = self.sy = None  # Σ (z − c), Σ (y − c_y)
-        self.s_omega = None  # Σ (z − c)((z − c)ᵀΩ)
-        self.diag = None  # Σ (z − c)²
-        self.czy = self.cyy = None
+        self.device = self.omega.device
+        self.add_comoment("s_omega", "z", "z", form="sketch")  # Σ (z − c)((z − c)ᵀΩ)
+        self.add_comoment("diag", "z", "z", form="diagonal")  # Σ (z − c)²
+        self.add_comoment("czy", "z", "y")
+        self.add_comoment("cyy", "y", "y")
 
     def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch: ``z`` (b, p), ``y`` (b, t); neither is modified."""
@@ -86,45 +90,23 @@ class CovarianceSketch:
         self.cyy += v.T @ v
         self.n += z.shape[0]
 
-    def _shifted(self, cz: torch.Tensor, cy: torch.Tensor) -> tuple:
-        """This state's sums re-expressed about the shifts (cz, cy)."""
-        d = self.cz - cz
-        e = self.cy - cy
-        n = self.n
-        sz = self.sz + n * d
-        sy = self.sy + n * e
-        s_omega = (
-            self.s_omega
-            + torch.outer(self.sz, d @ self.omega)
-            + torch.outer(d, self.sz @ self.omega)
-            + n * torch.outer(d, d @ self.omega)
-        )
-        diag = self.diag + 2 * d * self.sz + n * d * d
-        czy = self.czy + shift_correction(self.sz, d, self.sy, e, n)
-        cyy = self.cyy + shift_correction(self.sy, e, self.sy, e, n)
-        return sz, sy, s_omega, diag, czy, cyy
-
-    def merge(self, other: CovarianceSketch) -> CovarianceSketch:
+    def merge(self, other: CovarianceSketch) -> CovarianceSketch:  # type: ignore[override]
         """Fold ``other`` (built with the same Ω) into this sketch, in place."""
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            for name in ("n", "cz", "cy", "sz", "sy", "s_omega", "diag", "czy", "cyy"):
-                value = getattr(other, name)
-                setattr(self, name, value.clone() if isinstance(value, torch.Tensor) else value)
-            return self
-        if other.omega.shape != self.omega.shape or not torch.equal(
-            other.omega.to(self.omega.device), self.omega
+        if (
+            other.n
+            and self.n
+            and (
+                other.omega.shape != self.omega.shape
+                or not torch.equal(other.omega.to(self.omega.device), self.omega)
+            )
         ):
             raise ValueError("cannot merge sketches built with different test matrices")
-        parts = other._shifted(self.cz, self.cy)
-        self.sz, self.sy, self.s_omega, self.diag, self.czy, self.cyy = (
-            a + b
-            for a, b in zip(
-                (self.sz, self.sy, self.s_omega, self.diag, self.czy, self.cyy), parts, strict=True
-            )
-        )
-        self.n += other.n
+        super().merge(other)
+        return self
+
+    def to(self, device: torch.device | str) -> CovarianceSketch:
+        super().to(device)
+        self.omega = self.omega.to(device)
         return self
 
     def compute(self) -> SketchResult:
@@ -139,4 +121,4 @@ class CovarianceSketch:
         cov_y = self.cyy / n - torch.outer(dy, dy)
         trace = float((self.diag / n - dz * dz).clamp_min(0).sum())
         moments = Moments(n, self.cz + dz, self.cy + dy, None, cov_zy, cov_y)
-        return SketchResult(moments, sketch, self.omega, trace)
+        return SketchResult(moments, sketch, self.omega.clone(), trace)

@@ -1,12 +1,22 @@
-"""Options declared once and reused by every command, so help text and defaults never drift."""
+"""Options declared once and reused by every command, so help text and defaults never drift.
+
+The analysis options are not written out here: :func:`analysis_options` generates them, for
+every command that analyzes (``analyze``, ``check``, ``audit``), from the fields of
+:class:`nrc_cli.options.AnalysisOptions`, where each option is declared once with its flag,
+help text and default.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
-from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
+from nrc_cli.options import AnalysisOptions
 
 Checkpoint = Annotated[
     str,
@@ -19,62 +29,8 @@ Data = Annotated[
     str,
     typer.Option("--data", "-d", help="Data set: .npz with arrays x and y, or a .toml data spec."),
 ]
-XKey = Annotated[str, typer.Option("--x-key", help="Name of the input array in the data file.")]
-YKey = Annotated[str, typer.Option("--y-key", help="Name of the target array in the data file.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")]
-MaxSamples = Annotated[
-    int | None, typer.Option("--max-samples", help="Use only the first N samples.")
-]
-Rank = Annotated[
-    int | None,
-    typer.Option("--rank", help="Analysis rank k (default: the target dimension t)."),
-]
-CollapseRuleOpt = Annotated[
-    str,
-    typer.Option(
-        "--collapse-rule",
-        help=f"Comma-separated COLUMN<=V / COLUMN>=V terms (default {DEFAULT_COLLAPSE_RULE}).",
-    ),
-]
-Arch = Annotated[
-    str | None,
-    typer.Option("--arch", help="MODULE:CALLABLE or file.py:CALLABLE returning an nn.Module."),
-]
-ArchKwargs = Annotated[
-    str | None, typer.Option("--arch-kwargs", help="JSON object of keyword arguments for --arch.")
-]
-Activation = Annotated[
-    str | None,
-    typer.Option(
-        "--activation",
-        help="Activation of an inferred MLP: relu (default), gelu, tanh, sigmoid, silu, "
-        "leaky_relu, elu, identity.",
-    ),
-]
-Svd = Annotated[
-    str,
-    typer.Option("--svd", help="Spectrum method: auto, exact or randomized."),
-]
-Oversample = Annotated[int, typer.Option("--oversample", help="Randomized SVD oversampling.")]
-PowerIters = Annotated[int, typer.Option("--power-iters", help="Randomized SVD power iterations.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for every randomized step.")]
-Device = Annotated[
-    str,
-    typer.Option("--device", help="auto (CUDA when available, else CPU), cpu or cuda[:i]."),
-]
-Dtype = Annotated[
-    str, typer.Option("--dtype", help="Forward-pass dtype: float32, bfloat16 or float16.")
-]
 Threads = Annotated[
     int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")
-]
-Layers = Annotated[
-    list[str] | None,
-    typer.Option("--layers", help="Only layers whose module path matches this glob (repeatable)."),
-]
-Exclude = Annotated[
-    list[str] | None,
-    typer.Option("--exclude", help="Skip layers whose module path matches this glob (repeatable)."),
 ]
 Format = Annotated[
     str | None,
@@ -88,42 +44,84 @@ Output = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no notes.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
-MemoryBudget = Annotated[
-    str | None,
-    typer.Option(
-        "--memory-budget",
-        help="Memory for the accumulators, e.g. 4GB (default: half the available memory, "
-        "the GPU's on CUDA). "
-        "Layers are split over several passes, or sketched, to fit.",
-    ),
-]
-OutputKey = Annotated[
-    str | None,
-    typer.Option(
-        "--output-key",
-        help="Which part of a tuple/dict/ModelOutput result is the prediction (key or index).",
-    ),
-]
-NoPrediction = Annotated[
-    bool,
-    typer.Option(
-        "--no-prediction",
-        help="The model has no regression head: model_mse and nrc4_ratio are null.",
-    ),
-]
-Inputs = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--input",
-        help="Data array passed as a forward keyword argument of the same name (repeatable), "
-        "e.g. --input input_ids --input attention_mask.",
-    ),
-]
-MaskKey = Annotated[
-    str | None,
-    typer.Option(
-        "--mask-key",
-        help="Input used as the token mask for masked mean pooling (default: attention_mask "
-        "when it is an input).",
-    ),
-]
+
+GENERATED = AnalysisOptions()
+"""The default of a command's ``options`` parameter: :func:`analysis_options` replaces it."""
+
+# The command-line type of each kind of option (see nrc_cli.options.CliSpec).
+_CLI_TYPES = {"json": str | None, "repeat": list[str] | None, "negated": bool}
+
+
+def _cli_type(name: str, kind: str) -> Any:
+    if kind in _CLI_TYPES:
+        return _CLI_TYPES[kind]
+    hint = typing.get_type_hints(AnalysisOptions)[name]
+    if hint == (int | str | None):  # --memory-budget: a size such as 4GB
+        return str | None
+    return hint
+
+
+def analysis_parameters() -> list[inspect.Parameter]:
+    """One typer option per field of :class:`AnalysisOptions`, in declaration order."""
+    params = []
+    for name, spec, default in AnalysisOptions.cli_specs():
+        params.append(
+            inspect.Parameter(
+                spec.param,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=_single(name),
+            )
+        )
+    return params
+
+
+def _single(name: str) -> Any:
+    """The typer option of one analysis option, for a command that takes only a few of them."""
+    for field_name, spec, _ in AnalysisOptions.cli_specs():
+        if field_name == name:
+            return Annotated[_cli_type(name, spec.kind), typer.Option(spec.flag, help=spec.help)]
+    raise KeyError(name)
+
+
+# What `nrc inspect` shares with the analyzing commands: how the model is built.
+Arch = _single("arch")
+ArchKwargs = _single("arch_kwargs")
+Activation = _single("activation")
+
+
+def analysis_parameter_names() -> tuple[str, ...]:
+    """The command parameters :func:`analysis_options` adds (``no_prediction``, ``x_key``, …)."""
+    return tuple(spec.param for _, spec, _ in AnalysisOptions.cli_specs())
+
+
+def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` every analysis option, in place of its ``options`` parameter.
+
+    The command declares ``options: AnalysisOptions`` where the analysis options belong in its
+    signature (and so in its ``--help``); typer sees one option per field of
+    :class:`AnalysisOptions` there instead, and the command receives them parsed and validated
+    as one frozen :class:`AnalysisOptions`.
+    """
+    signature = inspect.signature(command)
+    generated = analysis_parameters()
+    params: list[inspect.Parameter] = []
+    for p in signature.parameters.values():
+        if p.name == "options":
+            params.extend(generated)
+        else:
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    hints = typing.get_type_hints(command, include_extras=True)
+    params = [p if p.name not in hints else p.replace(annotation=hints[p.name]) for p in params]
+    names = [p.name for p in generated]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        cli_values = {name: kwargs.pop(name) for name in names}
+        return command(**kwargs, options=AnalysisOptions.from_cli(cli_values))
+
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=params, return_annotation=None
+    )
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper

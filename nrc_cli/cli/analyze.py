@@ -8,8 +8,8 @@ from rich.markup import escape
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_to_stderr
 from nrc_cli.cli._output import emit
-from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
-from nrc_cli.pipeline import AnalyzeConfig, run
+from nrc_cli.options import AnalysisOptions
+from nrc_cli.pipeline import run
 from nrc_cli.report.table import render
 from nrc_cli.report.writers import (
     check_not_input,
@@ -21,72 +21,10 @@ from nrc_cli.report.writers import (
 )
 from nrc_cli.results import Results
 
-# The analysis options every analyzing command (analyze, check, audit) takes, by parameter name.
-ANALYSIS_OPTIONS = (
-    "x_key",
-    "y_key",
-    "batch_size",
-    "max_samples",
-    "rank",
-    "collapse_rule",
-    "arch",
-    "arch_kwargs",
-    "activation",
-    "layers",
-    "exclude",
-    "inputs",
-    "mask_key",
-    "output_key",
-    "no_prediction",
-    "svd",
-    "oversample",
-    "power_iters",
-    "seed",
-    "device",
-    "dtype",
-    "memory_budget",
-)
 
-
-def build_config(checkpoint: str, data: str, options: dict) -> AnalyzeConfig:
-    """The frozen analysis config from a command's parameters.
-
-    ``options`` is the command's ``locals()`` (or any mapping holding every name of
-    ``ANALYSIS_OPTIONS``); other entries are ignored, so each command declares the shared
-    options once in its signature and passes them on in one line.
-    """
-    opt = {name: options[name] for name in ANALYSIS_OPTIONS}
-    config = AnalyzeConfig(
-        checkpoint=checkpoint,
-        data=data,
-        x_key=opt["x_key"],
-        y_key=opt["y_key"],
-        batch_size=opt["batch_size"],
-        max_samples=opt["max_samples"],
-        rank=opt["rank"],
-        collapse_rule=opt["collapse_rule"],
-        arch=opt["arch"],
-        arch_kwargs=opt["arch_kwargs"],
-        activation=opt["activation"],
-        svd=opt["svd"],
-        oversample=opt["oversample"],
-        power_iters=opt["power_iters"],
-        seed=opt["seed"],
-        device=opt["device"],
-        dtype=opt["dtype"],
-        layers=tuple(opt["layers"] or ()),
-        exclude=tuple(opt["exclude"] or ()),
-        memory_budget=opt["memory_budget"],
-        output_key=opt["output_key"],
-        prediction=not opt["no_prediction"],
-        inputs=tuple(opt["inputs"] or ()),
-        mask_key=opt["mask_key"],
-    )
-    config.validate()
-    return config
-
-
-def run_with_progress(config: AnalyzeConfig, *, quiet: bool, threads: int | None) -> Results:
+def run_with_progress(
+    checkpoint: str, data: str, options: AnalysisOptions, *, quiet: bool, threads: int | None
+) -> Results:
     """Run the pipeline, with a transient progress bar on an interactive stderr."""
     if threads is not None:
         import torch
@@ -103,7 +41,7 @@ def run_with_progress(config: AnalyzeConfig, *, quiet: bool, threads: int | None
                 stderr_console().print(escape(line), style="dim")
 
     with stdout_to_stderr():
-        results = _run(config, quiet, on_plan)
+        results = _run(checkpoint, data, options, quiet=quiet, on_plan=on_plan)
     say_messages(results, quiet=quiet)
     return results
 
@@ -118,9 +56,9 @@ def say_messages(results: Results, *, quiet: bool) -> None:
         console.print(escape(f"warning: {line}"), style="yellow", soft_wrap=True)
 
 
-def _run(config: AnalyzeConfig, quiet: bool, on_plan) -> Results:
+def _run(checkpoint: str, data: str, options: AnalysisOptions, *, quiet: bool, on_plan) -> Results:
     if not progress_enabled(quiet):
-        return run(config, on_plan=on_plan)
+        return run(checkpoint, data, options, on_plan=on_plan)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -136,7 +74,7 @@ def _run(config: AnalyzeConfig, quiet: bool, on_plan) -> Results:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run(config, progress=progress, on_plan=on_plan)
+        return run(checkpoint, data, options, progress=progress, on_plan=on_plan)
 
 
 def describe_plan(plan: dict) -> list[str]:
@@ -167,31 +105,11 @@ def emit_results(results: Results, fmt: str, output: str | None) -> None:
     )
 
 
+@o.analysis_options
 def analyze(
     checkpoint: o.Checkpoint,
     data: o.Data,
-    x_key: o.XKey = "x",
-    y_key: o.YKey = "y",
-    batch_size: o.BatchSize = 1024,
-    max_samples: o.MaxSamples = None,
-    rank: o.Rank = None,
-    collapse_rule: o.CollapseRuleOpt = DEFAULT_COLLAPSE_RULE,
-    arch: o.Arch = None,
-    arch_kwargs: o.ArchKwargs = None,
-    activation: o.Activation = None,
-    layers: o.Layers = None,
-    exclude: o.Exclude = None,
-    inputs: o.Inputs = None,
-    mask_key: o.MaskKey = None,
-    output_key: o.OutputKey = None,
-    no_prediction: o.NoPrediction = False,
-    svd: o.Svd = "auto",
-    oversample: o.Oversample = 10,
-    power_iters: o.PowerIters = 4,
-    seed: o.Seed = 0,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "float32",
-    memory_budget: o.MemoryBudget = None,
+    options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
     format: o.Format = None,
     output: o.Output = None,
@@ -202,8 +120,7 @@ def analyze(
     fmt = resolve_format(format, output)
     check_output_path(output)
     check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
-    config = build_config(checkpoint, data, locals())
-    results = run_with_progress(config, quiet=quiet, threads=threads)
+    results = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
     emit_results(results, fmt, output)
 
 

@@ -18,10 +18,10 @@ from nrc_cli.cli._console import (
     stdout_to_stderr,
 )
 from nrc_cli.cli._output import emit
-from nrc_cli.cli.analyze import ANALYSIS_OPTIONS, build_config
 from nrc_cli.errors import CheckFailed, ConfigError
-from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
+from nrc_cli.options import AnalysisOptions
 from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
+from nrc_cli.results import plain
 
 # Options of this command only (the shared ones live in _options.py).
 Paths = Annotated[
@@ -71,11 +71,12 @@ _AUDIT_ONLY = (
     "shard",
     "fail_on_error",
     "fresh",
-    *ANALYSIS_OPTIONS,
+    *o.analysis_parameter_names(),
     "threads",
 )
 
 
+@o.analysis_options
 def audit(
     ctx: typer.Context,
     paths: Paths,
@@ -87,28 +88,7 @@ def audit(
     shard: Shard = None,
     fail_on_error: FailOnError = False,
     fresh: Fresh = False,
-    x_key: o.XKey = "x",
-    y_key: o.YKey = "y",
-    batch_size: o.BatchSize = 1024,
-    max_samples: o.MaxSamples = None,
-    rank: o.Rank = None,
-    collapse_rule: o.CollapseRuleOpt = DEFAULT_COLLAPSE_RULE,
-    arch: o.Arch = None,
-    arch_kwargs: o.ArchKwargs = None,
-    activation: o.Activation = None,
-    layers: o.Layers = None,
-    exclude: o.Exclude = None,
-    inputs: o.Inputs = None,
-    mask_key: o.MaskKey = None,
-    output_key: o.OutputKey = None,
-    no_prediction: o.NoPrediction = False,
-    svd: o.Svd = "auto",
-    oversample: o.Oversample = 10,
-    power_iters: o.PowerIters = 4,
-    seed: o.Seed = 0,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "float32",
-    memory_budget: o.MemoryBudget = None,
+    options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
     quiet: o.Quiet = False,
     debug: o.Debug = False,
@@ -141,7 +121,6 @@ def audit(
         lib.table_format(errors)
     check_not_input(errors, {"--output": output, "--data": data}, flag="--errors")
     check_not_input(output, {"--data": data}, flag="--output")
-    config = build_config("", data, locals())
     skipped: list[str] = []
     found = lib.discover(paths, skipped=skipped)
     for line in skipped:
@@ -153,7 +132,8 @@ def audit(
     with _sigterm_exits(), _progress(quiet, len(selection)) as progress, stdout_to_stderr():
         result = lib.run_audit(
             selection,
-            config,
+            data,
+            options,
             output=output,
             fmt=fmt if output is not None else None,
             jobs=jobs,
@@ -320,17 +300,13 @@ def _summary_table(summary):
     for label, record in zip(shown, summary.to_dict("records"), strict=True):
         cells = [escape(label)]
         for name, _ in columns:
-            value = record.get(name)
-            value = None if _missing(value) else value
-            cells.append(escape(fmt(value.item() if hasattr(value, "item") else value)))
+            cells.append(escape(fmt(plain(record.get(name), keep_inf=True))))
         table.add_row(*cells)
     return table
 
 
 def _missing(value) -> bool:
-    import pandas as pd
-
-    return value is None or bool(pd.isna(value))
+    return plain(value, keep_inf=True) is None
 
 
 def _report(result, *, output: str | None, errors: str | None, shard, quiet: bool) -> None:

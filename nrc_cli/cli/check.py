@@ -15,7 +15,7 @@ import typer
 
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._output import emit
-from nrc_cli.cli.analyze import build_config, run_with_progress, say_messages
+from nrc_cli.cli.analyze import run_with_progress, say_messages
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.gates import (
     DEFAULT_TOLERANCE,
@@ -28,7 +28,7 @@ from nrc_cli.gates import (
     parse_tolerances,
     run_check,
 )
-from nrc_cli.metrics.summary import DEFAULT_COLLAPSE_RULE
+from nrc_cli.options import AnalysisOptions
 from nrc_cli.report.gates import render_check
 from nrc_cli.report.junit import junit_xml
 from nrc_cli.report.writers import (
@@ -143,6 +143,7 @@ def gather_gates(
     return requirements, baseline, tolerances
 
 
+@o.analysis_options
 def check(
     checkpoint: CheckpointOpt = None,
     data: DataOpt = None,
@@ -152,28 +153,7 @@ def check(
     baseline: Baseline = None,
     tolerance: Tolerance = None,
     junit: JUnit = None,
-    x_key: o.XKey = "x",
-    y_key: o.YKey = "y",
-    batch_size: o.BatchSize = 1024,
-    max_samples: o.MaxSamples = None,
-    rank: o.Rank = None,
-    collapse_rule: o.CollapseRuleOpt = DEFAULT_COLLAPSE_RULE,
-    arch: o.Arch = None,
-    arch_kwargs: o.ArchKwargs = None,
-    activation: o.Activation = None,
-    layers: o.Layers = None,
-    exclude: o.Exclude = None,
-    inputs: o.Inputs = None,
-    mask_key: o.MaskKey = None,
-    output_key: o.OutputKey = None,
-    no_prediction: o.NoPrediction = False,
-    svd: o.Svd = "auto",
-    oversample: o.Oversample = 10,
-    power_iters: o.PowerIters = 4,
-    seed: o.Seed = 0,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "float32",
-    memory_budget: o.MemoryBudget = None,
+    options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
     format: CheckFormat = None,
     output: o.Output = None,
@@ -214,7 +194,6 @@ def check(
     requirements, baseline_path, tolerances = gather_gates(
         require, require_file, baseline, tolerance
     )
-    # (not named `inputs`: build_config reads the --input option from locals())
     read_from = {
         "the checkpoint": checkpoint,
         "--data": data,
@@ -231,8 +210,7 @@ def check(
         # What the analysis said on stderr is said again: the same verdict, the same caveats.
         say_messages(results, quiet=quiet)
     else:
-        config = build_config(checkpoint, data, locals())
-        fresh = run_with_progress(config, quiet=quiet, threads=threads)
+        fresh = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
         # Through the saved-report schema, so gating a fresh analysis and gating its saved
         # report see the very same values (NaN -> null, schema columns only).
         results = Results.from_dict(fresh.to_dict())

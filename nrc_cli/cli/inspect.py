@@ -14,7 +14,8 @@ from nrc_cli.cli._console import stdout_to_stderr
 from nrc_cli.cli._output import emit
 from nrc_cli.errors import CheckpointError
 from nrc_cli.io.checkpoint import open_checkpoint
-from nrc_cli.model.build import build_model, parse_arch_kwargs
+from nrc_cli.model.build import build_model
+from nrc_cli.options import parse_arch_kwargs
 from nrc_cli.report.writers import (
     check_not_input,
     check_output_path,

@@ -3,90 +3,20 @@
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 
 import torch
 
-from nrc_cli.errors import ConfigError
 from nrc_cli.metrics.layer import Spectrum, ratio
+from nrc_cli.options import DEFAULT_COLLAPSE_RULE, RULE_COLUMNS, CollapseRule
 
-# Per-layer numeric columns a collapse rule (or a gate) may test.
-RULE_COLUMNS = (
-    "index",
-    "in_dim",
-    "rank",
-    "nrc1_noise",
-    "nrc2_cka",
-    "nrc2_cka_signal",
-    "nrc3_alignment",
-    "nrc4_probe_mse",
-    "nrc4_ratio",
-    "stable_rank_h",
-    "stable_rank_w",
-)
-DEFAULT_COLLAPSE_RULE = "nrc1_noise<=0.2"
-_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([^\s,]+)\s*$")
-
-
-@dataclass(frozen=True)
-class CollapseRule:
-    """A conjunction of ``column<=value`` / ``column>=value`` terms over per-layer columns."""
-
-    terms: tuple[tuple[str, str, float], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> CollapseRule:
-        """Parse ``--collapse-rule`` text such as ``nrc1_noise<=0.2,nrc3_alignment>=0.9``."""
-        terms = []
-        if not text or not text.strip():
-            raise ConfigError(
-                "--collapse-rule: expected terms like 'nrc1_noise<=0.2', found an empty rule"
-            )
-        for raw in text.split(","):
-            m = _TERM.match(raw)
-            if m is None:
-                raise ConfigError(
-                    f"--collapse-rule: cannot parse term '{raw.strip()}' in '{text}': expected "
-                    "COLUMN<=NUMBER or COLUMN>=NUMBER",
-                    hint="e.g. --collapse-rule 'nrc1_noise<=0.2,nrc3_alignment>=0.9'",
-                )
-            col, op, num = m.groups()
-            if col not in RULE_COLUMNS:
-                raise ConfigError(
-                    f"--collapse-rule: unknown column '{col}' in '{text}'",
-                    hint=f"columns: {', '.join(RULE_COLUMNS)}",
-                )
-            try:
-                value = float(num)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise ConfigError(
-                    f"--collapse-rule: '{num}' in term '{raw.strip()}' is not a finite number",
-                )
-            terms.append((col, op, value))
-        return cls(tuple(terms))
-
-    @property
-    def text(self) -> str:
-        return ",".join(f"{c}{op}{_num(v)}" for c, op, v in self.terms)
-
-    def holds(self, row: dict) -> bool:
-        """True when every term holds; a null value never satisfies a term."""
-        for col, op, value in self.terms:
-            x = row.get(col)
-            if x is None or (isinstance(x, float) and math.isnan(x)):
-                return False
-            if op == "<=" and not x <= value:
-                return False
-            if op == ">=" and not x >= value:
-                return False
-        return True
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+__all__ = [
+    "DEFAULT_COLLAPSE_RULE",
+    "RULE_COLUMNS",
+    "CollapseRule",
+    "first_collapsed",
+    "last_layer_fields",
+    "target_fields",
+]
 
 
 def vacuous_reason(row: dict) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -80,29 +79,6 @@ class BuiltModel:
             "was another, every number is wrong: pass --activation (gelu, tanh, silu, ...) "
             "or save 'nrc.arch' metadata"
         ]
-
-
-def parse_arch_kwargs(text: str | None) -> dict:
-    """Parse ``--arch-kwargs``: a JSON object, or nothing."""
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except RecursionError as exc:
-        raise ConfigError(
-            "--arch-kwargs: expected a JSON object, found one nested too deeply"
-        ) from exc
-    except ValueError as exc:
-        raise ConfigError(
-            f"--arch-kwargs: expected a JSON object, found invalid JSON ({exc})",
-            hint="""quote it for the shell, e.g. --arch-kwargs '{"width": 64}'""",
-        ) from exc
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"--arch-kwargs: expected a JSON object, found {type(value).__name__}",
-            hint="""e.g. --arch-kwargs '{"width": 64}'""",
-        )
-    return value
 
 
 def load_factory(arch: str):
@@ -186,7 +162,7 @@ def check_memory(ckpt: Checkpoint, available: int | None = None) -> None:
     if ckpt._loaded is not None:
         return  # a .pt file: already in memory
     if available is None:
-        from nrc_cli.planning import available_memory
+        from nrc_cli._memory import available_memory
 
         available = available_memory()
     need = ckpt.nbytes

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.report.writers import atomic_write
-from nrc_cli.results import Results
+from nrc_cli.results import Results, plain
 
 __all__ = [
     "IMAGE_FORMATS",
@@ -145,9 +145,7 @@ def profile_series(results: Results) -> ProfilePlot:
 
 def _missing(value) -> bool:
     """None, NaN or pandas' NA (what a table cell holds when the report said null)."""
-    import pandas as pd
-
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+    return plain(value, keep_inf=True) is None
 
 
 def plot_profile(
@@ -230,8 +228,6 @@ def results_from_table(frame, checkpoint: str | None = None) -> Results:
     DataError
         When the table holds no rows, or several checkpoints and ``checkpoint`` picks none.
     """
-    from nrc_cli.results import LAYER_COLUMNS, SUMMARY_FIELDS, TIDY_RENAMES
-
     if "index" not in frame.columns or "checkpoint" not in frame.columns:
         raise DataError(
             "expected a tidy table with 'checkpoint' and 'index' columns, found columns "
@@ -255,24 +251,7 @@ def results_from_table(frame, checkpoint: str | None = None) -> Results:
     records = frame.sort_values("index").to_dict("records")
     if not records:
         raise DataError("the table has no rows to plot")
-
-    def value(v):
-        if _missing(v):
-            return None
-        return v.item() if hasattr(v, "item") else v
-
-    layers = [{n: value(r.get(n)) for n, _ in LAYER_COLUMNS if n in r} for r in records]
-    summary = {}
-    for n, _ in SUMMARY_FIELDS:
-        col = TIDY_RENAMES.get(n, n)
-        if col in records[0]:
-            summary[n] = value(records[0][col])
-    return Results(
-        checkpoint=str(records[0]["checkpoint"]),
-        data=str(records[0].get("data", "")),
-        summary=summary,
-        layers=layers,
-    )
+    return Results.from_tidy(records)
 
 
 # ------------------------------------------------------------------------------------------------

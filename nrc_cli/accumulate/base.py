@@ -1,0 +1,258 @@
+"""The accumulator base: state declared once, and reset, merge, device moves and state dicts
+derived from the declaration (the ``add_state`` idea of torchmetrics' ``Metric``).
+
+An accumulator declares each piece of its state in ``__init__`` with :meth:`Accumulator.add_state`:
+a plain number (``n``, a running float sum) or a tensor that the first batch creates (its shape
+is known only then; until then the state is None). Every accumulator then has
+
+* ``reset()``: every state back to its declared default;
+* ``merge(other)``: combine two partial states of the same stream's shards; the default adds
+  every state declared with ``reduce="sum"``, and :class:`ShiftedSums` first re-expresses the
+  other state's sums about this one's shifts;
+* ``to(device)``: every tensor state moved;
+* ``state_dict()`` / ``load_state_dict(sd)``: a flat ``{name: Tensor}`` with plain numbers as
+  0-d tensors, so that it saves with ``torch.save`` or safetensors and sums across processes.
+
+Kernels raise ``ValueError`` (bad shapes, empty state); the boundaries above them turn what a user
+can cause into :class:`nrc_cli.errors.NrcError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_F64 = torch.float64
+
+
+class Accumulator:
+    """Streaming state with declared members (see the module docstring).
+
+    Subclasses call ``super().__init__()`` first, then :meth:`add_state` for each member, and
+    implement ``update`` and ``compute``. ``n`` (the number of samples folded in) must be one of
+    the states: an empty accumulator (``n == 0``) merges as the identity.
+    """
+
+    n: int
+
+    def __init__(self) -> None:
+        self._defaults: dict[str, Any] = {}
+        self._reduce: dict[str, str | None] = {}
+
+    def update(self, *batch: torch.Tensor) -> None:
+        """Fold one batch in (subclasses)."""
+        raise NotImplementedError
+
+    def compute(self) -> Any:
+        """The statistic so far; pure (subclasses)."""
+        raise NotImplementedError
+
+    def add_state(self, name: str, default: int | float | None, *, reduce: str | None = "sum"):
+        """Declare a state: a plain number, or a tensor created by the first update (None).
+
+        ``reduce="sum"``: merging adds the two states; ``None``: the state is not summed
+        (a shift, which :class:`ShiftedSums` handles itself).
+        """
+        if reduce not in ("sum", None):
+            raise ValueError(f"reduce must be 'sum' or None, got {reduce!r}")
+        self._defaults[name] = default
+        self._reduce[name] = reduce
+        setattr(self, name, default)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(self._defaults)
+
+    def reset(self) -> None:
+        """Every state back to its declared default (tensors to None)."""
+        for name, default in self._defaults.items():
+            setattr(self, name, default)
+
+    def to(self, device: torch.device | str) -> Accumulator:
+        """Move every tensor state to ``device`` (in place); return self."""
+        for name in self._defaults:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        if hasattr(self, "device") and getattr(self, "device", None) is not None:
+            self.device = torch.device(device)
+        return self
+
+    # -- merging ---------------------------------------------------------------------------
+
+    def merge(self, other: Accumulator) -> Accumulator:
+        """Fold ``other`` (a partial state of another shard) into this one, in place."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            self._copy_from(other)
+            return self
+        self._merge_nonempty(other)
+        return self
+
+    def _copy_from(self, other: Accumulator) -> None:
+        for name in self._defaults:
+            value = getattr(other, name)
+            if isinstance(value, torch.Tensor):
+                device = self._device_or(value.device)
+                value = value.to(device).clone()
+            setattr(self, name, value)
+
+    def _device_or(self, fallback: torch.device) -> torch.device:
+        device = getattr(self, "device", None)
+        return device if device is not None else fallback
+
+    def _merge_nonempty(self, other: Accumulator) -> None:
+        """Both states hold samples: add every summed state."""
+        for name, reduce in self._reduce.items():
+            if reduce != "sum":
+                continue
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, torch.Tensor):
+                _check_same_shape(name, mine, theirs)
+                mine.add_(theirs.to(mine.device))
+            else:
+                setattr(self, name, mine + theirs)
+
+    # -- state dicts -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every state that is set, as tensors (plain numbers as 0-d int64/float64 tensors)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, default in self._defaults.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, torch.Tensor):
+                out[name] = value.detach().clone()
+            elif isinstance(default, float):
+                out[name] = torch.tensor(float(value), dtype=_F64)
+            else:
+                out[name] = torch.tensor(int(value), dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace this state by one from :meth:`state_dict` (missing tensors stay None)."""
+        unknown = set(state) - set(self._defaults)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: unknown state(s) {', '.join(sorted(unknown))}; "
+                f"expected some of {', '.join(self._defaults)}"
+            )
+        self.reset()
+        for name, default in self._defaults.items():
+            if name not in state:
+                continue
+            value = state[name]
+            if default is None:
+                value = torch.as_tensor(value).to(self._device_or(torch.as_tensor(value).device))
+                setattr(self, name, value.clone())
+            elif isinstance(default, float):
+                setattr(self, name, float(value))
+            else:
+                setattr(self, name, int(value))
+
+
+def _check_same_shape(name: str, mine: torch.Tensor, theirs: torch.Tensor) -> None:
+    if mine.shape != theirs.shape:
+        raise ValueError(
+            f"cannot merge state '{name}' of shape {tuple(theirs.shape)} into one of shape "
+            f"{tuple(mine.shape)} (feature or target width changed)"
+        )
+
+
+def shift_correction(
+    sa: torch.Tensor, da: torch.Tensor, sb: torch.Tensor, db: torch.Tensor, n: int
+) -> torch.Tensor:
+    """What Σ(a − c_a)(b − c_b)ᵀ over n samples gains when its shifts move to c_a − da and
+    c_b − db, given sa = Σ(a − c_a) and sb = Σ(b − c_b): sa dbᵀ + da sbᵀ + n da dbᵀ."""
+    return torch.outer(sa, db) + torch.outer(da, sb) + n * torch.outer(da, db)
+
+
+class ShiftedSums(Accumulator):
+    """Sums of features z and targets y taken about fixed shifts (c_z, c_y).
+
+    States: ``n``; the shifts ``cz`` (p,), ``cy`` (t,) (the first batch's means); ``sz`` =
+    Σ(z − c_z), ``sy`` = Σ(y − c_y); and second-order sums declared by the subclass with
+    :meth:`add_comoment`. Re-expressing the sums about other shifts is one small correction per
+    state (:meth:`reshifted`), which is what makes two states mergeable by a plain sum: the
+    merge re-expresses the other state about this one's shifts, then adds.
+
+    For a data-parallel reduction without gathering states, every process can
+    :meth:`reshift_` its sums about one common shift (e.g. rank 0's, broadcast), after which
+    summing every summed state across processes (``all_reduce(SUM)``) is exactly a merge.
+    """
+
+    # Tensor states are None until the first batch (see add_state).
+    cz: Any
+    cy: Any
+    sz: Any
+    sy: Any
+    omega: torch.Tensor  # the sketch's test matrix, for form="sketch" co-moments
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._comoments: dict[str, tuple[str, str, str]] = {}
+        self.add_state("n", 0)
+        self.add_state("cz", None, reduce=None)
+        self.add_state("cy", None, reduce=None)
+        self.add_state("sz", None)
+        self.add_state("sy", None)
+
+    def add_comoment(self, name: str, left: str, right: str, *, form: str = "full") -> None:
+        """Declare a second-order sum Σ(a − c_a)(b − c_b)ᵀ with a, b each ``"z"`` or ``"y"``.
+
+        ``form``: ``"full"`` (the outer-product sum), ``"diagonal"`` (its diagonal only, for
+        a = b), or ``"sketch"`` (the full sum times the test matrix ``self.omega``, for
+        a = b = z).
+        """
+        self.add_state(name, None)
+        self._comoments[name] = (left, right, form)
+
+    def reshifted(self, cz: torch.Tensor, cy: torch.Tensor) -> dict[str, torch.Tensor]:
+        """This state's sums re-expressed about the shifts (cz, cy); the state is unchanged."""
+        d = self.cz - cz.to(self.cz.device)
+        e = self.cy - cy.to(self.cy.device)
+        n = self.n
+        first = {"z": self.sz, "y": self.sy}
+        delta = {"z": d, "y": e}
+        out = {"sz": self.sz + n * d, "sy": self.sy + n * e}
+        for name, (a, b, form) in self._comoments.items():
+            sa, da, sb, db = first[a], delta[a], first[b], delta[b]
+            if form == "diagonal":
+                corr = 2 * da * sb + n * da * db
+            elif form == "sketch":
+                omega = self.omega
+                corr = (
+                    torch.outer(sa, db @ omega)
+                    + torch.outer(da, sb @ omega)
+                    + n * torch.outer(da, db @ omega)
+                )
+            else:
+                corr = shift_correction(sa, da, sb, db, n)
+            out[name] = getattr(self, name) + corr
+        return out
+
+    def reshift_(self, cz: torch.Tensor, cy: torch.Tensor) -> None:
+        """Re-express the sums about (cz, cy) in place (the shifts become cz, cy)."""
+        if self.n == 0:
+            return
+        for name, value in self.reshifted(cz, cy).items():
+            setattr(self, name, value)
+        self.cz = cz.to(device=self.cz.device, dtype=_F64).clone()
+        self.cy = cy.to(device=self.cy.device, dtype=_F64).clone()
+
+    def _merge_nonempty(self, other: Accumulator) -> None:
+        assert isinstance(other, ShiftedSums)
+        if other.cz.shape != self.cz.shape or other.cy.shape != self.cy.shape:
+            raise ValueError(
+                f"feature/target width changed: had ({self.cz.shape[0]}, {self.cy.shape[0]}), "
+                f"got ({other.cz.shape[0]}, {other.cy.shape[0]})"
+            )
+        parts = other.reshifted(self.cz.to(other.cz.device), self.cy.to(other.cy.device))
+        for name, value in parts.items():
+            getattr(self, name).add_(value.to(getattr(self, name).device))
+        self.n += other.n

@@ -1,0 +1,670 @@
+"""``CollapseMonitor``: feed it batches, ask it for Deep NRC at any time.
+
+The monitor is the in-memory core of ``nrc``: it owns the forward hooks on a model's weight
+layers, one set of streaming float64 accumulators per layer and the analysis options, and turns
+the accumulated state into the same :class:`~nrc_cli.results.Results` that ``nrc analyze``
+prints. Checkpoints, data files and multi-pass plans are the pipeline's concern
+(:mod:`nrc_cli.pipeline`), which feeds monitors.
+
+Where multi-pass plans and sketches live
+----------------------------------------
+A monitor sees each batch once, so it accumulates every selected layer in one stream. Which
+layers it accumulates (``active``) and which of them it sketches (``sketch``) are its
+arguments; with ``memory_budget`` it picks the sketched layers itself, at the first batch, as
+the planner would for a single pass (and refuses a budget that would need several passes).
+The pipeline plans the passes over a data set (:mod:`nrc_cli.planning`), feeds one monitor per
+pass restricted to that pass's layers, and combines them with :meth:`CollapseMonitor.join`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nrc_cli._threads import single_threaded
+from nrc_cli.accumulate.base import Accumulator
+from nrc_cli.accumulate.moments import SquaredError, Workspace
+from nrc_cli.accumulate.sketch import CovarianceSketch
+from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
+from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.families import FAMILIES
+from nrc_cli.options import DEFAULT_COLLAPSE_RULE, CollapseRule, parse_size
+from nrc_cli.planning import NARROW_NOTE, make_plan
+from nrc_cli.results import Results
+
+__all__ = ["CollapseMonitor"]
+
+_I64 = torch.int64
+
+
+class CollapseMonitor:
+    """Streaming Deep NRC of a model's weight layers: ``update`` per batch, ``compute`` any time.
+
+    Example
+    -------
+    >>> import torch
+    >>> from nrc_cli import CollapseMonitor
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    >>> x, y = torch.randn(256, 8), torch.randn(256, 2)
+    >>> monitor = CollapseMonitor(model)
+    >>> with monitor, torch.no_grad():
+    ...     for xb, yb in zip(x.split(64), y.split(64)):
+    ...         monitor.update(yb, model(xb))
+    >>> [row["layer"] for row in monitor.compute().layers]
+    ['0', '2']
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model whose weight layers (Linear, Conv1d/2d/3d) are measured; its features are
+        the inputs of those layers, pooled per sample (docs/metrics.md). The monitor never
+        changes the model, its mode or its dtype.
+    rank : int, optional
+        Analysis rank k (default: the target dimension t).
+    layers, exclude : sequence of str
+        Module-path globs selecting / skipping weight layers (as ``--layers``/``--exclude``).
+    svd : {"auto", "exact", "randomized"}
+        Spectrum method; ``auto`` is exact up to width 2048.
+    oversample, power_iters, seed : int
+        Randomized SVD knobs (keyword only).
+    collapse_rule : str
+        Comma-separated ``COLUMN<=V`` / ``COLUMN>=V`` terms.
+    output_key : str, optional
+        Which part of a tuple/dict/ModelOutput output is the prediction.
+    mask_key : str or None
+        The model's keyword argument that holds the token mask (default ``attention_mask``);
+        None: never mask.
+    memory_budget : int or str, optional
+        Bytes (or ``"4GB"``) for the accumulators: layers whose exact state does not fit are
+        sketched (O(p·s) memory). Default: every layer exact.
+    task : str
+        The metric family (``"regression"``: Deep NRC); see :mod:`nrc_cli.families`.
+    active : collection of str, optional
+        Accumulate only these layers (the others are still hooked, to learn the forward
+        order). Default: every selected layer.
+    sketch : mapping of str to int, optional
+        Layers to sketch, with their sketch sizes (the pipeline's plan); overrides
+        ``memory_budget``.
+
+    Notes
+    -----
+    **Hooks.** ``with monitor:`` registers the hooks and removes them on exit, also when the
+    body raises. Each forward pass of ``model`` inside the block captures one batch of features
+    per layer; :meth:`update` pairs them with the targets. The monitor accumulates in float64
+    on the device of the features, whatever the forward dtype.
+
+    **State.** :meth:`state_dict` is a flat ``{str: Tensor}`` (plain numbers as 0-d tensors):
+    it saves with ``torch.save`` or ``safetensors`` and loads into a monitor built on the same
+    model with the same options (:meth:`load_state_dict`).
+
+    **Data-parallel runs.** Each process feeds its own monitor on its shard; combining them is
+    :meth:`merge`, exact whatever the split: gather the state dicts on one process
+    (``torch.distributed.gather_object``), load each into a monitor and merge. Without
+    gathering, every shift-based accumulator also offers ``reshift_(cz, cy)``
+    (:class:`nrc_cli.accumulate.base.ShiftedSums`): once every process has re-expressed its
+    sums about one common shift, ``all_reduce(SUM)`` of each summed state is exactly a merge.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rank: int | None = None,
+        layers: Collection[str] = (),
+        exclude: Collection[str] = (),
+        svd: str = "auto",
+        *,
+        oversample: int = 10,
+        power_iters: int = 4,
+        seed: int = 0,
+        collapse_rule: str = DEFAULT_COLLAPSE_RULE,
+        output_key: str | None = None,
+        mask_key: str | None = "attention_mask",
+        memory_budget: int | str | None = None,
+        task: str = "regression",
+        active: Collection[str] | None = None,
+        sketch: Mapping[str, int] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"CollapseMonitor: expected a torch.nn.Module, found {type(model).__name__}"
+            )
+        if task not in FAMILIES:
+            raise ConfigError(
+                f"task: expected one of {', '.join(FAMILIES)}, found {task!r}",
+            )
+        from nrc_cli.options import AnalysisOptions
+
+        # The same validation, and the same messages, as every other entry point.
+        checked = AnalysisOptions(
+            rank=rank,
+            layers=tuple(layers),
+            exclude=tuple(exclude),
+            svd=svd,
+            oversample=oversample,
+            power_iters=power_iters,
+            seed=seed,
+            collapse_rule=collapse_rule,
+            output_key=output_key,
+            memory_budget=memory_budget,
+        )
+        self.model = model
+        self.task = task
+        self.family = FAMILIES[task](
+            rank=checked.rank,
+            svd=checked.svd,
+            oversample=checked.oversample,
+            power_iters=checked.power_iters,
+            seed=checked.seed,
+            rule=CollapseRule.parse(checked.collapse_rule),
+            output_key=checked.output_key,
+        )
+        self.layers: list[WeightLayer] = weight_layers(
+            model, include=checked.layers, exclude=checked.exclude
+        )
+        self._by_name = {w.name: w for w in self.layers}
+        names = set(self._by_name)
+        self.active: set[str] = set(names if active is None else active)
+        unknown = self.active - names
+        if unknown:
+            raise ConfigError(
+                f"active: {', '.join(sorted(unknown))} is not a selected weight layer",
+                hint=f"selected: {', '.join(self._by_name)}",
+            )
+        self._sketch_given = sketch is not None
+        self.sketch: dict[str, int] = dict(sketch or {})
+        self.memory_budget = memory_budget
+        self._budget = (
+            parse_size(memory_budget) if isinstance(memory_budget, str) else memory_budget
+        )
+        self.mask_key = mask_key
+        self._capture: Capture | None = None
+        self.reset()
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def __enter__(self) -> CollapseMonitor:
+        if self._capture is not None:
+            raise RuntimeError("this CollapseMonitor is already hooked (nested 'with')")
+        capture = Capture(
+            self.layers,
+            self._on_features,
+            active=self.active,
+            root=self.model,
+            mask_key=self.mask_key,
+            on_forward=self._on_forward,
+            defer_unmasked=self.mask_key is not None,
+            copy_views=True,
+        )
+        capture.order = self._order  # the forward order is state: it survives re-entry
+        capture.__enter__()
+        self._capture = capture
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        capture, self._capture = self._capture, None
+        self._pending.clear()
+        if capture is not None:
+            capture.remove()
+
+    @property
+    def hooked(self) -> bool:
+        """Whether the hooks are registered now (inside ``with monitor:``)."""
+        return self._capture is not None and self._capture.hooked
+
+    def _on_forward(self) -> None:
+        if self._pending:
+            held = ", ".join(self._pending)
+            self._pending.clear()
+            raise DataError(
+                f"a forward pass started before the features of the previous one ({held}) "
+                "were paired with targets",
+                hint="call monitor.update(y, output) after each forward pass inside the "
+                "'with monitor:' block",
+            )
+
+    def _on_features(self, name: str, z: torch.Tensor | PendingPool) -> None:
+        # Held until update() pairs them with targets (copied by the capture where they share
+        # memory with an activation the forward pass may still change in place).
+        self._pending[name] = z
+
+    # -- state ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every sample (the hooks stay as they are)."""
+        self._n = 0
+        self._t: int | None = None
+        self._batch = 0  # rows of the first batch (for the memory accounting of the plan)
+        self._passes = 1
+        self._pass_of: dict[str, int] = {}
+        self._has_prediction: bool | None = None
+        self._sse = SquaredError()
+        self._accs: dict[str, dict[str, Accumulator]] = {}
+        self._order: list[str] = getattr(self, "_order", [])
+        self._order.clear()
+        self._pending: dict[str, torch.Tensor | PendingPool] = {}
+        self._device: torch.device | None = None
+        self._dtype: str | None = None
+        if not self._sketch_given:
+            self.sketch = {}
+
+    @property
+    def n_samples(self) -> int:
+        """Samples folded in so far."""
+        return self._n
+
+    @property
+    def order(self) -> list[str]:
+        """Selected layers in the order they first ran."""
+        return list(self._order)
+
+    # -- update -----------------------------------------------------------------------------
+
+    def update(
+        self,
+        y,
+        output=None,
+        *,
+        mask: torch.Tensor | None = None,
+        start: int | None = None,
+    ) -> None:
+        """Pair the features captured since the last update with the targets ``y``.
+
+        Parameters
+        ----------
+        y : Tensor or array, shape (b, t) or (b,)
+            Targets of the batch the model just ran on.
+        output : optional
+            The model's output for that batch: its prediction (selected by ``output_key``)
+            gives ``model_mse`` and ``nrc4_ratio``. Give it for every batch or for none.
+        mask : Tensor, shape (b, T), optional
+            Token mask for masked mean pooling, when the model did not receive it as its
+            ``mask_key`` keyword argument.
+        start : int, optional
+            Index of the batch's first sample in the caller's data, for error messages
+            (default: the samples seen so far).
+
+        Raises
+        ------
+        DataError
+            No features captured, features whose rows do not match ``y``, non-finite
+            features, or a prediction of the wrong shape. The state is then unchanged.
+        """
+        y = self._targets(y)
+        b = y.shape[0]
+        start = self._n if start is None else start
+        pending, self._pending = self._pending, {}
+        if not pending:
+            if not self._order:
+                raise ConfigError(
+                    "none of the selected weight layers ran during the forward pass",
+                    hint="run the model inside 'with monitor:' before update(); check the "
+                    "layer selection",
+                )
+            raise DataError(
+                "update() found no captured features: run the model on the batch inside "
+                "'with monitor:' first",
+            )
+        features: dict[str, torch.Tensor] = {}
+        for name, z in pending.items():
+            if isinstance(z, PendingPool):
+                z = z.pool(mask)
+            if z.shape[0] != b:
+                raise DataError(
+                    f"layer '{name}': the forward pass captured features for {z.shape[0]} "
+                    f"samples, but y has {b} rows",
+                    hint="call update(y, output) once per forward pass, with that pass's targets",
+                )
+            features[name] = z
+        missing = [n for n in self._order if n in self.active and n not in features]
+        if missing and self._n:
+            raise DataError(
+                f"layer(s) {', '.join(missing)} ran in earlier batches but not in this one; "
+                "their statistics would cover different samples",
+                hint="exclude layers that do not run on every batch",
+            )
+        self._check_finite(features, start)
+        device = next(iter(features.values())).device
+        if self._device is None:
+            self._device = device
+        y = y.to(device=self._device)
+        if self._t is not None and y.shape[1] != self._t:
+            raise DataError(f"y has {y.shape[1]} target column(s), earlier batches had {self._t}")
+        has_prediction = output is not None
+        if self._has_prediction is not None and self._n and has_prediction != self._has_prediction:
+            raise DataError(
+                "update() got a model output for some batches and none for others",
+                hint="pass the output for every batch, or for none (then model_mse is null)",
+            )
+        pred = self.family.select_prediction(output, y) if has_prediction else None
+        # The state is made of normal tensors even when the forward pass ran under
+        # inference_mode, so that merge() and load_state_dict() may change it in place later.
+        with torch.inference_mode(False), torch.no_grad():
+            if self._t is None:
+                self._start(y)
+            for name in self._by_name:
+                if name in features and name in self._accs:
+                    self.family.update_layer(self._accs[name], features[name], y)
+            if pred is not None:
+                self._sse.update(pred, y)
+        self._has_prediction = has_prediction
+        self._n += b
+
+    def _targets(self, y) -> torch.Tensor:
+        if isinstance(y, np.ndarray):
+            y = torch.from_numpy(np.ascontiguousarray(y))
+        if not isinstance(y, torch.Tensor):
+            raise DataError(f"update(): expected y as a tensor or array, found {type(y).__name__}")
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if y.ndim != 2:
+            raise DataError(f"update(): expected y of shape (b, t) or (b,), found {list(y.shape)}")
+        y = y.detach().to(torch.float64)
+        if not bool(torch.isfinite(y).all()):
+            raise DataError("update(): y has non-finite values (nan or inf)")
+        return y
+
+    def _check_finite(self, features: dict[str, torch.Tensor], start: int) -> None:
+        # One reduction per layer finds any nan/inf (they propagate into the sum; a float32 sum
+        # that merely overflows is taken again in float64), read together: on a GPU each read
+        # stalls the stream.
+        sums = {}
+        for name, z in features.items():
+            with single_threaded(z.device):
+                sums[name] = z.sum()
+        if bool(torch.isfinite(torch.stack([s.to(torch.float64) for s in sums.values()])).all()):
+            return
+        for name, z in features.items():
+            if bool(torch.isfinite(sums[name])):
+                continue
+            if z.dtype != torch.float64 and bool(torch.isfinite(z.sum(dtype=torch.float64))):
+                continue  # finite features whose float32 sum overflowed: float64 holds them
+            bad = ~torch.isfinite(z).all(dim=1)
+            row = int(bad.nonzero()[0]) if bool(bad.any()) else None
+            if row is None:
+                raise DataError(
+                    f"layer '{name}': features too large to sum in float64 in the batch "
+                    f"starting at sample {start}",
+                    hint="check the input scale",
+                )
+            raise DataError(
+                f"layer '{name}': non-finite features (nan or inf) at sample {start + row}",
+                hint="the model overflows on this input; check the input scale, "
+                "or use --dtype float32",
+            )
+
+    def _start(self, y: torch.Tensor) -> None:
+        """First batch: the target width, the plan of this stream, fresh accumulators."""
+        t = y.shape[1]
+        b = y.shape[0]
+        self._t, self._batch = t, b
+        device = self._device
+        assert device is not None
+        names = [n for n in self._by_name if n in self.active]
+        if not self._sketch_given and self._budget is not None:
+            self.sketch = self._plan_sketches(names, t, b)
+        # One scratch buffer for every exact layer's per-batch temporaries, allocated before
+        # their states so that the two never interleave on the heap.
+        workspace = Workspace()
+        widths = [self._by_name[n].in_dim for n in names if n not in self.sketch]
+        if widths:
+            workspace.reserve(b * max(widths), device)
+        for name in names:
+            self._accs[name] = self.family.layer_accumulators(
+                self._by_name[name],
+                t,
+                sketch_size=self.sketch.get(name),
+                device=device,
+                workspace=workspace,
+            )
+            self._pass_of[name] = 1
+        weight = self.layers[0].module.weight
+        self._dtype = str(weight.dtype).removeprefix("torch.")
+
+    def _plan_sketches(self, names: list[str], t: int, b: int) -> dict[str, int]:
+        needs = [self.family.layer_need(self._by_name[n], t, b) for n in names]
+        assert self._budget is not None
+        plan = make_plan(needs, self._budget)
+        if len(plan.passes) > 1:
+            raise ConfigError(
+                f"memory_budget {self.memory_budget}: the {len(names)} layers' states need "
+                f"{len(plan.passes)} passes over the data, and a monitor sees each batch once",
+                hint="raise memory_budget, monitor fewer layers (layers=...), or analyze a "
+                "saved checkpoint with nrc_cli.analyze, which makes several passes",
+            )
+        return dict(plan.sketch_size)
+
+    # -- results ----------------------------------------------------------------------------
+
+    def compute(self) -> Results:
+        """Deep NRC of every accumulated layer and the summary, from the state so far.
+
+        Pure: may be called any number of times, between further updates too.
+
+        Raises
+        ------
+        ConfigError
+            When no sample has been accumulated yet.
+        """
+        if self._n == 0 or self._t is None:
+            raise ConfigError(
+                "CollapseMonitor.compute(): no samples yet",
+                hint="run the model inside 'with monitor:' and call update(y, output)",
+            )
+        t = self._t
+        layers = [(self._by_name[n], self._accs[n]) for n in self._order if n in self._accs]
+        with single_threaded():
+            outcome = self.family.compute(layers, t, self._sse if self._has_prediction else None)
+        methods = {
+            w.name: self.family.spectrum_method(w, t, w.name in self.sketch) for w in self.layers
+        }
+        used = sorted(set(methods.values()))
+        family = self.family
+        summary = {
+            "n_samples": self._n,
+            **outcome.summary,
+            "prediction": family.prediction_label(bool(self._has_prediction)),
+            "svd": used[0] if len(used) == 1 else "mixed",
+            "oversample": family.oversample,
+            "power_iters": family.power_iters,
+            "seed": family.seed,
+            "passes": self._passes,
+            "device": str(self._device),
+            "dtype": self._dtype,
+        }
+        return Results(
+            checkpoint="",
+            data="",
+            summary=summary,
+            layers=outcome.rows,
+            plan=self._plan_doc(methods),
+        )
+
+    def _plan_doc(self, methods: dict[str, str]) -> dict:
+        """How this monitor accumulated: the pass and accumulator of each layer, its memory."""
+        t = self._t or 1
+        rows = []
+        for name in sorted(self._accs, key=lambda n: (self._pass_of.get(n, 1), self._rank(n))):
+            need = self.family.layer_need(self._by_name[name], t, self._batch)
+            sketched = name in self.sketch
+            row = {
+                "layer": name,
+                "pass": self._pass_of.get(name, 1),
+                "accumulator": "sketch" if sketched else "exact",
+                "spectrum": methods.get(name),
+                "sketch_size": self.sketch.get(name),
+                "bytes": need.sketch_state + need.sketch_temp
+                if sketched
+                else need.exact_state + need.exact_temp,
+            }
+            if self.family.svd == "randomized" and methods.get(name) == "exact":
+                row["spectrum_note"] = NARROW_NOTE
+            rows.append(row)
+        doc: dict[str, Any] = {
+            "memory_budget": self.memory_budget if self.memory_budget is not None else "none",
+            "passes": self._passes,
+            "layers": rows,
+        }
+        not_run = [w.name for w in self.layers if w.name not in self._order]
+        if not_run:
+            doc["not_run"] = not_run
+        return doc
+
+    def _rank(self, name: str) -> int:
+        return list(self._by_name).index(name)
+
+    # -- combining --------------------------------------------------------------------------
+
+    def merge(self, other: CollapseMonitor) -> CollapseMonitor:
+        """Fold another monitor's state (the same model and options, other samples) into
+        this one; the result is that of one monitor fed both streams. Returns self."""
+        self._check_compatible(other)
+        if other._n == 0:
+            return self
+        if self._n == 0:
+            self.load_state_dict(other.state_dict())
+            return self
+        if other._t != self._t:
+            raise DataError(f"cannot merge: target widths differ ({self._t} and {other._t})")
+        if other._has_prediction != self._has_prediction:
+            raise DataError(
+                "cannot merge a monitor fed model outputs with one fed none",
+            )
+        for name, theirs in other._accs.items():
+            mine = self._accs.get(name)
+            if mine is None:
+                raise DataError(f"cannot merge: layer '{name}' is accumulated in one monitor only")
+            for kind, acc in theirs.items():
+                mine[kind].merge(acc)
+        for name in other._order:
+            if name not in self._order:
+                self._order.append(name)
+        self._sse.merge(other._sse)
+        self._n += other._n
+        return self
+
+    def join(self, other: CollapseMonitor) -> CollapseMonitor:
+        """Take over the layers ``other`` accumulated on the same samples (a later pass of a
+        multi-pass plan, with other ``active`` layers). Returns self.
+
+        The pipeline runs a plan of several passes as one monitor per pass and joins them:
+        the result is that of one monitor holding every layer.
+        """
+        self._check_compatible(other)
+        overlap = set(self._accs) & set(other._accs)
+        if overlap:
+            raise DataError(f"cannot join: layer(s) {', '.join(sorted(overlap))} in both")
+        if other._n != self._n or other._t != self._t:
+            raise DataError(
+                f"cannot join: the passes saw different data ({self._n} and {other._n} samples)"
+            )
+        for name, accs in other._accs.items():
+            self._accs[name] = accs
+            self._pass_of[name] = self._passes + other._pass_of.get(name, 1)
+            if name in other.sketch:
+                self.sketch[name] = other.sketch[name]
+        self._passes += other._passes
+        return self
+
+    def _check_compatible(self, other: CollapseMonitor) -> None:
+        if not isinstance(other, CollapseMonitor):
+            raise TypeError(f"expected a CollapseMonitor, found {type(other).__name__}")
+        if [w.name for w in other.layers] != [w.name for w in self.layers]:
+            raise ConfigError(
+                "the two monitors watch different layers: "
+                f"{[w.name for w in self.layers]} and {[w.name for w in other.layers]}"
+            )
+        if other.task != self.task:
+            raise ConfigError(
+                f"the two monitors measure different tasks ({self.task}, {other.task})"
+            )
+
+    # -- state dicts ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The accumulated state as a flat ``{str: Tensor}`` (safetensors- and torch.save-ready).
+
+        Keys: ``n``, ``target_dim``, ``batch``, ``passes``, ``prediction`` (-1 unknown, 0, 1),
+        ``order`` (indices into the selected layers), ``sse.*``, and per accumulated layer
+        ``pass/<layer>``, ``omega/<layer>`` (sketched layers) and
+        ``layer/<layer>/<kind>/<state>``.
+        """
+        names = [w.name for w in self.layers]
+        out: dict[str, torch.Tensor] = {
+            "n": torch.tensor(self._n, dtype=_I64),
+            "target_dim": torch.tensor(self._t or 0, dtype=_I64),
+            "batch": torch.tensor(self._batch, dtype=_I64),
+            "passes": torch.tensor(self._passes, dtype=_I64),
+            "prediction": torch.tensor(
+                -1 if self._has_prediction is None else int(self._has_prediction), dtype=_I64
+            ),
+            "order": torch.tensor([names.index(n) for n in self._order], dtype=_I64),
+        }
+        for key, value in self._sse.state_dict().items():
+            out[f"sse.{key}"] = value
+        for name, accs in self._accs.items():
+            out[f"pass/{name}"] = torch.tensor(self._pass_of.get(name, 1), dtype=_I64)
+            for kind, acc in accs.items():
+                if isinstance(acc, CovarianceSketch):
+                    out[f"omega/{name}"] = acc.omega.detach().clone()
+                for key, value in acc.state_dict().items():
+                    out[f"layer/{name}/{kind}/{key}"] = value
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace this monitor's state by one from :meth:`state_dict` (same model and options)."""
+        names = [w.name for w in self.layers]
+        try:
+            order = [names[int(i)] for i in state["order"].tolist()]
+            n, t = int(state["n"]), int(state["target_dim"])
+        except (KeyError, IndexError) as exc:
+            raise ConfigError(
+                f"not a CollapseMonitor state for this model's layers ({exc})",
+            ) from None
+        self.reset()
+        self._n, self._t = n, (t or None)
+        self._batch = int(state.get("batch", torch.tensor(0)))
+        self._passes = int(state.get("passes", torch.tensor(1)))
+        pred = int(state.get("prediction", torch.tensor(-1)))
+        self._has_prediction = None if pred < 0 else bool(pred)
+        self._order.extend(order)
+        self._sse.load_state_dict(
+            {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
+        )
+        grouped: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+        for key, value in state.items():
+            if key.startswith("layer/"):
+                _, rest = key.split("/", 1)
+                name, kind, field = rest.rsplit("/", 2)
+                if name not in self._by_name:
+                    raise ConfigError(f"state of layer '{name}', which this monitor does not watch")
+                grouped.setdefault(name, {}).setdefault(kind, {})[field] = value
+        for name, kinds in grouped.items():
+            accs = {}
+            for kind, fields in kinds.items():
+                device = next(iter(fields.values())).device
+                acc = self.family.empty_accumulator(kind, device, state.get(f"omega/{name}"))
+                acc.load_state_dict(fields)
+                accs[kind] = acc
+                if isinstance(acc, CovarianceSketch):
+                    self.sketch[name] = int(acc.omega.shape[1])
+                if self._device is None:
+                    self._device = device
+            self._accs[name] = accs
+            self._pass_of[name] = int(state.get(f"pass/{name}", torch.tensor(1)))
+        if self._device is None:
+            self._device = torch.device("cpu")
+        self._dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
+
+    def to(self, device: torch.device | str) -> CollapseMonitor:
+        """Move the accumulated state to ``device``; later features must come from there."""
+        device = torch.device(device)
+        for accs in self._accs.values():
+            for acc in accs.values():
+                acc.to(device)
+        if self._accs:
+            self._device = device
+        return self

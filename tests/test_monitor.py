@@ -1,0 +1,319 @@
+"""CollapseMonitor: the in-memory core that ``nrc analyze`` and a training loop share."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import Wrapped, analyze_json, mlp, save_model, save_npz
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+import nrc_cli
+from nrc_cli import CollapseMonitor, analyze
+from nrc_cli.errors import ConfigError, DataError, NrcError
+
+NUMERIC = (
+    "nrc1_noise",
+    "nrc2_cka",
+    "nrc2_cka_signal",
+    "nrc3_alignment",
+    "nrc4_probe_mse",
+    "nrc4_ratio",
+    "stable_rank_h",
+    "stable_rank_w",
+)
+SUMMARY = ("model_mse", "stable_rank_y", "nrc1_last", "nrc2_last", "nrc3_last", "nrc3_gamma")
+
+
+def assert_same_metrics(a: dict, b: dict, tol: float) -> None:
+    """Two result documents (``Results.to_dict()`` or CLI JSON) agree to ``tol`` (relative)."""
+    assert [r["layer"] for r in a["layers"]] == [r["layer"] for r in b["layers"]]
+    for ra, rb in zip(a["layers"], b["layers"], strict=True):
+        assert ra["collapsed"] == rb["collapsed"] and ra["rank"] == rb["rank"]
+        for col in NUMERIC:
+            _close(ra[col], rb[col], tol, f"{ra['layer']}.{col}")
+    for key in SUMMARY:
+        _close(a["summary"][key], b["summary"][key], tol, key)
+    for key in ("n_samples", "target_dim", "first_collapsed_index", "target_effective_rank"):
+        assert a["summary"][key] == b["summary"][key], key
+
+
+def _close(x, y, tol, what):
+    if x is None or y is None:
+        assert x is None and y is None, (what, x, y)
+        return
+    assert math.isclose(x, y, rel_tol=tol, abs_tol=tol), (what, x, y)
+
+
+def _data(n: int = 320, p: int = 6, t: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, p)).astype(np.float32)
+    w = rng.standard_normal((p, t))
+    y = (np.tanh(x @ w) + 0.05 * rng.standard_normal((n, t))).astype(np.float32)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _feed(monitor, model, x, y, batch=64, output=True):
+    with monitor, torch.no_grad():
+        for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
+            out = model(xb)
+            monitor.update(yb, out if output else None)
+    return monitor
+
+
+def test_training_loop_final_compute_equals_nrc_analyze_on_the_saved_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    x, y = _data()
+    model = Wrapped(mlp((6, 16, 16, 3), seed=1))
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=1e-3)
+    monitor = CollapseMonitor(model)
+    history = []
+    for step in range(36):
+        i = (step * 64) % 320
+        loss = ((model(x[i : i + 64]) - y[i : i + 64]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 12 == 0:  # every N steps: a fresh measurement on the whole set
+            monitor.reset()
+            _feed(monitor, model.eval(), x, y)
+            model.train()
+            history.append(monitor.compute())
+    assert len(history) == 3
+    # The measurements moved with training: the weights changed between them.
+    assert history[0].layers[0]["stable_rank_w"] != history[-1].layers[0]["stable_rank_w"]
+    # No hook is left behind on any module.
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+    ckpt = save_model(tmp_path / "m.safetensors", model)
+    data = save_npz(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    cli = analyze_json(ckpt, data, "--batch-size", "64", "--device", "cpu")
+    assert_same_metrics(history[-1].to_dict(), cli, 1e-9)
+    assert history[-1].summary["n_samples"] == 320 and history[-1].summary["prediction"] == "output"
+
+
+def test_two_halves_merged_equal_one_monitor_over_all():
+    x, y = _data(seed=3)
+    model = Wrapped(mlp((6, 12, 3), seed=2))
+    whole = _feed(CollapseMonitor(model), model, x, y).compute().to_dict()
+    first = _feed(CollapseMonitor(model), model, x[:150], y[:150], batch=50)
+    second = _feed(CollapseMonitor(model), model, x[150:], y[150:], batch=17)
+    merged = first.merge(second).compute().to_dict()
+    assert_same_metrics(merged, whole, 1e-9)
+    # Into an empty monitor, a merge is a copy.
+    again = CollapseMonitor(model).merge(first)
+    assert_same_metrics(again.compute().to_dict(), first.compute().to_dict(), 0.0)
+
+
+def test_state_dict_through_torch_save_and_safetensors_gives_identical_results():
+    x, y = _data(seed=4)
+    model = Wrapped(mlp((6, 10, 3), seed=5))
+    monitor = _feed(CollapseMonitor(model, rank=2), model, x, y)
+    state = monitor.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    want = monitor.compute().to_dict()
+    for loaded in (torch.load(buffer, weights_only=True), st_load(st_save(state))):
+        fresh = CollapseMonitor(model, rank=2)
+        fresh.load_state_dict(loaded)
+        assert fresh.compute().to_dict() == want
+        # ... and it goes on accumulating as the original would.
+        _feed(fresh, model, x[:64], y[:64])
+        _feed(monitor_copy := CollapseMonitor(model, rank=2), model, x, y)
+        _feed(monitor_copy, model, x[:64], y[:64])
+        assert_same_metrics(fresh.compute().to_dict(), monitor_copy.compute().to_dict(), 1e-12)
+
+
+def test_compute_is_repeatable_and_works_between_updates():
+    x, y = _data(seed=6)
+    model = Wrapped(mlp((6, 8, 3), seed=7))
+    monitor = CollapseMonitor(model)
+    _feed(monitor, model, x[:128], y[:128])
+    early = monitor.compute().to_dict()
+    assert monitor.compute().to_dict() == early
+    _feed(monitor, model, x[128:], y[128:])
+    whole = _feed(CollapseMonitor(model), model, x, y)
+    assert_same_metrics(monitor.compute().to_dict(), whole.compute().to_dict(), 1e-12)
+    assert early["summary"]["n_samples"] == 128
+
+
+def test_analyze_a_module_on_arrays_equals_the_file_route(tmp_path):
+    x, y = _data(seed=8)
+    model = Wrapped(mlp((6, 12, 12, 3), seed=9))
+    ckpt = save_model(tmp_path / "m.safetensors", model)
+    data = save_npz(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    by_file = analyze(ckpt, data, batch_size=100, device="cpu").to_dict()
+    by_arrays = analyze(model, (x, y), batch_size=100, device="cpu").to_dict()
+    by_numpy = analyze(model, (x.numpy(), y.numpy()), batch_size=100, device="cpu").to_dict()
+    batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, 320, 100)]
+    by_batches = analyze(model, batches, device="cpu").to_dict()
+    # How the model was built differs by route (a rebuilt MLP against the caller's module);
+    # every number is the same.
+    built = ("plan", "build", "model", "activation", "norm", "notes", "warnings")
+    for doc in (by_arrays, by_numpy, by_batches):
+        assert doc["layers"] == by_file["layers"]
+        assert {k: v for k, v in doc["summary"].items() if k not in built} == {
+            k: v for k, v in by_file["summary"].items() if k not in built
+        }
+        assert doc["summary"]["build"] == "module" and doc["summary"]["model"] == "Wrapped"
+        assert doc["summary"]["warnings"] == []
+    assert by_file["summary"]["build"] == "inferred"
+    assert by_arrays["checkpoint"] == "<Wrapped>" and by_arrays["data"] == "<arrays>"
+    # The caller's module is left as it was: training mode, dtype, no hooks.
+    model.train()
+    analyze(model, (x, y), dtype="bfloat16", device="cpu")
+    assert model.training and next(model.parameters()).dtype == torch.float32
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_typed_options_reach_the_analysis_and_bad_ones_are_config_errors(tmp_path):
+    x, y = _data(seed=10)
+    model = Wrapped(mlp((6, 12, 3), seed=11))
+    results = analyze(model, (x, y), rank=1, layers=["net.2"], memory_budget=10**9)
+    assert [r["layer"] for r in results.layers] == ["net.2"]
+    assert results.summary["rank"] == 1 and results.plan["memory_budget"] == 10**9
+    with pytest.raises(ConfigError, match="--arch-kwargs: expected a dict"):
+        analyze(model, (x, y), arch_kwargs="[1]")
+    with pytest.raises(ConfigError, match=r"expected a checkpoint path or a torch\.nn\.Module"):
+        analyze(42, (x, y))
+    with pytest.raises(DataError, match=r"inputs have \[320\] rows but targets 300"):
+        analyze(model, (x, y[:300]))
+
+
+def test_a_one_shot_iterator_cannot_make_several_passes():
+    x, y = _data(n=64, seed=12)
+    model = Wrapped(mlp((6, 300, 300, 3), seed=13))
+    gen = ((x[i : i + 32], y[i : i + 32]) for i in range(0, 64, 32))
+    with pytest.raises(ConfigError, match="one-shot iterator of batches allows one pass"):
+        analyze(model, gen, memory_budget="1.7MB", device="cpu")
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 64, 32)]
+    several = analyze(model, batches, memory_budget="1.7MB", device="cpu")
+    assert several.summary["passes"] > 1
+    one = analyze(model, batches, device="cpu")
+    assert_same_metrics(several.to_dict(), one.to_dict(), 1e-12)
+
+
+def test_hooks_are_removed_when_the_body_raises():
+    model = Wrapped(mlp((6, 8, 3), seed=14))
+    monitor = CollapseMonitor(model)
+    with pytest.raises(RuntimeError, match="boom"), monitor:
+        assert monitor.hooked
+        assert any(m._forward_pre_hooks for m in model.modules())
+        model(torch.randn(4, 6))
+        raise RuntimeError("boom")
+    assert not monitor.hooked
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    # Usable again afterwards, with nothing captured left over.
+    x, y = _data(n=64, seed=15)
+    assert _feed(monitor, model, x, y).compute().summary["n_samples"] == 64
+
+
+def test_mismatched_updates_are_clear_errors_and_leave_the_state_unchanged():
+    model = Wrapped(mlp((6, 8, 3), seed=16))
+    x, y = _data(n=64, seed=17)
+    monitor = CollapseMonitor(model)
+    with monitor, torch.no_grad():
+        model(x[:32])
+        with pytest.raises(DataError, match=r"captured features for 32 samples, but y has 16"):
+            monitor.update(y[:16])
+        with pytest.raises(DataError, match="found no captured features"):
+            monitor.update(y[:32])
+        out = model(x[:32])
+        with pytest.raises(DataError, match=r"prediction has shape \[32, 3\].*need \(32, 2\)"):
+            monitor.update(y[:32, :2], out)
+        model(x[:32])
+        with pytest.raises(DataError, match="a forward pass started before the features"):
+            model(x[:32])
+        with pytest.raises(DataError, match="found no captured features"):
+            monitor.update(y[:32])  # both forward passes' features were dropped
+    assert monitor.n_samples == 0
+    with monitor, torch.no_grad():
+        monitor.update(y[:32], model(x[:32]))
+        with pytest.raises(DataError, match="for some batches and none for others"):
+            model(x[32:])
+            monitor.update(y[32:])
+    assert monitor.n_samples == 32
+    with pytest.raises(ConfigError, match="no samples yet"):
+        CollapseMonitor(model).compute()
+    assert issubclass(DataError, NrcError)
+
+
+def test_the_mask_can_come_with_update_or_as_the_models_keyword():
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(5, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x, attention_mask=None):
+            h = torch.relu(self.proj(x))  # (b, T, 4)
+            return self.head(h)[:, 0]
+
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    x = torch.randn(40, 7, 5)
+    mask = (torch.rand(40, 7) > 0.4).long()
+    mask[:, 0] = 1
+    y = torch.randn(40, 2)
+    by_kwarg, by_update = CollapseMonitor(model), CollapseMonitor(model)
+    with by_kwarg, torch.no_grad():
+        for i in range(0, 40, 8):
+            by_kwarg.update(y[i : i + 8], model(x[i : i + 8], attention_mask=mask[i : i + 8]))
+    with by_update, torch.no_grad():
+        for i in range(0, 40, 8):
+            by_update.update(y[i : i + 8], model(x[i : i + 8]), mask=mask[i : i + 8])
+    a, b = by_kwarg.compute().to_dict(), by_update.compute().to_dict()
+    assert_same_metrics(a, b, 1e-12)
+    # The masked mean differs from the plain one.
+    plain = CollapseMonitor(model, mask_key=None)
+    with plain, torch.no_grad():
+        for i in range(0, 40, 8):
+            plain.update(y[i : i + 8], model(x[i : i + 8], attention_mask=mask[i : i + 8]))
+    assert plain.compute().layers[0]["nrc1_noise"] != a["layers"][0]["nrc1_noise"]
+
+
+def test_a_memory_budget_sketches_the_layers_that_do_not_fit():
+    x, y = _data(n=256, seed=18)
+    model = Wrapped(mlp((6, 400, 3), seed=19))
+    monitor = _feed(CollapseMonitor(model, memory_budget="2MB"), model, x, y)
+    results = monitor.compute()
+    modes = {row["layer"]: row["accumulator"] for row in results.plan["layers"]}
+    assert modes == {"net.0": "exact", "net.2": "sketch"}
+    assert results.summary["svd"] == "mixed"
+    deeper = Wrapped(mlp((6, 400, 400, 3), seed=20))
+    with pytest.raises(ConfigError, match="need 2 passes over the data"):
+        _feed(CollapseMonitor(deeper, memory_budget="2MB"), deeper, x, y)
+
+
+def test_the_docstring_examples_run(monkeypatch):
+    import doctest
+    from pathlib import Path
+
+    import nrc_cli.monitor
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert doctest.testmod(nrc_cli.monitor).failed == 0
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(nrc_cli.analyze, "analyze", globs={}):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0
+
+
+def test_the_public_surface():
+    assert set(nrc_cli.__all__) == {
+        "CollapseMonitor",
+        "NrcError",
+        "Results",
+        "__version__",
+        "analyze",
+    }
+    assert CollapseMonitor.__doc__ and "Example" in CollapseMonitor.__doc__
