@@ -12,6 +12,10 @@ every pass,
 preferring exact accumulation in as few passes as possible; a layer whose exact state alone
 exceeds the budget is sketched. The budget bounds the accumulators only: the model, its
 activations and the data batches come on top.
+
+In mixed precision (``--precision mixed``) the states are the same float64 sums, and an exact
+layer's temporaries are its raw batch, the batch centred in float32 (b×p) and one float32
+product (at most p×p, on a GPU; a 256×256 block on the CPU) before it is added into float64.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 _F64 = 8
+_F32 = 4
 # A single pass allows no power iterations, so the sketch gets more columns than k + oversample:
 # at 128 its memory is still O(p) (1 MB per 1000 features) and its cost per batch b·p·128.
 MIN_SKETCH = 128
@@ -70,11 +75,22 @@ class LayerNeed:
 
 
 def layer_need(
-    name: str, p: int, t: int, k: int, *, oversample: int, batch: int, head: bool
+    name: str,
+    p: int,
+    t: int,
+    k: int,
+    *,
+    oversample: int,
+    batch: int,
+    head: bool,
+    precision: str = "exact",
 ) -> LayerNeed:
     """Bytes of state and per-batch temporaries for one layer of width p (see module doc)."""
     s = min(p, max(min(k, p) + oversample, MIN_SKETCH))
     features = 2 * batch * p
+    exact_temp = _F64 * features
+    if precision == "mixed":  # the raw batch, the float32 centred batch and float32 product
+        exact_temp = _F64 * batch * p + _F32 * (batch * p + p * p)
     exact_state = p * p + p * t + t * t + 2 * p + 2 * t
     if head:  # the normalised Gram of a possible regression head
         exact_state += p * p
@@ -82,7 +98,7 @@ def layer_need(
         name=name,
         p=p,
         exact_state=_F64 * exact_state,
-        exact_temp=_F64 * features,
+        exact_temp=exact_temp,
         sketch_state=_F64 * (2 * p * s + 3 * p + p * t + t * t),
         sketch_temp=_F64 * (p * s + features),
         sketch_size=s,

@@ -5,12 +5,19 @@ state declared once in ``__init__``, from which ``reset``, ``merge``, ``to(devic
 state dicts follow; ``update(batch)`` only changes state, ``compute()`` is pure. Co-moments are summed about a fixed shift (the first batch's mean), which
 avoids the cancellation of raw sums of squares and makes the result independent of batch size
 and order up to round-off.
+
+The exact accumulators take a ``precision``: ``"exact"`` (the default) forms every product in
+float64; ``"mixed"`` forms each batch's Gram and cross-products in float32 on that batch's
+centred features and adds them into the same float64 sums (see :func:`add_gram_mixed_` and
+docs/metrics.md, "Mixed precision", for the error this costs).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,17 +26,29 @@ from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator, ShiftedSums, shift_correction
 
 __all__ = [
+    "PRECISIONS",
     "CrossMoments",
     "Moments",
     "NormalizedGram",
     "SquaredError",
     "Workspace",
     "add_gram_",
+    "add_gram_mixed_",
+    "check_precision",
     "shift_correction",
     "symmetric",
 ]
 
 _F64 = torch.float64
+_F32 = torch.float32
+PRECISIONS = ("exact", "mixed")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` itself when it is one of :data:`PRECISIONS`; ``ValueError`` otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def _floating(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -38,62 +57,185 @@ def _floating(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device=device, dtype=dtype)
 
 
-class Workspace:
-    """A scratch buffer for the per-batch temporaries of accumulators updated one at a time.
+def _widened(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``, as float64 if it is float64, else as float32 (exact for bf16/f16)."""
+    return x.to(device=device, dtype=_F64 if x.dtype == _F64 else _F32)
 
-    The layers of one forward pass are folded in one after another, so one float64 buffer of
-    b·p_max entries can hold every layer's shifted batch in turn. Without it each update
-    allocates and frees a b×p array; with the p×p states allocated among those, the allocator's
-    heap fragments, and the peak memory of two identical runs was seen to differ by 200 MB (by
-    about half that with the buffer: the rest is the BLAS library's own first-batch buffers).
-    On a GPU the reuse is safe because the kernels run in order on one stream.
+
+class Workspace:
+    """Scratch buffers for the per-batch temporaries of accumulators updated one at a time.
+
+    The layers of one forward pass are folded in one after another, so one buffer of b·p_max
+    entries can hold every layer's shifted batch in turn. Without it each update allocates and
+    frees a b×p array; with the p×p states allocated among those, the allocator's heap
+    fragments, and the peak memory of two identical runs was seen to differ by 200 MB (by about
+    half that with the buffer: the rest is the BLAS library's own first-batch buffers). On a GPU
+    the reuse is safe because the kernels run in order on one stream.
+
+    Each named ``slot`` is one buffer of bytes, viewed as the dtype asked for: ``"batch"`` holds
+    a shifted batch (float64, or float32 in mixed precision), ``"product"`` the float32 product
+    of mixed precision before it is added into its float64 sum.
     """
 
     def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
 
-    def reserve(self, numel: int, device: torch.device | str) -> None:
-        """Allocate room for ``numel`` float64 entries now (before the states are)."""
-        self.take((numel,), device)
+    def reserve(
+        self,
+        numel: int,
+        device: torch.device | str,
+        dtype: torch.dtype = _F64,
+        slot: str = "batch",
+    ) -> None:
+        """Allocate room for ``numel`` entries of ``dtype`` now (before the states are)."""
+        self.take((numel,), device, dtype, slot)
 
-    def take(self, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-        """An uninitialised float64 tensor of ``shape``, valid until the next ``take``."""
-        numel = math.prod(shape)
+    def reserve_batches(
+        self, batch: int, width: int, device: torch.device | str, precision: str = "exact"
+    ) -> None:
+        """Allocate room now for one shifted batch of ``batch``×``width`` features and, in mixed
+        precision, for the float32 products of :func:`add_gram_mixed_` (before the states)."""
         device = torch.device(device)
-        buf = self._buffer
-        if buf is None or buf.device != device or buf.numel() < numel:
-            self._buffer = buf = torch.empty(numel, dtype=_F64, device=device)
-        return buf[:numel].view(shape)
+        if check_precision(precision) == "exact":
+            self.reserve(batch * width, device)
+            return
+        self.reserve(batch * width, device, _F32)
+        if device.type == "cpu":
+            side = min(width, GRAM_BLOCK)
+            self.reserve(max(batch // MIXED_ROWS, 1) * side * side, device, _F32, "product")
+        else:
+            self.reserve(width * width, device, _F32, slot="product")
+
+    def take(
+        self,
+        shape: tuple[int, ...],
+        device: torch.device | str,
+        dtype: torch.dtype = _F64,
+        slot: str = "batch",
+    ) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` and ``dtype``, valid until the slot's next take."""
+        item = torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * item
+        device = torch.device(device)
+        buf = self._buffers.get(slot)
+        if buf is None or buf.device != device or buf.numel() < nbytes:
+            # Whole float64 words, so that every dtype's view of the start is aligned.
+            words = -(-nbytes // 8)
+            buf = torch.empty(words, dtype=_F64, device=device).view(torch.uint8)
+            self._buffers[slot] = buf
+        return buf[:nbytes].view(dtype).view(shape)
 
 
-def _out(workspace: Workspace | None, like: torch.Tensor) -> torch.Tensor | None:
-    """Where a float64 result shaped like ``like`` goes: the workspace, or (None) a new array."""
-    return None if workspace is None else workspace.take(tuple(like.shape), like.device)
+def _out(
+    workspace: Workspace | None, like: torch.Tensor, dtype: torch.dtype = _F64
+) -> torch.Tensor | None:
+    """Where a result shaped like ``like`` goes: the workspace, or (None) a new array."""
+    return None if workspace is None else workspace.take(tuple(like.shape), like.device, dtype)
 
 
 # Width of the blocks of a symmetric product on the CPU (see add_gram_).
 GRAM_BLOCK = 256
+# Rows per float32 product in mixed precision: each float32 sum runs over at most this many
+# samples before it is added into float64 (see add_gram_mixed_).
+MIXED_ROWS = 256
+# Rows of a float32 batch widened to float64 at a time for the float64 cross-product.
+CROSS_ROWS = 256
+
+
+def _upper_blocks(p: int, device: torch.device) -> list[tuple[slice, slice]]:
+    """The column blocks (rows, columns) of a p×p product on and above its diagonal.
+
+    On the CPU a wide product is taken block by block (blocks of ``GRAM_BLOCK`` columns), only
+    for the blocks on and above the diagonal: at p = 1024 that is 10 of 16 blocks, measured 25%
+    faster than the full product on 2 threads. On a GPU the one full product is faster than ten
+    small ones.
+    """
+    if device.type != "cpu" or p <= GRAM_BLOCK:
+        return [(slice(0, p), slice(0, p))]
+    edges = [*range(0, p, GRAM_BLOCK), p]
+    blocks = [slice(lo, hi) for lo, hi in itertools.pairwise(edges)]
+    return [(left, right) for i, left in enumerate(blocks) for right in blocks[i:]]
 
 
 def add_gram_(target: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """target += aᵀa on and above the diagonal, in place; read it back with :func:`symmetric`.
 
-    On the CPU a wide product is taken block by block (blocks of ``GRAM_BLOCK`` columns), only
-    for the blocks on and above the diagonal: at p = 1024 that is 10 of 16 blocks, measured 25%
-    faster than the full product on 2 threads, where one GEMM straight into the state was the
-    alternative (no p×p temporary either way). The blocks below the diagonal are left as they
-    were. On a GPU the one full product is faster than ten small ones.
+    The product goes straight into the float64 state, block by block on the CPU (see
+    ``_upper_blocks``), with no p×p temporary. The blocks below the diagonal are left as they
+    were.
     """
-    p = a.shape[1]
-    if a.device.type != "cpu" or p <= GRAM_BLOCK:
-        return target.addmm_(a.T, a)
-    edges = [*range(0, p, GRAM_BLOCK), p]
-    blocks = list(itertools.pairwise(edges))
-    for i, (lo, hi) in enumerate(blocks):
-        left = a[:, lo:hi].T
-        for lo2, hi2 in blocks[i:]:
-            target[lo:hi, lo2:hi2].addmm_(left, a[:, lo2:hi2])
+    for rows, cols in _upper_blocks(a.shape[1], a.device):
+        target[rows, cols].addmm_(a[:, rows].T, a[:, cols])
     return target
+
+
+@contextmanager
+def _ieee_float32(device: torch.device) -> Iterator[None]:
+    """Float32 products in float32, not TF32 (10 mantissa bits), on CUDA; restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def add_gram_mixed_(
+    target: torch.Tensor, a: torch.Tensor, workspace: Workspace | None = None
+) -> torch.Tensor:
+    """target += aᵀa on and above the diagonal, with float32 products added into float64.
+
+    ``a`` (b, p) is float32 and should be centred: each product's rounding error is relative
+    to Σ_rows |a_ri||a_rj|, which centring keeps to the size of the spread. Each float32 sum
+    runs over at most ``MIXED_ROWS`` rows (the rounding of a float32 sum grows with its length:
+    on the worst cases of docs/metrics.md, 512-row sums came up to 3.4 times closer to the
+    error bound than 256-row ones, for 9% more time), over the same blocks as
+    :func:`add_gram_`; the partial products are then added into ``target`` (float64). TF32
+    stays off.
+
+    On the CPU the row chunks of one block go through one batched product (``torch.bmm``): a
+    busy 2-core machine makes every multi-threaded call wait on a barrier, so the number of
+    calls matters as much as their size; the float64 additions run on one thread. Cost: about
+    half that of :func:`add_gram_` where float32 GEMM runs at twice the float64 rate. On a GPU
+    each row chunk is one full p×p product.
+    """
+    if a.dtype != _F32:
+        raise ValueError(f"add_gram_mixed_: expected a float32 batch, got {a.dtype}")
+    device = a.device
+    b = a.shape[0]
+    chunks = b // MIXED_ROWS if device.type == "cpu" and b >= 2 * MIXED_ROWS else 0
+    whole = chunks * MIXED_ROWS
+    stacked = a[:whole].reshape(chunks, MIXED_ROWS, a.shape[1]) if chunks else None
+    parts = [a[start : start + MIXED_ROWS] for start in range(whole, b, MIXED_ROWS)]
+    with _ieee_float32(device):
+        for rows, cols in _upper_blocks(a.shape[1], device):
+            width = (rows.stop - rows.start, cols.stop - cols.start)
+            if stacked is not None:
+                out = _scratch(workspace, (chunks, *width), device)
+                torch.bmm(stacked[:, :, rows].transpose(1, 2), stacked[:, :, cols], out=out)
+                with single_threaded(device):
+                    for product in out:
+                        target[rows, cols].add_(product)
+            for part in parts:
+                out = _scratch(workspace, width, device)
+                torch.mm(part[:, rows].T, part[:, cols], out=out)
+                # An elementwise pass, on one thread (see nrc_cli._threads: on two threads
+                # of a busy machine this addition was seen to take 30 ms instead of 0.04 ms).
+                with single_threaded(device):
+                    target[rows, cols].add_(out)
+    return target
+
+
+def _scratch(
+    workspace: Workspace | None, shape: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """A float32 tensor of ``shape`` for a product: the workspace's, or a new one."""
+    if workspace is None:
+        return torch.empty(shape, dtype=_F32, device=device)
+    return workspace.take(shape, device, _F32, slot="product")
 
 
 def symmetric(upper: torch.Tensor) -> torch.Tensor:
@@ -141,14 +283,30 @@ class CrossMoments(ShiftedSums):
     Memory is O(p² + p·t), independent of the number of samples; one update costs
     O(b·p·(p + t)) for a batch of b samples. With a :class:`Workspace`, the shifted batch is
     written there instead of into a new array.
+
+    With ``precision="mixed"`` the state is the same float64 sums, but each batch is centred
+    on its own mean m_b (rounded to float32, so u = z − m_b is float32), its Gram Σ uuᵀ is
+    formed in float32 products added into float64 (:func:`add_gram_mixed_`), and the move from
+    m_b to the running shift c is the exact float64 identity
+    Σ(u + d)(u + d)ᵀ = Σuuᵀ + s dᵀ + d sᵀ + b d dᵀ (d = m_b − c, s = Σu): one rank-2 update of
+    the p×p state per batch. Centring each batch keeps the float32 products to the size of the
+    batch's spread even when the data drift away from the first batch. The cross-product
+    Σ u (y − ȳ_b)ᵀ (p×t) and Σ(y − c_y)(y − c_y)ᵀ (t×t) stay float64: they are cheap, and a
+    float32 cross-product was measured to move the probe MSE of a collapsed layer by 3e-4
+    relative (the probe subtracts the explained variance from tr Σ_Y).
     """
 
     def __init__(
-        self, device: torch.device | str | None = None, workspace: Workspace | None = None
+        self,
+        device: torch.device | str | None = None,
+        workspace: Workspace | None = None,
+        *,
+        precision: str = "exact",
     ) -> None:
         super().__init__()
         self.device = torch.device(device) if device is not None else None
         self.workspace = workspace
+        self.precision = check_precision(precision)
         # Σ (z − c_z)(z − c_z)ᵀ, upper triangle only (see add_gram_); the cross and target sums.
         self.add_comoment("czz", "z", "z")
         self.add_comoment("czy", "z", "y")
@@ -164,22 +322,13 @@ class CrossMoments(ShiftedSums):
         if b == 0:
             return
         device = self.device if self.device is not None else z.device
+        if self.precision == "mixed":
+            self._update_mixed(z, y, device)
+            return
         with single_threaded(device):
             # float32 batches are widened inside the subtraction below (exactly), not copied.
             z, y = _floating(z, device), _floating(y, device)
-            if self.n == 0:
-                p, t = z.shape[1], y.shape[1]
-                self.cz, self.cy = z.mean(dim=0, dtype=_F64), y.mean(dim=0, dtype=_F64)
-                self.sz = torch.zeros(p, dtype=_F64, device=device)
-                self.sy = torch.zeros(t, dtype=_F64, device=device)
-                self.czz = torch.zeros(p, p, dtype=_F64, device=device)
-                self.czy = torch.zeros(p, t, dtype=_F64, device=device)
-                self.cyy = torch.zeros(t, t, dtype=_F64, device=device)
-            elif z.shape[1] != self.cz.shape[0] or y.shape[1] != self.cy.shape[0]:
-                raise ValueError(
-                    f"feature/target width changed: had ({self.cz.shape[0]}, "
-                    f"{self.cy.shape[0]}), got ({z.shape[1]}, {y.shape[1]})"
-                )
+            self._start(z, y, None, device)
             u = torch.sub(z, self.cz, out=_out(self.workspace, z))
             v = y - self.cy
             self.sz.add_(u.sum(dim=0))
@@ -193,6 +342,63 @@ class CrossMoments(ShiftedSums):
     def _merge_nonempty(self, other: Accumulator) -> None:
         with single_threaded(self.czz.device):
             super()._merge_nonempty(other)
+
+    def _start(self, z: torch.Tensor, y: torch.Tensor, shift: torch.Tensor | None, device) -> None:
+        """On the first batch, the shifts (z's: ``shift``, or its mean) and zero sums; on later
+        ones, check the widths."""
+        if self.n == 0:
+            p, t = z.shape[1], y.shape[1]
+            self.cz = z.mean(dim=0, dtype=_F64) if shift is None else shift
+            self.cy = y.mean(dim=0, dtype=_F64)
+            self.sz = torch.zeros(p, dtype=_F64, device=device)
+            self.sy = torch.zeros(t, dtype=_F64, device=device)
+            self.czz = torch.zeros(p, p, dtype=_F64, device=device)
+            self.czy = torch.zeros(p, t, dtype=_F64, device=device)
+            self.cyy = torch.zeros(t, t, dtype=_F64, device=device)
+        elif z.shape[1] != self.cz.shape[0] or y.shape[1] != self.cy.shape[0]:
+            raise ValueError(
+                f"feature/target width changed: had ({self.cz.shape[0]}, "
+                f"{self.cy.shape[0]}), got ({z.shape[1]}, {y.shape[1]})"
+            )
+
+    def _update_mixed(self, z: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
+        """One batch in mixed precision (see the class docstring)."""
+        b = z.shape[0]
+        with single_threaded(device):
+            z, y = _widened(z, device), y.to(device=device, dtype=_F64)
+            mean = z.mean(dim=0, dtype=_F64)
+            if z.dtype == _F32:
+                # The batch's own shift, rounded to float32 so that u = z − m is formed in
+                # float32 (one rounding, relative to |u|); it is then exact as a float64 shift.
+                m32 = mean.to(_F32)
+                shift = m32.to(_F64)
+                u = torch.sub(z, m32, out=_out(self.workspace, z, _F32))
+            else:
+                shift = mean
+                u = (z - mean).to(_F32)
+            self._start(z, y, shift, device)
+            # Σu from the float64 mean: it differs from the sum of the rounded u by rounding
+            # noise only, and saves a pass over the batch.
+            su = (mean - shift).mul_(b)
+            d = shift - self.cz
+            my = y.mean(dim=0)
+            w = y - my
+            e = my - self.cy
+            v = y - self.cy
+            self.sz.add_(su).add_(d, alpha=b)  # Σ(z − c_z) = Σu + b·d
+            self.sy.add_(v.sum(dim=0))
+            self.cyy.addmm_(v.T, v)
+            # The cross-product stays float64 (u widened a few rows at a time): it costs b·p·t,
+            # and the probe's error is its error magnified by tr Σ_Y / probe MSE.
+            for start in range(0, b, CROSS_ROWS):
+                rows = slice(start, start + CROSS_ROWS)
+                self.czy.addmm_(u[rows].to(_F64).T, w[rows])
+            self.czy.add_(shift_correction(su, d, w.sum(dim=0), e, b))
+            # s dᵀ + d sᵀ + b d dᵀ = a dᵀ + d aᵀ with a = s + (b/2) d: one rank-2 update.
+            a = su + (b / 2) * d
+            self.czz.addmm_(torch.stack((a, d), dim=1), torch.stack((d, a)))
+        add_gram_mixed_(self.czz, u, self.workspace)
+        self.n += b
 
     def compute(self) -> Moments:
         """The moments so far, normalised by 1/N; the state is not changed."""
@@ -218,25 +424,44 @@ class NormalizedGram(Accumulator):
     """
 
     def __init__(
-        self, device: torch.device | str | None = None, workspace: Workspace | None = None
+        self,
+        device: torch.device | str | None = None,
+        workspace: Workspace | None = None,
+        *,
+        precision: str = "exact",
     ) -> None:
         super().__init__()
         self.device = torch.device(device) if device is not None else None
         self.workspace = workspace
+        self.precision = check_precision(precision)
         self.add_state("n", 0)
         self.add_state("gram", None)
 
     def update(self, z: torch.Tensor) -> None:
+        """Add a batch ``z`` of shape (b, p); it is not modified.
+
+        In mixed precision h̃ is formed in float32 and its Gram in float32 products added into
+        the float64 sum (:func:`add_gram_mixed_`); |h̃| ≤ 1, so no shift is needed.
+        """
         device = self.device if self.device is not None else z.device
+        mixed = self.precision == "mixed"
         with single_threaded(device):
-            z = _floating(z, device)
+            z = _widened(z, device) if mixed else _floating(z, device)
             norms = torch.linalg.vector_norm(z, dim=1, keepdim=True, dtype=_F64)
             # A zero row has norm 0: divided by 1 instead, it stays 0.
             safe = norms.masked_fill(norms == 0, 1.0)
-            h = torch.div(z, safe, out=_out(self.workspace, z))
+            if mixed and z.dtype == _F32:
+                h = torch.div(z, safe.to(_F32), out=_out(self.workspace, z, _F32))
+            elif mixed:
+                h = (z / safe).to(_F32)
+            else:
+                h = torch.div(z, safe, out=_out(self.workspace, z))
             if self.gram is None:
                 self.gram = torch.zeros(h.shape[1], h.shape[1], dtype=_F64, device=h.device)
-        add_gram_(self.gram, h)
+        if mixed:
+            add_gram_mixed_(self.gram, h, self.workspace)
+        else:
+            add_gram_(self.gram, h)
         self.n += z.shape[0]
 
     def compute(self) -> torch.Tensor:
