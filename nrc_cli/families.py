@@ -86,8 +86,10 @@ class RegressionFamily:
         seed: int,
         rule: CollapseRule,
         output_key: str | None = None,
+        precision: str = "exact",
     ) -> None:
         self.rank = rank
+        self.precision = precision
         self.svd = svd
         self.oversample = oversample
         self.power_iters = power_iters
@@ -126,6 +128,7 @@ class RegressionFamily:
             oversample=self.oversample,
             batch=batch,
             head=self.possible_head(layer, t),
+            precision=self.precision,
         )
 
     def test_matrix(self, p: int, size: int, device: torch.device) -> torch.Tensor:
@@ -143,9 +146,10 @@ class RegressionFamily:
         """Fresh accumulators for one layer, keyed by kind (one of :attr:`kinds`)."""
         if sketch_size:
             return {"sketch": CovarianceSketch(self.test_matrix(layer.in_dim, sketch_size, device))}
-        accs: dict[str, Accumulator] = {"moments": CrossMoments(device, workspace)}
+        prec = self.precision
+        accs: dict[str, Accumulator] = {"moments": CrossMoments(device, workspace, precision=prec)}
         if self.possible_head(layer, t):
-            accs["gram"] = NormalizedGram(device, workspace)
+            accs["gram"] = NormalizedGram(device, workspace, precision=prec)
         return accs
 
     def empty_accumulator(
@@ -153,9 +157,9 @@ class RegressionFamily:
     ) -> Accumulator:
         """An empty accumulator of ``kind``, for loading a state dict into."""
         if kind == "moments":
-            return CrossMoments(device)
+            return CrossMoments(device, precision=self.precision)
         if kind == "gram":
-            return NormalizedGram(device)
+            return NormalizedGram(device, precision=self.precision)
         if kind == "sketch" and omega is not None:
             return CovarianceSketch(omega.to(device))
         raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")

@@ -81,6 +81,10 @@ class CollapseMonitor:
     memory_budget : int or str, optional
         Bytes (or ``"4GB"``) for the accumulators: layers whose exact state does not fit are
         sketched (O(p·s) memory). Default: every layer exact.
+    precision : {"exact", "mixed"}
+        ``"mixed"`` forms each batch's Gram matrices in float32 (on centred features) and adds
+        them into the float64 sums: faster where float64 is slow, every metric within
+        1e-5 + 1e-4·|exact| (docs/metrics.md, "Mixed precision"); recorded in the summary.
     task : str
         The metric family (``"regression"``: Deep NRC); see :mod:`nrc_cli.families`.
     active : collection of str, optional
@@ -124,6 +128,7 @@ class CollapseMonitor:
         output_key: str | None = None,
         mask_key: str | None = "attention_mask",
         memory_budget: int | str | None = None,
+        precision: str = "exact",
         task: str = "regression",
         active: Collection[str] | None = None,
         sketch: Mapping[str, int] | None = None,
@@ -150,6 +155,7 @@ class CollapseMonitor:
             collapse_rule=collapse_rule,
             output_key=output_key,
             memory_budget=memory_budget,
+            precision=precision,
         )
         self.model = model
         self.task = task
@@ -161,6 +167,7 @@ class CollapseMonitor:
             seed=checked.seed,
             rule=CollapseRule.parse(checked.collapse_rule),
             output_key=checked.output_key,
+            precision=checked.precision,
         )
         self.layers: list[WeightLayer] = weight_layers(
             model, include=checked.layers, exclude=checked.exclude
@@ -411,7 +418,7 @@ class CollapseMonitor:
         workspace = Workspace()
         widths = [self._by_name[n].in_dim for n in names if n not in self.sketch]
         if widths:
-            workspace.reserve(b * max(widths), device)
+            workspace.reserve_batches(b, max(widths), device, self.family.precision)
         for name in names:
             self._accs[name] = self.family.layer_accumulators(
                 self._by_name[name],
@@ -474,6 +481,7 @@ class CollapseMonitor:
             "passes": self._passes,
             "device": str(self._device),
             "dtype": self._dtype,
+            "precision": self.family.precision,
         }
         return Results(
             checkpoint="",

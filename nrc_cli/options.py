@@ -34,6 +34,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 SVD_CHOICES = ("auto", "exact", "randomized")
+PRECISIONS = ("exact", "mixed")  # the accumulators' (nrc_cli.accumulate.moments.PRECISIONS)
 
 # Per-layer numeric columns a collapse rule (or a gate) may test.
 RULE_COLUMNS = (
@@ -250,6 +251,9 @@ class AnalysisOptions:
         ``auto``, ``cpu`` or ``cuda[:i]`` [``--device``].
     dtype : {"float32", "bfloat16", "float16"}
         Forward-pass dtype [``--dtype``].
+    precision : {"exact", "mixed"}
+        Accumulation: float64 products, or float32 products of centred batches added into
+        float64 sums (docs/metrics.md, "Mixed precision") [``--precision``].
     memory_budget : int, str or None
         Bytes, or a size such as ``"4GB"``, for the accumulators; None: half the memory
         available [``--memory-budget``].
@@ -330,6 +334,13 @@ class AnalysisOptions:
         "auto", "--device", "auto (CUDA when available, else CPU), cpu or cuda[:i]."
     )
     dtype: str = _option("float32", "--dtype", "Forward-pass dtype: float32, bfloat16 or float16.")
+    precision: str = _option(
+        "exact",
+        "--precision",
+        "Accumulation: exact (float64 products) or mixed (float32 products of centred batches "
+        "added into float64 sums: faster where float64 is slow; every metric within "
+        "1e-5 + 1e-4·|exact|, see docs/metrics.md).",
+    )
     memory_budget: int | str | None = _option(
         None,
         "--memory-budget",
@@ -409,6 +420,10 @@ class AnalysisOptions:
             )
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, found '{self.dtype}'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision: expected one of {', '.join(PRECISIONS)}, found '{self.precision}'"
+            )
         if self.output_key is not None and not self.prediction:
             raise ConfigError("--output-key and --no-prediction exclude each other")
         if self.svd not in SVD_CHOICES:

@@ -255,6 +255,7 @@ class _Passes:
             "collapse_rule": config.collapse_rule,
             "output_key": config.output_key,
             "mask_key": self._mask_key(),
+            "precision": config.precision,
         }
 
     def _mask_key(self) -> str | None:

@@ -72,6 +72,7 @@ SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("model", "str"),
     ("activation", "str"),
     ("norm", "str"),
+    ("precision", "str"),
 )
 # Summary fields renamed in tidy tables to avoid clashing with per-layer columns.
 TIDY_RENAMES = {"rank": "requested_rank"}

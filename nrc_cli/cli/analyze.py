@@ -5,11 +5,12 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
+from nrc_cli.accumulate.precision import precision_hint
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_to_stderr
 from nrc_cli.cli._output import emit
 from nrc_cli.options import AnalysisOptions
-from nrc_cli.pipeline import run
+from nrc_cli.pipeline import resolve_device, run
 from nrc_cli.report.table import render
 from nrc_cli.report.writers import (
     check_not_input,
@@ -35,6 +36,9 @@ def run_with_progress(
             raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
         torch.set_num_threads(threads)
 
+    if not quiet:
+        print_precision_hint(options)
+
     def on_plan(plan: dict) -> None:
         if not quiet:
             for line in describe_plan(plan):
@@ -54,6 +58,13 @@ def say_messages(results: Results, *, quiet: bool) -> None:
             console.print(escape(f"note: {line}"), style="dim", soft_wrap=True)
     for line in results.summary.get("warnings") or ():
         console.print(escape(f"warning: {line}"), style="yellow", soft_wrap=True)
+
+
+def print_precision_hint(options: AnalysisOptions) -> None:
+    """On a GPU that multiplies float64 slowly, one stderr line suggesting --precision mixed."""
+    hint = precision_hint(resolve_device(options.device), options.precision)
+    if hint is not None:
+        stderr_console().print(escape(hint), style="dim", soft_wrap=True)  # never wrapped
 
 
 def _run(checkpoint: str, data: str, options: AnalysisOptions, *, quiet: bool, on_plan) -> Results:

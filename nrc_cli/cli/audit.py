@@ -18,6 +18,7 @@ from nrc_cli.cli._console import (
     stdout_to_stderr,
 )
 from nrc_cli.cli._output import emit
+from nrc_cli.cli.analyze import print_precision_hint
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
@@ -121,6 +122,8 @@ def audit(
         lib.table_format(errors)
     check_not_input(errors, {"--output": output, "--data": data}, flag="--errors")
     check_not_input(output, {"--data": data}, flag="--output")
+    if not quiet:
+        print_precision_hint(options)
     skipped: list[str] = []
     found = lib.discover(paths, skipped=skipped)
     for line in skipped:
