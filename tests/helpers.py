@@ -134,6 +134,25 @@ def int_inputs(n: int, p: int, seed: int = 0, low: int = -3, high: int = 3) -> n
     return rng.integers(low, high + 1, size=(n, p)).astype(np.float32)
 
 
+def integer_mlp(folder: Path) -> tuple[Path, Path]:
+    """5 -> 8 -> 8 -> 2, integer weights in {-1, 0, 1} and biases, integer inputs in [-2, 2]:
+    every feature is a small integer (at most 89), so in batches of 8 the centred features
+    (multiples of 1/8) and their float32 products and sums are exact."""
+    gen = torch.Generator().manual_seed(3)
+    body = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        for layer in body[::2]:
+            layer.weight.copy_(torch.randint(-1, 2, layer.weight.shape, generator=gen))
+            layer.bias.copy_(torch.randint(-1, 2, layer.bias.shape, generator=gen))
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, size=(512, 5)).astype(np.float32)
+    y = (rng.integers(-8, 9, size=(512, 2)) / 4).astype(np.float32)
+    folder.mkdir()
+    return save_model(folder / "m.safetensors", Wrapped(body.eval())), save_npz(
+        folder / "d.npz", x=x, y=y
+    )
+
+
 def linear_features(model: nn.Module, x: np.ndarray) -> tuple[list[tuple[str, np.ndarray]], Any]:
     """Inputs of every Linear/Conv of ``model`` in forward order, and the model output.
 

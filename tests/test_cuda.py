@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import REFERENCE_DIR, make_tiny_case
-from helpers import analyze_json, assert_close, dense_report, error_line, invoke, overflow_case
+from helpers import (
+    analyze_json,
+    assert_close,
+    dense_report,
+    error_line,
+    integer_mlp,
+    invoke,
+    overflow_case,
+)
 
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram
 from nrc_cli.accumulate.sketch import CovarianceSketch
@@ -227,3 +235,88 @@ def test_a_conv_net_on_cuda_computes_in_float32_and_restores_tf32(tmp_path):
         torch.backends.cudnn.allow_tf32 = True
     # float32 on both devices (different summation orders): far closer than TF32's 1e-3.
     assert_same_report(gpu, cpu, rel=1e-4, abs_=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# --precision mixed on CUDA
+# ------------------------------------------------------------------------------------------------
+
+
+def _within_mixed_bound(got: dict, want: dict, where: str) -> None:
+    """Every float metric within 1e-5 + 1e-4·|want| (docs/metrics.md, "Mixed precision")."""
+    for g, w in zip(got["layers"], want["layers"], strict=True):
+        for key, value in w.items():
+            if isinstance(value, float):
+                assert_close(g[key], value, rel=1e-4, abs_=1e-5, what=f"{where} {w['layer']}.{key}")
+    for key in ("model_mse", "nrc1_last", "nrc2_last", "nrc3_last"):
+        assert_close(got["summary"][key], want["summary"][key], rel=1e-4, abs_=1e-5, what=key)
+
+
+@pytest.mark.parametrize("case", ["mlp_relu", "mlp_layernorm_1d_target"])
+def test_mixed_precision_on_cuda_stays_within_the_bound(case):
+    folder = REFERENCE_DIR / case
+    ckpt, data = folder / "model.safetensors", folder / "data.npz"
+    exact = analyze_json(ckpt, data, "--device", "cpu")
+    mixed = analyze_json(ckpt, data, "--device", "cuda", "--precision", "mixed")
+    assert mixed["summary"]["precision"] == "mixed"
+    _within_mixed_bound(mixed, exact, case)
+
+
+def test_mixed_precision_on_cuda_equals_exact_on_dyadic_features(tmp_path):
+    """Integer weights and inputs, batches of 8: every float32 product and sum is exact."""
+    ckpt, data = integer_mlp(tmp_path / "int")
+    exact = analyze_json(ckpt, data, "--batch-size", 8, "--device", "cpu")
+    mixed = analyze_json(ckpt, data, "--batch-size", 8, "--device", "cuda", "--precision", "mixed")
+    for e, m in zip(exact["layers"], mixed["layers"], strict=True):
+        for key, value in e.items():
+            if isinstance(value, float):  # the CPU/GPU agreement of exact precision
+                assert_close(m[key], value, rel=1e-9, abs_=1e-12, what=f"{e['layer']}.{key}")
+    for key in ("nrc1_last", "nrc2_last", "nrc3_last"):  # z/‖z‖ is not dyadic
+        assert_close(mixed["summary"][key], exact["summary"][key], rel=0, abs_=1e-6, what=key)
+
+
+def test_mixed_accumulators_on_cuda_ignore_a_global_tf32_setting():
+    """A user who switched TF32 on still gets float32 products, and the setting back."""
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(2048, 300, generator=g) @ torch.randn(300, 300, generator=g)).cuda()
+    y = torch.randn(2048, 2, generator=g, dtype=F64).cuda()
+    saved = torch.backends.cuda.matmul.allow_tf32
+    got = {}
+    try:
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            acc = CrossMoments("cuda", precision="mixed")
+            for s in range(0, 2048, 512):
+                acc.update(z[s : s + 512], y[s : s + 512])
+            got[tf32] = acc.compute().cov_z
+            assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert torch.equal(got[True], got[False])
+    cpu = CrossMoments("cpu", precision="exact")
+    for s in range(0, 2048, 512):
+        cpu.update(z[s : s + 512].cpu(), y[s : s + 512].cpu())
+    want = cpu.compute().cov_z
+    err = float((got[False].cpu() - want).norm() / want.norm())
+    assert err < 2e-6
+
+
+def test_the_float64_rate_is_measured_once_and_drives_the_hint(tiny_case):
+    from nrc_cli.accumulate.precision import float64_is_slow, matmul_rates, precision_hint
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    f32, f64 = matmul_rates(device)
+    assert f32 > 0 and f64 > 0
+    assert matmul_rates(device) == (f32, f64)  # cached: measured once per process
+    slow = float64_is_slow(f32, f64)
+    hint = precision_hint(device, "exact")
+    assert (hint is not None) is slow
+    base = ["analyze", tiny_case.checkpoint, "--data", tiny_case.data, "--device", "cuda"]
+    exact = invoke(base)
+    assert exact.exit_code == 0, exact.stderr
+    lines = [line for line in exact.stderr.splitlines() if "--precision mixed" in line]
+    assert len(lines) == (1 if slow else 0), exact.stderr
+    for extra in (["--precision", "mixed"], ["--quiet"]):
+        result = invoke([*base, *extra])
+        assert result.exit_code == 0, result.stderr
+        assert "--precision mixed" not in result.stderr
