@@ -66,7 +66,7 @@ class Workload:
 
 
 def workloads(conv_width: int = 16) -> dict[str, Workload]:
-    """The three benchmark workloads."""
+    """The benchmark workloads (``mlp512`` is bench_precision.py's; the rest bench_scale.py's)."""
     return {
         "mlp": Workload(
             name="mlp",
@@ -88,6 +88,15 @@ def workloads(conv_width: int = 16) -> dict[str, Workload]:
                 f"ResNet-18 (BasicBlocks [2,2,2,2], BN, 1x1 downsample shortcuts, GAP, Linear "
                 f"head) on 3x32x32, base width {conv_width} (standard: 64), random init"
             ),
+        ),
+        "mlp512": Workload(
+            name="mlp512",
+            factory="mlp",
+            kwargs={"in_dim": 32, "width": 512, "depth": 6, "out_dim": 4},
+            x_shape=(32,),
+            t=4,
+            arch=False,
+            description="MLP 32 -> 5x512 -> 4 (6 Linear layers, ReLU), random init",
         ),
         "wide": Workload(
             name="wide",
