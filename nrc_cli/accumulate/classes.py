@@ -1,0 +1,457 @@
+"""Streaming, mergeable per-class moments (the state every classification metric comes from).
+
+Deep Neural Collapse in a classifier (docs/classification.md) needs, per weight layer, the class
+means μ_c, the global mean μ_G and the within-class covariance Σ_W. All three follow from one
+pass over the data with
+
+* the count n_c and the sum Σ_{i in c} (z_i − c_c) of every class, about a per-class shift c_c,
+* one p×p Gram S = Σ_i (z_i − c_{c_i})(z_i − c_{c_i})ᵀ of the class-shifted features,
+
+in O(p² + L·p) memory, L being the largest label seen plus one. Each class's shift is its mean
+in the first batch that holds it, so that Σ_W = (S − Σ_c n_c d_c d_cᵀ)/N with d_c = μ_c − c_c
+subtracts corrections of the order of a standard error, never the between-class scatter: with
+collapsed features (z_i ≈ μ_{c_i}) every shifted row is about zero and Σ_W keeps its full
+relative accuracy, where "total minus between" would be left with the round-off of the large
+between-class part. The total covariance follows without cancellation as
+Σ_T = Σ_W + Σ_c (n_c/N)(μ_c − μ_G)(μ_c − μ_G)ᵀ, a sum of two PSD matrices.
+
+The nearest-class-mean columns need the class means before they can be evaluated: a second
+pass feeds :class:`NearestClassMean` with the means the first one gave.
+
+Both accumulators follow the torchmetrics ``Metric`` shape of :mod:`nrc_cli.accumulate.moments`:
+state declared in ``reset``, ``update(batch)`` only changes state, ``compute()`` is pure,
+``merge(other)`` folds in a partial state computed on other samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nrc_cli._threads import single_threaded
+from nrc_cli.accumulate.moments import Workspace, add_gram_, symmetric
+
+_F64 = torch.float64
+_I64 = torch.int64
+# Rows compared again explicitly per chunk in NearestClassMean.assign: chunk·C·p float64 entries.
+_TIE_CHUNK_ENTRIES = 1 << 22
+
+
+def _floating(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``, as float32 or float64 (other dtypes become float64)."""
+    dtype = x.dtype if x.dtype in (torch.float32, _F64) else _F64
+    return x.to(device=device, dtype=dtype)
+
+
+def predicted_classes(output: torch.Tensor) -> torch.Tensor:
+    """The class a classifier predicts for each sample of a batch, as int64 labels (b,).
+
+    ``output`` of shape (b, K) with K ≥ 2 (or (b, …) flattened to that): the argmax (the first
+    one on a tie). A single output, (b,) or (b, 1): a binary classifier whose prediction is 1
+    when the output is > 0, else 0.
+    """
+    if output.ndim == 0:
+        raise ValueError("expected a batch of outputs, got a scalar")
+    flat = output.reshape(output.shape[0], -1)
+    if flat.shape[1] == 1:
+        return (flat[:, 0] > 0).to(_I64)
+    return flat.argmax(dim=1)
+
+
+def _check_labels(labels: torch.Tensor, b: int) -> None:
+    if labels.ndim != 1 or labels.shape[0] != b:
+        raise ValueError(f"expected labels of shape ({b},), got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"expected integer labels, got dtype {labels.dtype}")
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Per-class moments of one layer's features, with 1/N normalisation.
+
+    Attributes
+    ----------
+    n : int
+        N, the number of samples.
+    labels : Tensor, shape (C,), int64
+        The label values present, ascending (the classes, in their order everywhere).
+    counts : Tensor, shape (C,), int64
+        n_c.
+    means : Tensor, shape (C, p)
+        μ_c.
+    mean : Tensor, shape (p,)
+        μ_G, the mean over all N samples.
+    cov_within : Tensor, shape (p, p)
+        Σ_W = (1/N) Σ_i (z_i − μ_{c_i})(z_i − μ_{c_i})ᵀ.
+    """
+
+    n: int
+    labels: torch.Tensor
+    counts: torch.Tensor
+    means: torch.Tensor
+    mean: torch.Tensor
+    cov_within: torch.Tensor
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def centred_means(self) -> torch.Tensor:
+        """M = [μ_c − μ_G]_c, shape (p, C): the centred class means as columns."""
+        return (self.means - self.mean).T
+
+    def cov_total(self) -> torch.Tensor:
+        """Σ_T = Σ_W + Σ_c (n_c/N)(μ_c − μ_G)(μ_c − μ_G)ᵀ, shape (p, p) (a new array)."""
+        m = self.centred_means
+        weighted = m * (self.counts.to(m.dtype) / self.n)
+        total = self.cov_within + weighted @ m.T
+        return (total + total.T) / 2
+
+
+class ClassMoments:
+    """Per-class counts and sums plus the class-shifted Gram of features z ∈ R^p.
+
+    Labels are non-negative integers; the state grows to the largest label seen (plus one), so
+    memory is O(p² + L·p) whatever the number of samples. One update costs O(b·p²) for a batch
+    of b samples, like :class:`~nrc_cli.accumulate.moments.CrossMoments`; with a
+    :class:`~nrc_cli.accumulate.moments.Workspace` the shifted batch is written there.
+    """
+
+    def __init__(
+        self, device: torch.device | str | None = None, workspace: Workspace | None = None
+    ) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self.workspace = workspace
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.shift: torch.Tensor | None = None  # (L, p): c_c, valid where counts > 0
+        self.counts: torch.Tensor | None = None  # (L,) int64
+        self.sums: torch.Tensor | None = None  # (L, p): Σ_{i in c} (z_i − c_c)
+        self.gram: torch.Tensor | None = None  # (p, p), upper triangle: Σ_i u_i u_iᵀ
+
+    @property
+    def width(self) -> int | None:
+        """p, once a batch has been seen."""
+        return None if self.gram is None else int(self.gram.shape[0])
+
+    def _grow(self, size: int) -> None:
+        """Make room for labels 0..size−1 (new rows are zero: no samples)."""
+        have = self.counts.shape[0]
+        if size <= have:
+            return
+        extra = size - have
+        p = self.gram.shape[0]
+        dev = self.gram.device
+        self.counts = torch.cat([self.counts, torch.zeros(extra, dtype=_I64, device=dev)])
+        self.shift = torch.cat([self.shift, torch.zeros(extra, p, dtype=_F64, device=dev)])
+        self.sums = torch.cat([self.sums, torch.zeros(extra, p, dtype=_F64, device=dev)])
+
+    def update(self, z: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: ``z`` of shape (b, p), integer ``labels`` ≥ 0 of shape (b,).
+
+        Neither input is modified.
+        """
+        if z.ndim != 2:
+            raise ValueError(f"expected z of shape (b, p), got {tuple(z.shape)}")
+        b = z.shape[0]
+        _check_labels(labels, b)
+        if b == 0:
+            return
+        device = self.device if self.device is not None else z.device
+        with single_threaded(device):
+            z = _floating(z, device)
+            lab = labels.to(device=device, dtype=_I64)
+            lowest, highest = int(lab.min()), int(lab.max())
+            if lowest < 0:
+                raise ValueError(f"labels must be >= 0, found {lowest}")
+            if self.gram is None:
+                p = z.shape[1]
+                self.counts = torch.zeros(highest + 1, dtype=_I64, device=device)
+                self.shift = torch.zeros(highest + 1, p, dtype=_F64, device=device)
+                self.sums = torch.zeros(highest + 1, p, dtype=_F64, device=device)
+                self.gram = torch.zeros(p, p, dtype=_F64, device=device)
+            elif z.shape[1] != self.gram.shape[0]:
+                raise ValueError(f"feature width changed: had {self.width}, got {z.shape[1]}")
+            self._grow(highest + 1)
+            batch_counts = torch.bincount(lab, minlength=self.counts.shape[0])
+            new = (batch_counts > 0) & (self.counts == 0)
+            if bool(new.any()):
+                # A class seen for the first time is shifted by its mean in this batch.
+                batch_sums = torch.zeros_like(self.sums).index_add_(0, lab, z.to(_F64))
+                fresh = new.nonzero().squeeze(1)
+                self.shift[fresh] = batch_sums[fresh] / batch_counts[fresh].unsqueeze(1)
+            u = (
+                torch.empty(b, z.shape[1], dtype=_F64, device=device)
+                if self.workspace is None
+                else self.workspace.take((b, z.shape[1]), device)
+            )
+            torch.index_select(self.shift, 0, lab, out=u)
+            torch.sub(z, u, out=u)
+            self.sums.index_add_(0, lab, u)
+            self.counts.add_(batch_counts)
+        add_gram_(self.gram, u)
+        self.n += b
+
+    def merge(self, other: ClassMoments) -> ClassMoments:
+        """Fold another partial state into this one (in place) and return self."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            self.n = other.n
+            for name in ("shift", "counts", "sums", "gram"):
+                setattr(self, name, getattr(other, name).clone())
+            return self
+        if other.width != self.width:
+            raise ValueError(f"feature width changed: had {self.width}, got {other.width}")
+        dev = self.gram.device
+        with single_threaded(dev):
+            self._grow(other.counts.shape[0])
+            size = other.counts.shape[0]
+            theirs = other.counts.to(dev)
+            shift = other.shift.to(dev)
+            sums = other.sums.to(dev)
+            mine = self.counts[:size]
+            # Where only the other state has seen a class, its shift is taken over as it is;
+            # where both have, the other's sums move to this state's shift by d = c' − c.
+            adopt = (mine == 0) & (theirs > 0)
+            self.shift[:size][adopt] = shift[adopt]
+            both = (mine > 0) & (theirs > 0)
+            d = torch.where(both.unsqueeze(1), shift - self.shift[:size], 0.0)
+            n_c = theirs.to(_F64).unsqueeze(1)
+            # Σ_c [s_c d_cᵀ + d_c s_cᵀ + n_c d_c d_cᵀ], over the classes of the other state.
+            cross = sums.T @ d
+            correction = cross + cross.T + (d * n_c).T @ d
+            self.sums[:size].add_(sums + n_c * d)
+            self.counts[:size].add_(theirs)
+            self.gram.add_(other.gram.to(dev)).add_(correction)
+        self.n += other.n
+        return self
+
+    def compute(self) -> ClassStats:
+        """The per-class moments so far; the state is not changed."""
+        if self.n == 0:
+            raise ValueError("no samples accumulated")
+        n = self.n
+        with single_threaded(self.gram.device):
+            present = (self.counts > 0).nonzero().squeeze(1)
+            counts = self.counts[present]
+            n_c = counts.to(_F64).unsqueeze(1)
+            d = self.sums[present] / n_c  # μ_c − c_c
+            means = self.shift[present] + d
+            mean = (means * n_c).sum(dim=0) / n
+            cov_within = symmetric(self.gram).sub_((d * n_c).T @ d).div_(n)
+        return ClassStats(n, present.clone(), counts.clone(), means, mean, cov_within)
+
+
+@dataclass(frozen=True)
+class NearestMeanCounts:
+    """What the nearest-class-mean pass counted.
+
+    Attributes
+    ----------
+    n : int
+        Samples seen.
+    correct : int
+        Samples whose nearest class mean is their own label's.
+    n_predicted : int
+        Samples that came with a model prediction.
+    mismatch : int
+        Of those, samples whose nearest class mean is not the predicted class.
+    whitened_within : float or None
+        Σ_i ‖Pᵀ(z_i − μ_{c_i})‖² for the projection P given, else None.
+    """
+
+    n: int
+    correct: int
+    n_predicted: int
+    mismatch: int
+    whitened_within: float | None
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n
+
+    @property
+    def mismatch_share(self) -> float | None:
+        return None if self.n_predicted == 0 else self.mismatch / self.n_predicted
+
+
+class NearestClassMean:
+    """Second-pass counts of the nearest-class-mean (NCC) classifier of one layer.
+
+    Given the class means of a first pass, each sample is assigned to the class whose mean is
+    nearest in Euclidean distance (a tie goes to the smaller label), and the accumulator counts
+    agreements with the true label and with the model's predicted class.
+
+    Distances are taken as ‖μ_c − z‖² = ‖m_c‖² − 2 m_cᵀx + ‖x‖² about the global mean
+    (m_c = μ_c − μ_G, x = z − μ_G), in float64: one b×C product per batch. Rows whose two
+    smallest distances differ by less than a few units of round-off are compared again with
+    the differences z − μ_c formed explicitly, so that a tie is a tie and goes to the smaller
+    label.
+
+    With ``projection`` P (p×r) it also sums ‖Pᵀ(z_i − μ_{c_i})‖² exactly, which gives
+    tr(Σ_W Σ_B^†) for P = U_r Λ_r^{−1/2} when Σ_W itself was not formed (a sketched layer).
+
+    Parameters
+    ----------
+    labels : Tensor, shape (C,)
+        The class labels, ascending (``ClassStats.labels``).
+    means : Tensor, shape (C, p)
+        μ_c in the same order.
+    mean : Tensor, shape (p,)
+        μ_G.
+    projection : Tensor, shape (p, r), optional
+    """
+
+    # Relative width, in units of the largest squared distance involved, under which two
+    # distances are compared again explicitly.
+    TIE_TOLERANCE = 1e-10
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        means: torch.Tensor,
+        mean: torch.Tensor,
+        *,
+        projection: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        device = torch.device(device) if device is not None else means.device
+        self.device = device
+        self.labels = labels.to(device=device, dtype=_I64)
+        self.center = mean.to(device=device, dtype=_F64)
+        self.centred = means.to(device=device, dtype=_F64) - self.center  # (C, p)
+        self.means = means.to(device=device, dtype=_F64)
+        self.norms2 = (self.centred * self.centred).sum(dim=1)  # (C,)
+        size = int(self.labels.max()) + 1 if self.labels.numel() else 0
+        # label value -> class position (−1: not a class)
+        self.position = torch.full((size,), -1, dtype=_I64, device=device)
+        self.position[self.labels] = torch.arange(self.labels.numel(), device=device)
+        self.projection = None if projection is None else projection.to(device=device, dtype=_F64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.correct = 0
+        self.n_predicted = 0
+        self.mismatch = 0
+        self.whitened = 0.0 if self.projection is not None else None
+
+    def assign(self, z: torch.Tensor) -> torch.Tensor:
+        """The label of the nearest class mean for each row of ``z`` (b, p): int64 (b,)."""
+        with single_threaded(self.device):
+            z = _floating(z, self.device).to(_F64)
+            x = z - self.center
+            dist = self.norms2 - 2 * (x @ self.centred.T)  # ‖x‖² is the same for every class
+            if dist.shape[1] > 1:
+                two = torch.topk(dist, 2, dim=1, largest=False).values
+                scale = self.norms2.max() + (x * x).sum(dim=1)
+                close = (two[:, 1] - two[:, 0]) <= self.TIE_TOLERANCE * scale
+                rows = close.nonzero().squeeze(1)
+                c, p = self.means.shape
+                step = max(1, _TIE_CHUNK_ENTRIES // max(c * p, 1))
+                for lo in range(0, rows.shape[0], step):
+                    some = rows[lo : lo + step]
+                    diff = z[some].unsqueeze(1) - self.means  # (k, C, p)
+                    dist[some] = (diff * diff).sum(dim=2)
+            nearest = dist.argmin(dim=1)  # the first minimum: the smaller label on a tie
+        return self.labels[nearest]
+
+    def update(
+        self, z: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch: features ``z`` (b, p), true ``labels`` (b,), optionally the model's
+        predicted classes (b,). Labels must be classes of the first pass."""
+        if z.ndim != 2 or z.shape[1] != self.centred.shape[1]:
+            raise ValueError(
+                f"expected z of shape (b, {self.centred.shape[1]}), got {tuple(z.shape)}"
+            )
+        _check_labels(labels, z.shape[0])
+        if z.shape[0] == 0:
+            return
+        self.add(self.assign(z), labels, predicted, z=z)
+
+    def add(
+        self,
+        nearest: torch.Tensor,
+        labels: torch.Tensor,
+        predicted: torch.Tensor | None = None,
+        *,
+        z: torch.Tensor | None = None,
+    ) -> None:
+        """Count a batch whose nearest classes were found by :meth:`assign`.
+
+        This split lets a forward pass assign the features of a layer as soon as its hook
+        sees them and count once the model's prediction for the batch is known. ``z`` is
+        needed only with a ``projection``.
+        """
+        lab = labels.to(device=self.device, dtype=_I64)
+        b = lab.shape[0]
+        if nearest.shape != (b,) or (predicted is not None and predicted.shape != (b,)):
+            raise ValueError("nearest, labels and predicted must all have shape (b,)")
+        if b == 0:
+            return
+        if int(lab.min()) < 0 or int(lab.max()) >= self.position.shape[0]:
+            raise ValueError("a label is not one of the classes of the first pass")
+        own = self.position[lab]
+        if bool((own < 0).any()):
+            raise ValueError("a label is not one of the classes of the first pass")
+        self.correct += int((nearest == lab).sum())
+        if predicted is not None:
+            pred = predicted.to(device=self.device, dtype=_I64)
+            self.mismatch += int((nearest != pred).sum())
+            self.n_predicted += b
+        if self.projection is not None:
+            if z is None:
+                raise ValueError("the features are needed to accumulate the projection")
+            with single_threaded(self.device):
+                r = (_floating(z, self.device).to(_F64) - self.means[own]) @ self.projection
+                self.whitened += float((r * r).sum())
+        self.n += b
+
+    def merge(self, other: NearestClassMean) -> NearestClassMean:
+        """Fold the counts of another pass over other samples (same means) into this one."""
+        self.n += other.n
+        self.correct += other.correct
+        self.n_predicted += other.n_predicted
+        self.mismatch += other.mismatch
+        if self.whitened is not None and other.whitened is not None:
+            self.whitened += other.whitened
+        return self
+
+    def compute(self) -> NearestMeanCounts:
+        if self.n == 0:
+            raise ValueError("no samples accumulated")
+        return NearestMeanCounts(
+            self.n, self.correct, self.n_predicted, self.mismatch, self.whitened
+        )
+
+
+class Agreement:
+    """Counts of samples whose predicted class equals the label (for ``model_accuracy``)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.correct = 0
+
+    def update(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+        _check_labels(labels, predicted.shape[0])
+        self.correct += int((predicted.to(_I64) == labels.to(predicted.device, _I64)).sum())
+        self.n += labels.shape[0]
+
+    def merge(self, other: Agreement) -> Agreement:
+        self.n += other.n
+        self.correct += other.correct
+        return self
+
+    def compute(self) -> float:
+        if self.n == 0:
+            raise ValueError("no samples accumulated")
+        return self.correct / self.n
