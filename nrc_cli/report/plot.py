@@ -20,6 +20,7 @@ from nrc_cli.report.writers import atomic_write
 from nrc_cli.results import Results, plain
 
 __all__ = [
+    "CLASSIFICATION_PANELS",
     "IMAGE_FORMATS",
     "PROFILE_PANELS",
     "MetricPlot",
@@ -41,6 +42,18 @@ _PANEL_TITLES = {
     "nrc3_alignment": "NRC3: feature/weight alignment",
     "nrc4_probe_mse": "NRC4: linear probe MSE",
 }
+# The classifier's profile (Rangamani et al. 2023, Figure 1): NC1, NC2, NC3 and NCC by layer.
+CLASSIFICATION_PANELS = ("nc1", "nc2_etf", "nc3_alignment", "ncc_accuracy")
+_PANEL_TITLES.update(
+    {
+        "nc1": "NC1: tr(Σ_W Σ_B†)/C",
+        "nc2_etf": "NC2: distance from a simplex ETF",
+        "nc3_alignment": "NC3: class means/weight alignment",
+        "ncc_accuracy": "NCC accuracy",
+    }
+)
+# Panels drawn on a log axis (when they hold a positive value); the rest are shares in [0, 1].
+_LOG_PANELS = ("nrc4_probe_mse", "nc1")
 _COLLAPSED_COLOR = "#2ca02c"
 _PLOT_HINT = 'install matplotlib: pip install matplotlib (in a clone of nrc: pip install ".[plot]")'
 
@@ -107,10 +120,11 @@ class ProfilePlot:
     Attributes
     ----------
     series : dict
-        ``{panel: (indices, values)}`` for each of :data:`PROFILE_PANELS`; indices are the
-        1-based layer indices, values floats (NaN where the report has null).
+        ``{panel: (indices, values)}`` for each panel, in order: :data:`PROFILE_PANELS` for a
+        regression report, :data:`CLASSIFICATION_PANELS` for a classification one; indices are
+        the 1-based layer indices, values floats (NaN where the report has null).
     model_mse : float
-        The reference line of the NRC4 panel (NaN when unknown).
+        The reference line of the NRC4 panel (NaN when unknown or for a classifier).
     marker : int or None
         ``first_collapsed_index`` of the report, where the collapsed region starts.
     layers : list of str
@@ -126,13 +140,21 @@ class ProfilePlot:
     figure: object = field(default=None, repr=False)
 
 
+def profile_panels(results: Results) -> tuple[str, ...]:
+    """The four panels of a report's profile: Deep NRC, or Deep NC for a classifier."""
+    if results.summary.get("task") == "classification":
+        return CLASSIFICATION_PANELS
+    return PROFILE_PANELS
+
+
 def profile_series(results: Results) -> ProfilePlot:
-    """The per-layer series of the four Deep NRC panels of one report."""
+    """The per-layer series of the four panels of one report (:func:`profile_panels`)."""
     rows = sorted(results.layers, key=lambda r: int(r["index"]))
     if not rows:
         raise DataError(f"'{results.checkpoint}': the report has no layers to plot")
     indices = [int(r["index"]) for r in rows]
-    series = {p: (list(indices), [_num(r.get(p)) for r in rows]) for p in PROFILE_PANELS}
+    panels = profile_panels(results)
+    series = {p: (list(indices), [_num(r.get(p)) for r in rows]) for p in panels}
     marker = results.summary.get("first_collapsed_index")
     marker = None if _missing(marker) else int(marker)
     return ProfilePlot(
@@ -155,12 +177,14 @@ def plot_profile(
     fmt: str | None = None,
     title: str | None = None,
 ) -> ProfilePlot:
-    """Draw the layer profile of one report: NRC1-4 against layer index, collapse marked.
+    """Draw the layer profile of one report: NRC1-4 (or NC1-3 and NCC) against layer index,
+    collapse marked.
 
-    Four panels side by side: ``nrc1_noise``, ``nrc2_cka`` and ``nrc3_alignment`` on linear
-    axes, ``nrc4_probe_mse`` with ``model_mse`` as a dashed line on a log axis. The first
-    collapsed layer gets a vertical line and the collapsed region (from it to the last layer)
-    is shaded, in every panel.
+    Four panels side by side: for regression, ``nrc1_noise``, ``nrc2_cka`` and
+    ``nrc3_alignment`` on linear axes, ``nrc4_probe_mse`` with ``model_mse`` as a dashed line on
+    a log axis; for a classifier, ``nc1`` on a log axis, then ``nc2_etf``, ``nc3_alignment`` and
+    ``ncc_accuracy``. The first collapsed layer gets a vertical line and the collapsed region
+    (from it to the last layer) is shaded, in every panel.
 
     Parameters
     ----------
@@ -181,19 +205,23 @@ def plot_profile(
     fmt = image_format(output, fmt)
     plot = profile_series(results)
     _, figure_cls, _ = _matplotlib()
+    panels = tuple(plot.series)
     fig = figure_cls(figsize=(14, 3.4))
-    axes = fig.subplots(1, len(PROFILE_PANELS))
-    last = max(plot.series[PROFILE_PANELS[0]][0])
-    for ax, panel in zip(axes, PROFILE_PANELS, strict=True):
+    axes = fig.subplots(1, len(panels))
+    last = max(plot.series[panels[0]][0])
+    for ax, panel in zip(axes, panels, strict=True):
         xs, ys = plot.series[panel]
         ax.plot(xs, ys, marker="o", color="#1f77b4", label=panel)
-        if panel == "nrc4_probe_mse":
-            if math.isfinite(plot.model_mse):
+        if panel in _LOG_PANELS:
+            if panel == "nrc4_probe_mse" and math.isfinite(plot.model_mse):
                 ax.axhline(plot.model_mse, color="#d62728", ls="--", lw=1.2, label="model_mse")
             if any(math.isfinite(y) and y > 0 for y in ys):
                 ax.set_yscale("log")
-            ax.legend(fontsize=8, loc="best")
-        elif panel != "nrc2_cka" or all(not math.isfinite(y) or 0 <= y <= 1 for y in ys):
+            if panel == "nrc4_probe_mse":
+                ax.legend(fontsize=8, loc="best")
+        elif panel not in ("nrc2_cka", "nc2_etf") or all(
+            not math.isfinite(y) or 0 <= y <= 1 for y in ys
+        ):
             ax.set_ylim(-0.03, 1.03)
         if plot.marker is not None:
             ax.axvspan(plot.marker - 0.5, last + 0.5, color=_COLLAPSED_COLOR, alpha=0.12, lw=0)
@@ -203,7 +231,7 @@ def plot_profile(
         ax.set_xticks(xs)
         ax.set_xlim(min(xs) - 0.5, last + 0.5)
         ax.grid(alpha=0.3)
-    names = dict(zip(plot.series[PROFILE_PANELS[0]][0], plot.layers, strict=True))
+    names = dict(zip(plot.series[panels[0]][0], plot.layers, strict=True))
     if plot.marker is None:
         where = "no collapse"
     else:
