@@ -17,6 +17,8 @@ from nrc_cli.accumulate.classes import (
     Agreement,
     ClassMoments,
     NearestClassMean,
+    as_labels,
+    is_label_array,
     predicted_classes,
 )
 from nrc_cli.accumulate.moments import Workspace
@@ -237,3 +239,53 @@ def test_agreement_counts_correct_predictions_and_merges():
     assert a.merge(b).compute() == pytest.approx(3 / 4)
     with pytest.raises(ValueError):
         Agreement().compute()
+
+
+# -- labels ---------------------------------------------------------------------------------------
+
+
+def test_auto_reads_only_1d_integer_arrays_as_labels():
+    assert is_label_array(np.int64, (10,))
+    assert is_label_array(torch.int32, (10,))
+    assert is_label_array("uint8", (10,))
+    assert not is_label_array(np.float32, (10,))
+    assert not is_label_array(np.int64, (10, 1))
+    assert not is_label_array(torch.bool, (10,))
+    assert not is_label_array(np.float64, (10, 3))
+
+
+def test_labels_from_integers_integral_floats_and_one_hot_rows():
+    assert as_labels(torch.tensor([3, 0, 2])).tolist() == [3, 0, 2]
+    assert as_labels(torch.tensor([[3.0], [0.0], [2.0]])).tolist() == [3, 0, 2]
+    one_hot = torch.eye(4)[torch.tensor([2, 0, 3])]
+    assert as_labels(one_hot, n_outputs=4).tolist() == [2, 0, 3]
+    assert as_labels(torch.tensor([0, 1, 1]), n_outputs=1).tolist() == [0, 1, 1]
+    assert as_labels(torch.tensor([], dtype=torch.int64)).tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("y", "n_outputs", "message"),
+    [
+        (torch.tensor([0.0, 1.5, 2.0]), None, r"integers, found 1\.5 at row 1"),
+        (torch.tensor([0.0, float("nan")]), None, r"integers, found nan at row 1"),
+        (torch.tensor([0, 2, -1]), None, r">= 0, found -1 at row 2"),
+        (
+            torch.tensor([0, 5, 2]),
+            5,
+            r"label 5 at row 1 is beyond the model's 5 outputs \(labels 0\.\.4\)",
+        ),
+        (
+            torch.tensor([0, 2]),
+            1,
+            r"label 2 at row 1 is beyond the model's single output \(a binary",
+        ),
+        (torch.tensor([[1.0, 0.0], [0.5, 0.5]]), None, r"row 1 is not one-hot \(\[0\.5, 0\.5\]\)"),
+        (torch.tensor([[1.0, 0.0], [1.0, 1.0]]), None, r"row 1 is not one-hot"),
+        (torch.eye(3), 4, r"one-hot labels of 3 columns, but the model has 4 outputs"),
+        (torch.zeros(2, 2, 2), None, r"expected labels of shape"),
+        (torch.tensor([True, False]), None, r"integers, found dtype torch\.bool"),
+    ],
+)
+def test_bad_labels_are_named_with_their_row(y, n_outputs, message):
+    with pytest.raises(ValueError, match=message):
+        as_labels(y, n_outputs=n_outputs)
