@@ -16,6 +16,7 @@ from helpers import AccumulatorCase, check_accumulator_contract, tensor_results
 from nrc_cli.accumulate.classes import (
     Agreement,
     ClassMoments,
+    ClassSketch,
     NearestClassMean,
     as_labels,
     is_label_array,
@@ -33,7 +34,7 @@ def _class_data(n=900, p=7, seed=0, dtype=F64, offset=50.0):
     labels = torch.tensor(
         np.random.default_rng(seed).choice([0, 2, 3], size=n, p=[0.6, 0.3, 0.1]), dtype=torch.int64
     )
-    labels[torch.tensor([5, 400, n - 2])] = 6
+    labels[torch.tensor([5, n // 2, n - 2])] = 6
     centres = torch.randn(7, p, generator=g, dtype=F64) * 3 + offset
     z = centres[labels] + torch.randn(n, p, generator=g, dtype=F64) @ torch.randn(
         p, p, generator=g, dtype=F64
@@ -79,6 +80,63 @@ CLASSES = AccumulatorCase(
 def test_class_moments_contract(dtype):
     z, labels = _class_data(dtype=dtype)
     check_accumulator_contract(CLASSES, [z, labels], rtol=1e-12)
+
+
+OMEGA = torch.randn(7, 4, generator=torch.Generator().manual_seed(9), dtype=F64)
+
+
+def _sketch_result(acc: ClassSketch) -> dict:
+    s = acc.compute()
+    return tensor_results(
+        n=s.n,
+        labels=s.labels,
+        counts=s.counts,
+        means=s.means,
+        mean=s.mean,
+        within_trace=s.within_trace,
+        within_sketch=s.within_sketch,
+        total_sketch=s.total_sketch(),
+        total_trace=s.total_trace(),
+    )
+
+
+def _dense_sketch(z: np.ndarray, labels: np.ndarray) -> dict:
+    d = _dense_stats(z, labels)
+    omega = OMEGA.numpy()
+    return {
+        "n": d["n"],
+        "labels": d["labels"],
+        "counts": d["counts"],
+        "means": d["means"],
+        "mean": d["mean"],
+        "within_trace": np.trace(d["cov_within"]),
+        "within_sketch": d["cov_within"] @ omega,
+        "total_sketch": d["cov_total"] @ omega,
+        "total_trace": np.trace(d["cov_total"]),
+    }
+
+
+SKETCH = AccumulatorCase(
+    make=lambda: ClassSketch(OMEGA),
+    update=lambda acc, z, labels: acc.update(z, labels),
+    result=_sketch_result,
+    dense=_dense_sketch,
+)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_class_sketch_contract(dtype):
+    z, labels = _class_data(dtype=dtype)
+    check_accumulator_contract(SKETCH, [z, labels], rtol=1e-11)
+
+
+def test_sketches_with_different_test_matrices_do_not_merge():
+    z, labels = _class_data(n=100)
+    a, b = ClassSketch(OMEGA), ClassSketch(OMEGA + 1)
+    a.update(z[:50], labels[:50])
+    b.update(z[50:], labels[50:])
+    with pytest.raises(ValueError, match="different test matrices"):
+        a.merge(b)
 
 
 def test_class_moments_with_a_workspace():

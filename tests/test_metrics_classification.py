@@ -23,6 +23,7 @@ from torch import nn
 from nrc_cli.accumulate.classes import (
     Agreement,
     ClassMoments,
+    ClassSketch,
     NearestClassMean,
     predicted_classes,
 )
@@ -202,6 +203,30 @@ def test_nc1_from_the_second_pass_equals_nc1_from_the_within_class_covariance():
     counts = _ncc(stats, z, lt, projection=between.whitening())
     want = class_layer_metrics(stats, _linear(torch.randn(3, 6, dtype=F64)))["nc1"]
     assert nc1_from_whitened(counts, stats.n_classes) == pytest.approx(want, rel=1e-10)
+
+
+def test_a_sketched_layer_gives_the_exact_columns_with_the_second_pass():
+    # A sketch as wide as the layer reconstructs Σ_T exactly; nc1 comes from the second pass.
+    rng = np.random.default_rng(8)
+    labels = rng.choice([0, 1, 3, 4], size=700, p=[0.5, 0.2, 0.2, 0.1])
+    p = 12
+    z = rng.standard_normal((5, p))[labels] * 2 + rng.standard_normal((700, p)) @ np.diag(
+        np.linspace(0.2, 2, p)
+    )
+    zt, lt = torch.from_numpy(z), torch.from_numpy(labels)
+    omega = torch.randn(p, p, generator=torch.Generator().manual_seed(1), dtype=F64)
+    acc = ClassSketch(omega)
+    for s in range(0, 700, 64):
+        acc.update(zt[s : s + 64], lt[s : s + 64])
+    stats = acc.compute()
+    assert stats.cov_within is None
+    head = _linear(torch.from_numpy(rng.standard_normal((6, p))))
+    without = class_layer_metrics(stats, head)
+    assert without["nc1"] is None  # Σ_W was never formed and no second pass was given
+    counts = _ncc(stats, zt, lt, projection=between_spectrum(stats).whitening())
+    got = class_layer_metrics(stats, head, ncc=counts)
+    want = dense_class_layer(z, labels, head.weight.detach().numpy())
+    _compare(got, want, rel=1e-8, abs_=1e-12)
 
 
 def test_duality_needs_one_output_per_class_and_labels_0_to_c_minus_1():

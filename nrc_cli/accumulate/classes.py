@@ -167,8 +167,14 @@ class ClassStats:
         μ_c.
     mean : Tensor, shape (p,)
         μ_G, the mean over all N samples.
-    cov_within : Tensor, shape (p, p)
-        Σ_W = (1/N) Σ_i (z_i − μ_{c_i})(z_i − μ_{c_i})ᵀ.
+    within_trace : float
+        tr Σ_W.
+    cov_within : Tensor, shape (p, p), or None
+        Σ_W = (1/N) Σ_i (z_i − μ_{c_i})(z_i − μ_{c_i})ᵀ (None when sketched).
+    within_sketch : Tensor, shape (p, s), or None
+        Σ_W·Ω, for a sketched layer (None otherwise).
+    omega : Tensor, shape (p, s), or None
+        The sketch's test matrix Ω.
     """
 
     n: int
@@ -176,7 +182,10 @@ class ClassStats:
     counts: torch.Tensor
     means: torch.Tensor
     mean: torch.Tensor
-    cov_within: torch.Tensor
+    within_trace: float
+    cov_within: torch.Tensor | None = None
+    within_sketch: torch.Tensor | None = None
+    omega: torch.Tensor | None = None
 
     @property
     def n_classes(self) -> int:
@@ -187,22 +196,39 @@ class ClassStats:
         """M = [μ_c − μ_G]_c, shape (p, C): the centred class means as columns."""
         return (self.means - self.mean).T
 
+    def _weighted_means(self) -> torch.Tensor:
+        m = self.centred_means
+        return m * (self.counts.to(m.dtype) / self.n)
+
     def cov_total(self) -> torch.Tensor:
         """Σ_T = Σ_W + Σ_c (n_c/N)(μ_c − μ_G)(μ_c − μ_G)ᵀ, shape (p, p) (a new array)."""
-        m = self.centred_means
-        weighted = m * (self.counts.to(m.dtype) / self.n)
-        total = self.cov_within + weighted @ m.T
+        if self.cov_within is None:
+            raise ValueError("a sketched layer has no p×p covariance; use total_sketch()")
+        total = self.cov_within + self._weighted_means() @ self.centred_means.T
         return (total + total.T) / 2
 
+    def total_sketch(self) -> torch.Tensor:
+        """Σ_T·Ω = Σ_W·Ω + M diag(n_c/N) (MᵀΩ), shape (p, s), for a sketched layer."""
+        if self.within_sketch is None or self.omega is None:
+            raise ValueError("not a sketched layer")
+        return self.within_sketch + self._weighted_means() @ (self.centred_means.T @ self.omega)
 
-class ClassMoments:
-    """Per-class counts and sums plus the class-shifted Gram of features z ∈ R^p.
+    def total_trace(self) -> float:
+        """tr Σ_T = tr Σ_W + Σ_c (n_c/N) ‖μ_c − μ_G‖²."""
+        m = self.centred_means
+        return self.within_trace + float((self._weighted_means() * m).sum())
 
-    Labels are non-negative integers; the state grows to the largest label seen (plus one), so
-    memory is O(p² + L·p) whatever the number of samples. One update costs O(b·p²) for a batch
-    of b samples, like :class:`~nrc_cli.accumulate.moments.CrossMoments`; with a
-    :class:`~nrc_cli.accumulate.moments.Workspace` the shifted batch is written there.
+
+class _ClassSums:
+    """The first-order half shared by :class:`ClassMoments` and :class:`ClassSketch`.
+
+    Per label value: the count, the shift c_c (the class's mean in the first batch that held
+    it) and Σ_{i in c} (z_i − c_c). Subclasses add second-order sums of the shifted rows
+    u_i = z_i − c_{c_i} in :meth:`_add_second` and re-express them about new shifts in
+    :meth:`_shift_second`.
     """
+
+    _second: tuple[str, ...] = ()
 
     def __init__(
         self, device: torch.device | str | None = None, workspace: Workspace | None = None
@@ -216,12 +242,13 @@ class ClassMoments:
         self.shift: torch.Tensor | None = None  # (L, p): c_c, valid where counts > 0
         self.counts: torch.Tensor | None = None  # (L,) int64
         self.sums: torch.Tensor | None = None  # (L, p): Σ_{i in c} (z_i − c_c)
-        self.gram: torch.Tensor | None = None  # (p, p), upper triangle: Σ_i u_i u_iᵀ
+        for name in self._second:
+            setattr(self, name, None)
 
     @property
     def width(self) -> int | None:
         """p, once a batch has been seen."""
-        return None if self.gram is None else int(self.gram.shape[0])
+        return None if self.sums is None else int(self.sums.shape[1])
 
     def _grow(self, size: int) -> None:
         """Make room for labels 0..size−1 (new rows are zero: no samples)."""
@@ -229,11 +256,23 @@ class ClassMoments:
         if size <= have:
             return
         extra = size - have
-        p = self.gram.shape[0]
-        dev = self.gram.device
+        p = self.sums.shape[1]
+        dev = self.sums.device
         self.counts = torch.cat([self.counts, torch.zeros(extra, dtype=_I64, device=dev)])
         self.shift = torch.cat([self.shift, torch.zeros(extra, p, dtype=_F64, device=dev)])
         self.sums = torch.cat([self.sums, torch.zeros(extra, p, dtype=_F64, device=dev)])
+
+    def _init_second(self, p: int, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def _add_second(self, u: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _shift_second(
+        self, other: _ClassSums, sums: torch.Tensor, d: torch.Tensor, n_c: torch.Tensor
+    ) -> None:
+        """Add the other state's second-order sums, moved by d (L_other, p) per class."""
+        raise NotImplementedError
 
     def update(self, z: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: ``z`` of shape (b, p), integer ``labels`` ≥ 0 of shape (b,).
@@ -253,13 +292,13 @@ class ClassMoments:
             lowest, highest = int(lab.min()), int(lab.max())
             if lowest < 0:
                 raise ValueError(f"labels must be >= 0, found {lowest}")
-            if self.gram is None:
+            if self.sums is None:
                 p = z.shape[1]
                 self.counts = torch.zeros(highest + 1, dtype=_I64, device=device)
                 self.shift = torch.zeros(highest + 1, p, dtype=_F64, device=device)
                 self.sums = torch.zeros(highest + 1, p, dtype=_F64, device=device)
-                self.gram = torch.zeros(p, p, dtype=_F64, device=device)
-            elif z.shape[1] != self.gram.shape[0]:
+                self._init_second(p, device)
+            elif z.shape[1] != self.sums.shape[1]:
                 raise ValueError(f"feature width changed: had {self.width}, got {z.shape[1]}")
             self._grow(highest + 1)
             batch_counts = torch.bincount(lab, minlength=self.counts.shape[0])
@@ -278,21 +317,21 @@ class ClassMoments:
             torch.sub(z, u, out=u)
             self.sums.index_add_(0, lab, u)
             self.counts.add_(batch_counts)
-        add_gram_(self.gram, u)
+        self._add_second(u)
         self.n += b
 
-    def merge(self, other: ClassMoments) -> ClassMoments:
+    def merge(self, other: _ClassSums) -> _ClassSums:
         """Fold another partial state into this one (in place) and return self."""
         if other.n == 0:
             return self
         if self.n == 0:
             self.n = other.n
-            for name in ("shift", "counts", "sums", "gram"):
+            for name in ("shift", "counts", "sums", *self._second):
                 setattr(self, name, getattr(other, name).clone())
             return self
         if other.width != self.width:
             raise ValueError(f"feature width changed: had {self.width}, got {other.width}")
-        dev = self.gram.device
+        dev = self.sums.device
         with single_threaded(dev):
             self._grow(other.counts.shape[0])
             size = other.counts.shape[0]
@@ -307,29 +346,120 @@ class ClassMoments:
             both = (mine > 0) & (theirs > 0)
             d = torch.where(both.unsqueeze(1), shift - self.shift[:size], 0.0)
             n_c = theirs.to(_F64).unsqueeze(1)
-            # Σ_c [s_c d_cᵀ + d_c s_cᵀ + n_c d_c d_cᵀ], over the classes of the other state.
-            cross = sums.T @ d
-            correction = cross + cross.T + (d * n_c).T @ d
+            self._shift_second(other, sums, d, n_c)
             self.sums[:size].add_(sums + n_c * d)
             self.counts[:size].add_(theirs)
-            self.gram.add_(other.gram.to(dev)).add_(correction)
         self.n += other.n
         return self
+
+    def _first_order(self) -> tuple[torch.Tensor, ...]:
+        """(present labels, counts, d = μ_c − c_c, μ_c, μ_G, n_c as a float column)."""
+        present = (self.counts > 0).nonzero().squeeze(1)
+        counts = self.counts[present]
+        n_c = counts.to(_F64).unsqueeze(1)
+        d = self.sums[present] / n_c
+        means = self.shift[present] + d
+        mean = (means * n_c).sum(dim=0) / self.n
+        return present, counts, d, means, mean, n_c
+
+
+class ClassMoments(_ClassSums):
+    """Per-class counts and sums plus the class-shifted Gram of features z ∈ R^p.
+
+    Labels are non-negative integers; the state grows to the largest label seen (plus one), so
+    memory is O(p² + L·p) whatever the number of samples. One update costs O(b·p²) for a batch
+    of b samples, like :class:`~nrc_cli.accumulate.moments.CrossMoments`; with a
+    :class:`~nrc_cli.accumulate.moments.Workspace` the shifted batch is written there.
+    """
+
+    _second = ("gram",)  # (p, p), upper triangle: Σ_i u_i u_iᵀ
+
+    def _init_second(self, p: int, device: torch.device) -> None:
+        self.gram = torch.zeros(p, p, dtype=_F64, device=device)
+
+    def _add_second(self, u: torch.Tensor) -> None:
+        # The p×p product goes straight into the state (no p×p temporary), with every thread.
+        add_gram_(self.gram, u)
+
+    def _shift_second(self, other, sums, d, n_c) -> None:
+        # Σ_c [s_c d_cᵀ + d_c s_cᵀ + n_c d_c d_cᵀ], over the classes of the other state.
+        cross = sums.T @ d
+        self.gram.add_(other.gram.to(self.gram.device)).add_(cross + cross.T + (d * n_c).T @ d)
 
     def compute(self) -> ClassStats:
         """The per-class moments so far; the state is not changed."""
         if self.n == 0:
             raise ValueError("no samples accumulated")
-        n = self.n
         with single_threaded(self.gram.device):
-            present = (self.counts > 0).nonzero().squeeze(1)
-            counts = self.counts[present]
-            n_c = counts.to(_F64).unsqueeze(1)
-            d = self.sums[present] / n_c  # μ_c − c_c
-            means = self.shift[present] + d
-            mean = (means * n_c).sum(dim=0) / n
-            cov_within = symmetric(self.gram).sub_((d * n_c).T @ d).div_(n)
-        return ClassStats(n, present.clone(), counts.clone(), means, mean, cov_within)
+            present, counts, d, means, mean, n_c = self._first_order()
+            cov_within = symmetric(self.gram).sub_((d * n_c).T @ d).div_(self.n)
+        trace = float(torch.diagonal(cov_within).clamp_min(0).sum())
+        return ClassStats(
+            self.n, present.clone(), counts.clone(), means, mean, trace, cov_within=cov_within
+        )
+
+
+class ClassSketch(_ClassSums):
+    """Per-class counts and sums plus Σ_W·Ω and diag Σ_W, for layers whose p×p state does not
+    fit: memory O(p·s + L·p) for a p×s test matrix Ω.
+
+    Σ_T·Ω follows from the class means (:meth:`ClassStats.total_sketch`), so the total
+    covariance's top spectrum comes from the same Nyström reconstruction as for regression
+    (:func:`nrc_cli.linalg.nystrom_eigh`); ``nc1`` needs the second pass (see
+    :class:`NearestClassMean`'s ``projection``).
+    """
+
+    _second = ("s_omega", "diag")  # Σ_i u_i (u_iᵀΩ) (p, s), Σ_i u_i² (p,)
+
+    def __init__(
+        self,
+        omega: torch.Tensor,
+        device: torch.device | str | None = None,
+        workspace: Workspace | None = None,
+    ) -> None:
+        device = torch.device(device) if device is not None else omega.device
+        self.omega = omega.to(device=device, dtype=_F64)
+        super().__init__(device, workspace)
+
+    def _init_second(self, p: int, device: torch.device) -> None:
+        if p != self.omega.shape[0]:
+            raise ValueError(f"features of width {p} for a test matrix of {self.omega.shape[0]}")
+        self.s_omega = torch.zeros_like(self.omega)
+        self.diag = torch.zeros(p, dtype=_F64, device=device)
+
+    def _add_second(self, u: torch.Tensor) -> None:
+        self.s_omega.addmm_(u.T, u @ self.omega)
+        self.diag.add_((u * u).sum(dim=0))
+
+    def _shift_second(self, other, sums, d, n_c) -> None:
+        if other.omega.shape != self.omega.shape or not torch.equal(
+            other.omega.to(self.omega.device), self.omega
+        ):
+            raise ValueError("cannot merge sketches built with different test matrices")
+        d_omega = d @ self.omega
+        self.s_omega.add_(other.s_omega.to(self.s_omega.device))
+        self.s_omega.add_(sums.T @ d_omega + d.T @ (sums @ self.omega) + (d * n_c).T @ d_omega)
+        self.diag.add_(other.diag.to(self.diag.device))
+        self.diag.add_((2 * sums * d + n_c * d * d).sum(dim=0))
+
+    def compute(self) -> ClassStats:
+        """The per-class moments with Σ_W·Ω in place of Σ_W; the state is not changed."""
+        if self.n == 0:
+            raise ValueError("no samples accumulated")
+        present, counts, d, means, mean, n_c = self._first_order()
+        weighted = d * n_c
+        sketch = (self.s_omega - weighted.T @ (d @ self.omega)) / self.n
+        trace = float(((self.diag - (weighted * d).sum(dim=0)) / self.n).clamp_min(0).sum())
+        return ClassStats(
+            self.n,
+            present.clone(),
+            counts.clone(),
+            means,
+            mean,
+            trace,
+            within_sketch=sketch,
+            omega=self.omega.clone(),
+        )
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,9 @@ def between_spectrum(stats: ClassStats) -> BetweenSpectrum:
 
 
 def nc1(stats: ClassStats, between: BetweenSpectrum) -> float | None:
-    """Papyan's NC1, tr(Σ_W Σ_B^†) / C = Σ_{j≤r} u_jᵀ Σ_W u_j / (β_j C); None when r = 0."""
-    if between.rank == 0:
+    """Papyan's NC1, tr(Σ_W Σ_B^†) / C = Σ_{j≤r} u_jᵀ Σ_W u_j / (β_j C); None when r = 0 or
+    when Σ_W was not formed (a sketched layer: see :func:`nc1_from_whitened`)."""
+    if between.rank == 0 or stats.cov_within is None:
         return None
     u = between.vectors
     quad = (u * (stats.cov_within @ u)).sum(dim=0)
@@ -144,18 +145,25 @@ def class_layer_metrics(
     between : BetweenSpectrum, optional
         Computed from ``stats`` when omitted.
     ncc : NearestMeanCounts, optional
-        The second pass's counts; without them the NCC columns are None.
+        The second pass's counts; without them the NCC columns are None. For a sketched layer
+        (no Σ_W), ``nc1`` comes from their whitened within-class sum (the pass must have been
+        given :meth:`BetweenSpectrum.whitening` as its projection), and is None without it.
     """
     if isinstance(weight, str):
         weight = weight_input_basis(module)
     if between is None:
         between = between_spectrum(stats)
     if total is None:
-        total = Spectrum.exact(stats.cov_total())
+        if stats.cov_within is not None:
+            total = Spectrum.exact(stats.cov_total())
+        else:
+            total = Spectrum.from_sketch(stats.total_sketch(), stats.omega, stats.total_trace())
     p = stats.means.shape[1]
     out: dict = {"in_dim": p, "rank": between.rank}
     out["nc1"] = nc1(stats, between)
-    out["nc1_trace"] = ratio(float(torch.trace(stats.cov_within)), between.trace)
+    if out["nc1"] is None and between.rank and ncc is not None:
+        out["nc1"] = nc1_from_whitened(ncc, stats.n_classes)
+    out["nc1_trace"] = ratio(stats.within_trace, between.trace)
     out["nc2_equinorm"] = equinorm(stats)
     out["nc2_etf"] = etf_distance(stats)
     note = None
