@@ -18,9 +18,10 @@ between-class part. The total covariance follows without cancellation as
 The nearest-class-mean columns need the class means before they can be evaluated: a second
 pass feeds :class:`NearestClassMean` with the means the first one gave.
 
-Both accumulators follow the torchmetrics ``Metric`` shape of :mod:`nrc_cli.accumulate.moments`:
-state declared in ``reset``, ``update(batch)`` only changes state, ``compute()`` is pure,
-``merge(other)`` folds in a partial state computed on other samples.
+Every accumulator here declares its state with :mod:`nrc_cli.accumulate.base` (``add_state``), from
+which ``reset``, ``to(device)`` and the state dicts follow; ``update(batch)`` only changes
+state, ``compute()`` is pure, ``merge(other)`` folds in a partial state computed on other
+samples (re-shifting the per-class sums where needed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from nrc_cli._threads import single_threaded
+from nrc_cli.accumulate.base import Accumulator
 from nrc_cli.accumulate.moments import Workspace, add_gram_, symmetric
 
 _F64 = torch.float64
@@ -219,31 +221,27 @@ class ClassStats:
         return self.within_trace + float((self._weighted_means() * m).sum())
 
 
-class _ClassSums:
+class _ClassSums(Accumulator):
     """The first-order half shared by :class:`ClassMoments` and :class:`ClassSketch`.
 
     Per label value: the count, the shift c_c (the class's mean in the first batch that held
-    it) and Σ_{i in c} (z_i − c_c). Subclasses add second-order sums of the shifted rows
-    u_i = z_i − c_{c_i} in :meth:`_add_second` and re-express them about new shifts in
-    :meth:`_shift_second`.
+    it) and Σ_{i in c} (z_i − c_c). Subclasses declare second-order sums of the shifted rows
+    u_i = z_i − c_{c_i}, fold a batch into them in :meth:`_add_second` and re-express another
+    state's about new shifts in :meth:`_shift_second`.
     """
-
-    _second: tuple[str, ...] = ()
 
     def __init__(
         self, device: torch.device | str | None = None, workspace: Workspace | None = None
     ) -> None:
+        super().__init__()
         self.device = torch.device(device) if device is not None else None
         self.workspace = workspace
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.shift: torch.Tensor | None = None  # (L, p): c_c, valid where counts > 0
-        self.counts: torch.Tensor | None = None  # (L,) int64
-        self.sums: torch.Tensor | None = None  # (L, p): Σ_{i in c} (z_i − c_c)
-        for name in self._second:
-            setattr(self, name, None)
+        self.add_state("n", 0)
+        # The per-class states grow with the largest label seen, so merging is the class's
+        # own (_merge_nonempty), not a plain sum.
+        self.add_state("shift", None, reduce=None)  # (L, p): c_c, valid where counts > 0
+        self.add_state("counts", None, reduce=None)  # (L,) int64
+        self.add_state("sums", None, reduce=None)  # (L, p): Σ_{i in c} (z_i − c_c)
 
     @property
     def width(self) -> int | None:
@@ -320,15 +318,9 @@ class _ClassSums:
         self._add_second(u)
         self.n += b
 
-    def merge(self, other: _ClassSums) -> _ClassSums:
-        """Fold another partial state into this one (in place) and return self."""
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            self.n = other.n
-            for name in ("shift", "counts", "sums", *self._second):
-                setattr(self, name, getattr(other, name).clone())
-            return self
+    def _merge_nonempty(self, other: Accumulator) -> None:
+        """Both states hold samples: move the other's sums to this state's shifts, add."""
+        assert isinstance(other, _ClassSums)
         if other.width != self.width:
             raise ValueError(f"feature width changed: had {self.width}, got {other.width}")
         dev = self.sums.device
@@ -350,7 +342,6 @@ class _ClassSums:
             self.sums[:size].add_(sums + n_c * d)
             self.counts[:size].add_(theirs)
         self.n += other.n
-        return self
 
     def _first_order(self) -> tuple[torch.Tensor, ...]:
         """(present labels, counts, d = μ_c − c_c, μ_c, μ_G, n_c as a float column)."""
@@ -372,7 +363,11 @@ class ClassMoments(_ClassSums):
     :class:`~nrc_cli.accumulate.moments.Workspace` the shifted batch is written there.
     """
 
-    _second = ("gram",)  # (p, p), upper triangle: Σ_i u_i u_iᵀ
+    def __init__(
+        self, device: torch.device | str | None = None, workspace: Workspace | None = None
+    ) -> None:
+        super().__init__(device, workspace)
+        self.add_state("gram", None, reduce=None)  # (p, p), upper triangle: Σ_i u_i u_iᵀ
 
     def _init_second(self, p: int, device: torch.device) -> None:
         self.gram = torch.zeros(p, p, dtype=_F64, device=device)
@@ -409,8 +404,6 @@ class ClassSketch(_ClassSums):
     :class:`NearestClassMean`'s ``projection``).
     """
 
-    _second = ("s_omega", "diag")  # Σ_i u_i (u_iᵀΩ) (p, s), Σ_i u_i² (p,)
-
     def __init__(
         self,
         omega: torch.Tensor,
@@ -418,8 +411,16 @@ class ClassSketch(_ClassSums):
         workspace: Workspace | None = None,
     ) -> None:
         device = torch.device(device) if device is not None else omega.device
-        self.omega = omega.to(device=device, dtype=_F64)
         super().__init__(device, workspace)
+        # Ω is a constant of the sketch, not state: two sketches merge only with the same Ω.
+        self.omega = omega.to(device=device, dtype=_F64)
+        self.add_state("s_omega", None, reduce=None)  # Σ_i u_i (u_iᵀΩ), (p, s)
+        self.add_state("diag", None, reduce=None)  # Σ_i u_i², (p,)
+
+    def to(self, device: torch.device | str) -> ClassSketch:
+        super().to(device)
+        self.omega = self.omega.to(device)
+        return self
 
     def _init_second(self, p: int, device: torch.device) -> None:
         if p != self.omega.shape[0]:
@@ -495,7 +496,7 @@ class NearestMeanCounts:
         return None if self.n_predicted == 0 else self.mismatch / self.n_predicted
 
 
-class NearestClassMean:
+class NearestClassMean(Accumulator):
     """Second-pass counts of the nearest-class-mean (NCC) classifier of one layer.
 
     Given the class means of a first pass, each sample is assigned to the class whose mean is
@@ -547,14 +548,14 @@ class NearestClassMean:
         self.position = torch.full((size,), -1, dtype=_I64, device=device)
         self.position[self.labels] = torch.arange(self.labels.numel(), device=device)
         self.projection = None if projection is None else projection.to(device=device, dtype=_F64)
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.correct = 0
-        self.n_predicted = 0
-        self.mismatch = 0
-        self.whitened = 0.0 if self.projection is not None else None
+        # The means, the shift and the projection are constants of the pass, not state: two
+        # passes merge only when fed the same means.
+        super().__init__()
+        self.add_state("n", 0)
+        self.add_state("correct", 0)
+        self.add_state("n_predicted", 0)
+        self.add_state("mismatch", 0)
+        self.add_state("whitened", 0.0)  # Σ_i ‖Pᵀ(z_i − μ_{c_i})‖², with a projection
 
     def assign(self, z: torch.Tensor) -> torch.Tensor:
         """The label of the nearest class mean for each row of ``z`` (b, p): int64 (b,)."""
@@ -628,43 +629,47 @@ class NearestClassMean:
                 self.whitened += float((r * r).sum())
         self.n += b
 
-    def merge(self, other: NearestClassMean) -> NearestClassMean:
-        """Fold the counts of another pass over other samples (same means) into this one."""
-        self.n += other.n
-        self.correct += other.correct
-        self.n_predicted += other.n_predicted
-        self.mismatch += other.mismatch
-        if self.whitened is not None and other.whitened is not None:
-            self.whitened += other.whitened
+    def merge(self, other: Accumulator) -> Accumulator:
+        """Fold the counts of a pass over other samples, fed the same means, into this one."""
+        if isinstance(other, NearestClassMean) and other.n and self.n:
+            same = (
+                other.centred.shape == self.centred.shape
+                and torch.equal(other.labels.to(self.device), self.labels)
+                and torch.equal(other.means.to(self.device), self.means)
+            )
+            if not same:
+                raise ValueError("cannot merge nearest-class-mean passes fed different means")
+        return super().merge(other)
+
+    def to(self, device: torch.device | str) -> NearestClassMean:
+        super().to(device)
+        device = torch.device(device)
+        for name in ("labels", "center", "centred", "means", "norms2", "position"):
+            setattr(self, name, getattr(self, name).to(device))
+        if self.projection is not None:
+            self.projection = self.projection.to(device)
+        self.device = device
         return self
 
     def compute(self) -> NearestMeanCounts:
         if self.n == 0:
             raise ValueError("no samples accumulated")
-        return NearestMeanCounts(
-            self.n, self.correct, self.n_predicted, self.mismatch, self.whitened
-        )
+        whitened = self.whitened if self.projection is not None else None
+        return NearestMeanCounts(self.n, self.correct, self.n_predicted, self.mismatch, whitened)
 
 
-class Agreement:
+class Agreement(Accumulator):
     """Counts of samples whose predicted class equals the label (for ``model_accuracy``)."""
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.correct = 0
+        super().__init__()
+        self.add_state("n", 0)
+        self.add_state("correct", 0)
 
     def update(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
         _check_labels(labels, predicted.shape[0])
         self.correct += int((predicted.to(_I64) == labels.to(predicted.device, _I64)).sum())
         self.n += labels.shape[0]
-
-    def merge(self, other: Agreement) -> Agreement:
-        self.n += other.n
-        self.correct += other.correct
-        return self
 
     def compute(self) -> float:
         if self.n == 0:
