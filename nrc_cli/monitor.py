@@ -27,12 +27,13 @@ from torch import nn
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
-from nrc_cli.accumulate.moments import SquaredError, Workspace
+from nrc_cli.accumulate.classes import ClassSketch, is_label_array
+from nrc_cli.accumulate.moments import Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families import FAMILIES
-from nrc_cli.options import DEFAULT_COLLAPSE_RULE, CollapseRule, parse_size
+from nrc_cli.options import parse_size
 from nrc_cli.planning import NARROW_NOTE, make_plan
 from nrc_cli.results import Results
 
@@ -71,8 +72,9 @@ class CollapseMonitor:
         Spectrum method; ``auto`` is exact up to width 2048.
     oversample, power_iters, seed : int
         Randomized SVD knobs (keyword only).
-    collapse_rule : str
-        Comma-separated ``COLUMN<=V`` / ``COLUMN>=V`` terms.
+    collapse_rule : str, optional
+        Comma-separated ``COLUMN<=V`` / ``COLUMN>=V`` terms (default: the task's,
+        ``nrc1_noise<=0.2`` or ``nc1_trace<=0.2``).
     output_key : str, optional
         Which part of a tuple/dict/ModelOutput output is the prediction.
     mask_key : str or None
@@ -85,8 +87,11 @@ class CollapseMonitor:
         ``"mixed"`` forms each batch's Gram matrices in float32 (on centred features) and adds
         them into the float64 sums: faster where float64 is slow, every metric within
         1e-5 + 1e-4·|exact| (docs/metrics.md, "Mixed precision"); recorded in the summary.
-    task : str
-        The metric family (``"regression"``: Deep NRC); see :mod:`nrc_cli.families`.
+    task : {"regression", "classification", "auto"}
+        The metric family (see :mod:`nrc_cli.families`): ``"regression"``, Deep NRC
+        (docs/metrics.md); ``"classification"``, Deep Neural Collapse of a classifier with
+        ``update(labels, output)`` (docs/classification.md); ``"auto"``, classification when
+        the first batch's targets are a 1-D integer tensor or array, else regression.
     active : collection of str, optional
         Accumulate only these layers (the others are still hooked, to learn the forward
         order). Default: every selected layer.
@@ -124,7 +129,7 @@ class CollapseMonitor:
         oversample: int = 10,
         power_iters: int = 4,
         seed: int = 0,
-        collapse_rule: str = DEFAULT_COLLAPSE_RULE,
+        collapse_rule: str | None = None,
         output_key: str | None = None,
         mask_key: str | None = "attention_mask",
         memory_budget: int | str | None = None,
@@ -137,9 +142,9 @@ class CollapseMonitor:
             raise ConfigError(
                 f"CollapseMonitor: expected a torch.nn.Module, found {type(model).__name__}"
             )
-        if task not in FAMILIES:
+        if task not in (*FAMILIES, "auto"):
             raise ConfigError(
-                f"task: expected one of {', '.join(FAMILIES)}, found {task!r}",
+                f"task: expected one of {', '.join(FAMILIES)} or auto, found {task!r}",
             )
         from nrc_cli.options import AnalysisOptions
 
@@ -156,19 +161,12 @@ class CollapseMonitor:
             output_key=output_key,
             memory_budget=memory_budget,
             precision=precision,
+            task=task,
         )
         self.model = model
-        self.task = task
-        self.family = FAMILIES[task](
-            rank=checked.rank,
-            svd=checked.svd,
-            oversample=checked.oversample,
-            power_iters=checked.power_iters,
-            seed=checked.seed,
-            rule=CollapseRule.parse(checked.collapse_rule),
-            output_key=checked.output_key,
-            precision=checked.precision,
-        )
+        self._options = checked
+        self._auto = task == "auto"
+        self._set_task("regression" if self._auto else task)
         self.layers: list[WeightLayer] = weight_layers(
             model, include=checked.layers, exclude=checked.exclude
         )
@@ -190,6 +188,21 @@ class CollapseMonitor:
         self.mask_key = mask_key
         self._capture: Capture | None = None
         self.reset()
+
+    def _set_task(self, task: str) -> None:
+        checked = self._options
+        self.task = task
+        self.family = FAMILIES[task](
+            rank=checked.rank,
+            svd=checked.svd,
+            oversample=checked.oversample,
+            power_iters=checked.power_iters,
+            seed=checked.seed,
+            rule=checked.rule(task),
+            output_key=checked.output_key,
+            precision=checked.precision,
+        )
+        self._sse = self.family.prediction_accumulator()
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -248,8 +261,10 @@ class CollapseMonitor:
         self._passes = 1
         self._pass_of: dict[str, int] = {}
         self._has_prediction: bool | None = None
-        self._sse = SquaredError()
+        self._sse = self.family.prediction_accumulator()
         self._accs: dict[str, dict[str, Accumulator]] = {}
+        self._second: dict[str, Accumulator] | None = None  # the second pass's, once begun
+        self._second_n = 0
         self._order: list[str] = getattr(self, "_order", [])
         self._order.clear()
         self._pending: dict[str, torch.Tensor | PendingPool] = {}
@@ -300,9 +315,13 @@ class CollapseMonitor:
             No features captured, features whose rows do not match ``y``, non-finite
             features, or a prediction of the wrong shape. The state is then unchanged.
         """
-        y = self._targets(y)
+        if self._auto and self._n == 0:
+            labels = is_label_array(getattr(y, "dtype", None) or "float64", tuple(y.shape))
+            self._set_task("classification" if labels else "regression")
+        if start is None:
+            start = self._second_n if self._second is not None else self._n
+        y = self.family.prepare_targets(self._targets(y), output, start)
         b = y.shape[0]
-        start = self._n if start is None else start
         pending, self._pending = self._pending, {}
         if not pending:
             if not self._order:
@@ -334,6 +353,9 @@ class CollapseMonitor:
                 hint="exclude layers that do not run on every batch",
             )
         self._check_finite(features, start)
+        if self._second is not None:
+            self._update_second(features, y, output, start)
+            return
         device = next(iter(features.values())).device
         if self._device is None:
             self._device = device
@@ -356,9 +378,78 @@ class CollapseMonitor:
                 if name in features and name in self._accs:
                     self.family.update_layer(self._accs[name], features[name], y)
             if pred is not None:
-                self._sse.update(pred, y)
+                self.family.update_prediction(self._sse, pred, y)
         self._has_prediction = has_prediction
         self._n += b
+
+    # -- the second pass (classification) ---------------------------------------------------
+
+    def begin_second_pass(self) -> None:
+        """Classification: freeze the class means found so far; later updates feed the
+        nearest-class-mean counters instead of the class moments.
+
+        Run the same data through the model again (inside ``with monitor:``, calling
+        :meth:`update` per batch as before); once it has seen as many samples as the first
+        pass, :meth:`compute` fills ``ncc_accuracy`` and ``nc4_ncc_mismatch`` (docs/
+        classification.md). Without a complete second pass they are null.
+
+        Raises
+        ------
+        ConfigError
+            For a task without a second pass, before any sample, or when one was begun.
+        """
+        if not self.family.second_pass:
+            raise ConfigError(f"task {self.task} has no second pass")
+        if self._n == 0:
+            raise ConfigError(
+                "begin_second_pass(): no samples yet",
+                hint="feed the whole data set once with update(labels, output) first",
+            )
+        if self._second is not None:
+            raise ConfigError("the second pass was already begun")
+        with torch.inference_mode(False), torch.no_grad(), single_threaded():
+            try:
+                self._second = {
+                    name: self.family.second_accumulator(accs) for name, accs in self._accs.items()
+                }
+            except ValueError as exc:
+                raise DataError(str(exc)) from None
+        self._second_n = 0
+        # Every accumulated layer is hooked now (a joined plan's monitor watched one pass's).
+        self.active.update(self._accs)
+        if self._capture is not None and self._capture.active is not None:
+            self._capture.active.update(self._accs)
+
+    @property
+    def second_pass_samples(self) -> int:
+        """Samples the second pass has seen (0 before it begins)."""
+        return self._second_n
+
+    def _update_second(self, features, y: torch.Tensor, output, start: int) -> None:
+        assert self._second is not None
+        b = y.shape[0]
+        if self._second_n + b > self._n:
+            raise DataError(
+                f"the second pass has seen {self._second_n + b} samples, more than the "
+                f"{self._n} of the first",
+                hint="run the same data through the model again, once",
+            )
+        pred = self.family.select_prediction(output, y) if output is not None else None
+        labels = y[:, 0].to(torch.int64)
+        with torch.inference_mode(False), torch.no_grad():
+            for name, acc in self._second.items():
+                z = features.get(name)
+                if z is None:
+                    continue
+                try:
+                    nearest = self.family.assign_second(acc, z)
+                    acc.add(nearest, labels.to(z.device), pred, z=z)
+                except ValueError as exc:
+                    raise DataError(
+                        f"second pass, batch starting at sample {start}: {exc}",
+                        hint="the second pass must see the same data as the first",
+                    ) from None
+        self._second_n += b
 
     def _targets(self, y) -> torch.Tensor:
         if isinstance(y, np.ndarray):
@@ -463,8 +554,11 @@ class CollapseMonitor:
             )
         t = self._t
         layers = [(self._by_name[n], self._accs[n]) for n in self._order if n in self._accs]
+        second = self._second if self._second is not None and self._second_n == self._n else None
         with single_threaded():
-            outcome = self.family.compute(layers, t, self._sse if self._has_prediction else None)
+            outcome = self.family.compute(
+                layers, t, self._sse if self._has_prediction else None, second
+            )
         methods = {
             w.name: self.family.spectrum_method(w, t, w.name in self.sketch) for w in self.layers
         }
@@ -478,7 +572,7 @@ class CollapseMonitor:
             "oversample": family.oversample,
             "power_iters": family.power_iters,
             "seed": family.seed,
-            "passes": self._passes,
+            "passes": self._passes + (self._second is not None),
             "device": str(self._device),
             "dtype": self._dtype,
             "precision": self.family.precision,
@@ -547,6 +641,15 @@ class CollapseMonitor:
                 raise DataError(f"cannot merge: layer '{name}' is accumulated in one monitor only")
             for kind, acc in theirs.items():
                 mine[kind].merge(acc)
+        if (self._second is None) != (other._second is None):
+            raise DataError("cannot merge a monitor in its second pass with one that is not")
+        if self._second is not None and other._second is not None:
+            try:
+                for name, acc in other._second.items():
+                    self._second[name].merge(acc)
+            except ValueError as exc:
+                raise DataError(f"cannot merge: {exc}") from None
+            self._second_n += other._second_n
         for name in other._order:
             if name not in self._order:
                 self._order.append(name)
@@ -562,6 +665,8 @@ class CollapseMonitor:
         the result is that of one monitor holding every layer.
         """
         self._check_compatible(other)
+        if self._second is not None or other._second is not None:
+            raise DataError("cannot join monitors once their second pass has begun")
         overlap = set(self._accs) & set(other._accs)
         if overlap:
             raise DataError(f"cannot join: layer(s) {', '.join(sorted(overlap))} in both")
@@ -613,10 +718,16 @@ class CollapseMonitor:
         }
         for key, value in self._sse.state_dict().items():
             out[f"sse.{key}"] = value
+        out["task"] = torch.tensor(list(FAMILIES).index(self.task), dtype=_I64)
+        if self._second is not None:
+            out["second_n"] = torch.tensor(self._second_n, dtype=_I64)
+            for name, acc in self._second.items():
+                for key, value in acc.state_dict().items():
+                    out[f"second/{name}/{key}"] = value
         for name, accs in self._accs.items():
             out[f"pass/{name}"] = torch.tensor(self._pass_of.get(name, 1), dtype=_I64)
             for kind, acc in accs.items():
-                if isinstance(acc, CovarianceSketch):
+                if isinstance(acc, (CovarianceSketch, ClassSketch)):
                     out[f"omega/{name}"] = acc.omega.detach().clone()
                 for key, value in acc.state_dict().items():
                     out[f"layer/{name}/{kind}/{key}"] = value
@@ -632,6 +743,14 @@ class CollapseMonitor:
             raise ConfigError(
                 f"not a CollapseMonitor state for this model's layers ({exc})",
             ) from None
+        if "task" in state:
+            task = list(FAMILIES)[int(state["task"])]
+            if task != self.task:
+                if not self._auto:
+                    raise ConfigError(
+                        f"a state of task {task}, for a monitor of task {self.task}",
+                    )
+                self._set_task(task)
         self.reset()
         self._n, self._t = n, (t or None)
         self._batch = int(state.get("batch", torch.tensor(0)))
@@ -657,7 +776,7 @@ class CollapseMonitor:
                 acc = self.family.empty_accumulator(kind, device, state.get(f"omega/{name}"))
                 acc.load_state_dict(fields)
                 accs[kind] = acc
-                if isinstance(acc, CovarianceSketch):
+                if isinstance(acc, (CovarianceSketch, ClassSketch)):
                     self.sketch[name] = int(acc.omega.shape[1])
                 if self._device is None:
                     self._device = device
@@ -666,6 +785,15 @@ class CollapseMonitor:
         if self._device is None:
             self._device = torch.device("cpu")
         self._dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
+        if "second_n" in state:
+            self.begin_second_pass()
+            self._second_n = int(state["second_n"])
+            assert self._second is not None
+            for name, acc in self._second.items():
+                prefix = f"second/{name}/"
+                acc.load_state_dict(
+                    {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+                )
 
     def to(self, device: torch.device | str) -> CollapseMonitor:
         """Move the accumulated state to ``device``; later features must come from there."""
@@ -673,6 +801,8 @@ class CollapseMonitor:
         for accs in self._accs.values():
             for acc in accs.values():
                 acc.to(device)
+        for acc in (self._second or {}).values():
+            acc.to(device)
         if self._accs:
             self._device = device
         return self

@@ -51,6 +51,29 @@ RULE_COLUMNS = (
     "stable_rank_w",
 )
 DEFAULT_COLLAPSE_RULE = "nrc1_noise<=0.2"
+# The same for a classifier (docs/classification.md).
+CLASSIFICATION_RULE_COLUMNS = (
+    "index",
+    "in_dim",
+    "rank",
+    "nc1",
+    "nc1_trace",
+    "nc2_equinorm",
+    "nc2_etf",
+    "nc3_alignment",
+    "ncc_accuracy",
+    "nc4_ncc_mismatch",
+    "stable_rank_h",
+    "stable_rank_w",
+)
+DEFAULT_CLASSIFICATION_RULE = "nc1_trace<=0.2"
+TASKS = ("auto", "regression", "classification")
+# Per task: the columns a collapse rule may test, and the default rule.
+TASK_RULE_COLUMNS = {"regression": RULE_COLUMNS, "classification": CLASSIFICATION_RULE_COLUMNS}
+TASK_DEFAULT_RULES = {
+    "regression": DEFAULT_COLLAPSE_RULE,
+    "classification": DEFAULT_CLASSIFICATION_RULE,
+}
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([^\s,]+)\s*$")
 
 
@@ -61,8 +84,16 @@ class CollapseRule:
     terms: tuple[tuple[str, str, float], ...]
 
     @classmethod
-    def parse(cls, text: str) -> CollapseRule:
-        """Parse ``--collapse-rule`` text such as ``nrc1_noise<=0.2,nrc3_alignment>=0.9``."""
+    def parse(cls, text: str, task: str | None = "regression") -> CollapseRule:
+        """Parse ``--collapse-rule`` text such as ``nrc1_noise<=0.2,nrc3_alignment>=0.9``.
+
+        ``task`` names whose per-layer columns the rule may test (``regression`` or
+        ``classification``); None accepts the columns of either (before the task is known).
+        """
+        if task is None:
+            columns = tuple(dict.fromkeys(RULE_COLUMNS + CLASSIFICATION_RULE_COLUMNS))
+        else:
+            columns = TASK_RULE_COLUMNS[task]
         terms = []
         if not text or not text.strip():
             raise ConfigError(
@@ -77,10 +108,12 @@ class CollapseRule:
                     hint="e.g. --collapse-rule 'nrc1_noise<=0.2,nrc3_alignment>=0.9'",
                 )
             col, op, num = m.groups()
-            if col not in RULE_COLUMNS:
+            if col not in columns:
+                what = f"a {task} report's" if task is not None else "a"
                 raise ConfigError(
-                    f"--collapse-rule: unknown column '{col}' in '{text}'",
-                    hint=f"columns: {', '.join(RULE_COLUMNS)}",
+                    f"--collapse-rule: unknown column '{col}' in '{text}' (not {what} "
+                    "per-layer column)",
+                    hint=f"columns: {', '.join(columns)}",
                 )
             try:
                 value = float(num)
@@ -225,8 +258,12 @@ class AnalysisOptions:
         Use only the first N samples [``--max-samples``].
     rank : int, optional
         Analysis rank k; default the target dimension t [``--rank``].
-    collapse_rule : str
-        Comma-separated ``COLUMN<=V`` / ``COLUMN>=V`` terms [``--collapse-rule``].
+    task : {"auto", "regression", "classification"}
+        What the targets are [``--task``]: ``auto`` reads a 1-D integer target array as class
+        labels (docs/classification.md) and anything else as regression targets.
+    collapse_rule : str, optional
+        Comma-separated ``COLUMN<=V`` / ``COLUMN>=V`` terms [``--collapse-rule``]; default
+        ``nrc1_noise<=0.2``, or ``nc1_trace<=0.2`` for a classifier.
     arch : str, optional
         ``MODULE:CALLABLE`` or ``file.py:CALLABLE`` building the model [``--arch``].
     arch_kwargs : dict
@@ -243,6 +280,9 @@ class AnalysisOptions:
         Which part of the model's output is the prediction [``--output-key``].
     prediction : bool
         False: the model has no regression head [``--no-prediction``].
+    ncc : bool
+        Classification only: False skips the second data pass of the nearest-class-mean
+        columns [``--no-ncc``].
     svd : {"auto", "exact", "randomized"}
         Spectrum method [``--svd``].
     oversample, power_iters, seed : int
@@ -266,13 +306,19 @@ class AnalysisOptions:
 
     x_key: str = _option("x", "--x-key", "Name of the input array in the data file.")
     y_key: str = _option("y", "--y-key", "Name of the target array in the data file.")
+    task: str = _option(
+        "auto",
+        "--task",
+        "auto (a 1-D integer target array is class labels), regression or classification.",
+    )
     batch_size: int = _option(1024, "--batch-size", "Samples per forward pass.")
     max_samples: int | None = _option(None, "--max-samples", "Use only the first N samples.")
     rank: int | None = _option(None, "--rank", "Analysis rank k (default: the target dimension t).")
-    collapse_rule: str = _option(
-        DEFAULT_COLLAPSE_RULE,
+    collapse_rule: str | None = _option(
+        None,
         "--collapse-rule",
-        f"Comma-separated COLUMN<=V / COLUMN>=V terms (default {DEFAULT_COLLAPSE_RULE}).",
+        f"Comma-separated COLUMN<=V / COLUMN>=V terms (default {DEFAULT_COLLAPSE_RULE}, "
+        f"for a classifier {DEFAULT_CLASSIFICATION_RULE}).",
     )
     arch: str | None = _option(
         None, "--arch", "MODULE:CALLABLE or file.py:CALLABLE returning an nn.Module."
@@ -324,6 +370,13 @@ class AnalysisOptions:
         True,
         "--no-prediction",
         "The model has no regression head: model_mse and nrc4_ratio are null.",
+        kind="negated",
+    )
+    ncc: bool = _option(
+        True,
+        "--no-ncc",
+        "Classification: skip the second data pass; the nearest-class-mean columns "
+        "(ncc_accuracy, nc4_ncc_mismatch) are null.",
         kind="negated",
     )
     svd: str = _option("auto", "--svd", "Spectrum method: auto, exact or randomized.")
@@ -432,14 +485,19 @@ class AnalysisOptions:
                 hint="use 'auto' (exact up to width 2048, randomized above), "
                 "'exact' or 'randomized'",
             )
+        if self.task not in TASKS:
+            raise ConfigError(
+                f"--task: expected one of {', '.join(TASKS)}, found {self.task!r}",
+            )
         self.budget_bytes()  # a bad size is refused now, not after the model is built
-        self.rule()
+        if self.collapse_rule is not None:
+            CollapseRule.parse(self.collapse_rule, None if self.task == "auto" else self.task)
 
     # -- derived values ---------------------------------------------------------------------
 
-    def rule(self) -> CollapseRule:
-        """The parsed collapse rule."""
-        return CollapseRule.parse(self.collapse_rule)
+    def rule(self, task: str = "regression") -> CollapseRule:
+        """The parsed collapse rule of ``task`` (its default when none was given)."""
+        return CollapseRule.parse(self.collapse_rule or TASK_DEFAULT_RULES[task], task)
 
     def budget_bytes(self) -> int | None:
         """``memory_budget`` in bytes; None when not given (the run picks the default)."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nrc_cli.accumulate.classes import is_label_array
 from nrc_cli.capture import WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError, NrcError
 from nrc_cli.io.checkpoint import open_checkpoint
@@ -88,7 +89,11 @@ def prepare(
                 f"'{built.spec.blocks[0].linear}' expects {built.in_features}",
                 hint="is this the data the model was trained on? pick arrays with --x-key",
             )
-        if built.out_features is not None and data.target_dim != built.out_features:
+        if (
+            resolve_task(config.task, data) == "regression"
+            and built.out_features is not None
+            and data.target_dim != built.out_features
+        ):
             raise DataError(
                 f"{data_path}: targets '{data.y_info.key}' have {data.target_dim} column(s) "
                 f"(shape {list(data.y_info.shape)}), but the model outputs {built.out_features}",
@@ -99,6 +104,20 @@ def prepare(
         data.close()
         raise
     return built, data, layers
+
+
+def resolve_task(task: str, dataset) -> str:
+    """``regression`` or ``classification``: as asked for, or, for ``auto``, classification
+    when the target array is 1-D and of an integer type (class labels)."""
+    if task != "auto":
+        return task
+    info = getattr(dataset, "y_info", None)
+    if info is not None:
+        dtype, shape = info.dtype, tuple(info.shape)
+    else:
+        dtype = getattr(dataset, "y_dtype", np.float64)
+        shape = tuple(getattr(dataset, "y_shape", (0, 1)))
+    return "classification" if is_label_array(dtype, shape) else "regression"
 
 
 @contextmanager
@@ -243,7 +262,11 @@ class _Passes:
         self.device = device
         self.progress = progress
         self.on_plan = on_plan
+        self.task = resolve_task(config.task, dataset)
         self.t = dataset.target_dim
+        if self.task == "classification":
+            # The planner counts per-class state: one row per output of the model's head.
+            self.t = _n_outputs(model)
         self.monitor_options = {
             "rank": config.rank,
             "layers": config.layers,
@@ -256,6 +279,7 @@ class _Passes:
             "output_key": config.output_key,
             "mask_key": self._mask_key(),
             "precision": config.precision,
+            "task": self.task,
         }
 
     def _mask_key(self) -> str | None:
@@ -296,8 +320,12 @@ class _Passes:
         plan_doc = plan.to_dict(methods, self.config.budget_label, requested=self.config.svd)
         if self.on_plan is not None:
             self.on_plan(plan_doc)
+        second = probe.family.second_pass and self.config.ncc
+        if second:
+            plan_doc["passes"] += 1
+            plan_doc["ncc_pass"] = plan_doc["passes"]
         n = self.data.n_samples
-        total = n * len(plan.passes) if n is not None else 0
+        total = n * (len(plan.passes) + second) if n is not None else 0
         joined: CollapseMonitor | None = None
         seen = 0
         for i, group in enumerate(plan.passes):
@@ -313,6 +341,10 @@ class _Passes:
         assert joined is not None
         if joined.n_samples == 0:
             raise DataError("the data set has no samples")
+        if second:
+            # The nearest-class-mean columns: the same data again, fed the class means.
+            joined.begin_second_pass()
+            seen = self._data_pass(joined, self.config.prediction, seen, total)
         results = joined.compute()
         not_run = [w.name for w in probe.layers if w.name not in joined.order]
         if not_run:
@@ -378,3 +410,9 @@ class _Passes:
 
 def _is_path_dataset(dataset) -> bool:
     return not hasattr(dataset, "label")
+
+
+def _n_outputs(model: nn.Module) -> int:
+    """Outputs of the model's last Linear (the classes of a classifier's head), at least 2."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return max(heads[-1].out_features, 2) if heads else 2

@@ -1,8 +1,10 @@
 """The one results schema every output format reads (columns, order, kinds), and the one
 conversion of values to and from it.
 
-Column names are those of docs/metrics.md. Tidy tables (CSV, Parquet, audits) have one row per
-(checkpoint, layer): ``checkpoint``, ``data``, the per-layer columns, then the summary fields.
+Column names are those of docs/metrics.md for regression and of docs/classification.md for
+classifiers; the summary's ``task`` says which. Tidy tables (CSV, Parquet, audits) have one row
+per (checkpoint, layer): ``checkpoint``, ``data``, the per-layer columns, then the summary
+fields.
 The summary's ``rank`` (the requested k) is called ``requested_rank`` there, since the per-layer
 ``rank`` (the k actually used) owns that name.
 
@@ -47,6 +49,7 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 METRIC_COLUMNS: tuple[str, ...] = tuple(name for name, kind in LAYER_COLUMNS if kind == "float")
 SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
+    ("task", "str"),
     ("n_samples", "int"),
     ("target_dim", "int"),
     ("rank", "int"),
@@ -74,14 +77,96 @@ SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("norm", "str"),
     ("precision", "str"),
 )
+# The same for a classifier (docs/classification.md).
+CLASSIFICATION_LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("layer", "str"),
+    ("index", "int"),
+    ("type", "str"),
+    ("in_dim", "int"),
+    ("rank", "int"),
+    ("nc1", "float"),
+    ("nc1_trace", "float"),
+    ("nc2_equinorm", "float"),
+    ("nc2_etf", "float"),
+    ("nc3_alignment", "float"),
+    ("ncc_accuracy", "float"),
+    ("nc4_ncc_mismatch", "float"),
+    ("stable_rank_h", "float"),
+    ("stable_rank_w", "float"),
+    ("collapsed", "bool"),
+    ("note", "str"),
+)
+CLASSIFICATION_METRIC_COLUMNS: tuple[str, ...] = tuple(
+    name for name, kind in CLASSIFICATION_LAYER_COLUMNS if kind == "float"
+)
+CLASSIFICATION_SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
+    ("task", "str"),
+    ("n_samples", "int"),
+    ("n_classes", "int"),
+    ("model_accuracy", "float"),
+    ("first_collapsed_layer", "str"),
+    ("first_collapsed_index", "int"),
+    ("collapse_rule", "str"),
+    ("nc3_duality_last", "float"),
+    ("prediction", "str"),
+    ("svd", "str"),
+    ("oversample", "int"),
+    ("power_iters", "int"),
+    ("seed", "int"),
+    ("passes", "int"),
+    ("device", "str"),
+    ("dtype", "str"),
+)
+TASKS: tuple[str, ...] = ("regression", "classification")
+_LAYER_COLUMNS = {"regression": LAYER_COLUMNS, "classification": CLASSIFICATION_LAYER_COLUMNS}
+_SUMMARY_FIELDS = {"regression": SUMMARY_FIELDS, "classification": CLASSIFICATION_SUMMARY_FIELDS}
+_METRIC_COLUMNS = {"regression": METRIC_COLUMNS, "classification": CLASSIFICATION_METRIC_COLUMNS}
 # Summary fields renamed in tidy tables to avoid clashing with per-layer columns.
 TIDY_RENAMES = {"rank": "requested_rank"}
 
 
-def tidy_columns() -> list[tuple[str, str]]:
-    """Column names and kinds of a tidy table, in order."""
-    cols = [("checkpoint", "str"), ("data", "str"), *LAYER_COLUMNS]
-    cols += [(TIDY_RENAMES.get(n, n), k) for n, k in SUMMARY_FIELDS]
+def _task(task: str) -> str:
+    if task not in _LAYER_COLUMNS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return task
+
+
+def layer_columns(task: str = "regression") -> tuple[tuple[str, str], ...]:
+    """Per-layer column names and kinds of a report of ``task``, in order."""
+    return _LAYER_COLUMNS[_task(task)]
+
+
+def summary_fields(task: str = "regression") -> tuple[tuple[str, str], ...]:
+    """Summary field names and kinds of a report of ``task``, in order."""
+    return _SUMMARY_FIELDS[_task(task)]
+
+
+def metric_columns(task: str = "regression") -> tuple[str, ...]:
+    """The numeric metric columns of ``task`` (what baselines and comparisons track)."""
+    return _METRIC_COLUMNS[_task(task)]
+
+
+def _union(groups) -> list[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    for group in groups:
+        for name, kind in group:
+            seen.setdefault(name, kind)
+    return list(seen.items())
+
+
+def tidy_columns(tasks=("regression",)) -> list[tuple[str, str]]:
+    """Column names and kinds of a tidy table holding reports of ``tasks``, in order.
+
+    A table of one task has that task's per-layer columns and summary fields; a table mixing
+    tasks has every column of each (in the order of ``tasks``), null where a row's task does
+    not define it, and its ``task`` column tells the rows apart.
+    """
+    if isinstance(tasks, str):
+        tasks = (tasks,)
+    tasks = [t for t in TASKS if t in tasks] or ["regression"]
+    cols = [("checkpoint", "str"), ("data", "str")]
+    cols += _union(layer_columns(t) for t in tasks)
+    cols += _union([(TIDY_RENAMES.get(n, n), k) for n, k in summary_fields(t)] for t in tasks)
     return cols
 
 
@@ -163,14 +248,23 @@ class Results:
     plan: dict = field(default_factory=dict)
     nrc_version: str = __version__
 
+    @property
+    def task(self) -> str:
+        """``regression`` or ``classification``, as the summary records it."""
+        task = self.summary.get("task")
+        return task if task in _LAYER_COLUMNS else "regression"
+
     def to_dict(self) -> dict:
         """The JSON document (README, "Output"): nrc_version, checkpoint, data, summary, layers."""
-        summary = {n: clean(self.summary.get(n)) for n, _ in SUMMARY_FIELDS}
+        task = self.task
+        summary = {n: clean(self.summary.get(n)) for n, _ in summary_fields(task)}
+        summary["task"] = task
         for k, v in self.summary.items():
             summary.setdefault(k, clean(v))
         if self.plan:
             summary["plan"] = self.plan
-        layers = [{n: clean(row.get(n)) for n, _ in LAYER_COLUMNS} for row in self.layers]
+        columns = layer_columns(task)
+        layers = [{n: clean(row.get(n)) for n, _ in columns} for row in self.layers]
         return {
             "nrc_version": self.nrc_version,
             "checkpoint": self.checkpoint,
@@ -259,17 +353,21 @@ class Results:
     def tidy_rows(self) -> list[dict]:
         """One dict per layer with the tidy columns (see :func:`tidy_columns`)."""
         rows = []
-        summary = {TIDY_RENAMES.get(n, n): clean(self.summary.get(n)) for n, _ in SUMMARY_FIELDS}
+        task = self.task
+        summary = {
+            TIDY_RENAMES.get(n, n): clean(self.summary.get(n)) for n, _ in summary_fields(task)
+        }
+        summary["task"] = task
         for layer in self.layers:
             row = {"checkpoint": self.checkpoint, "data": self.data}
-            row.update({n: clean(layer.get(n)) for n, _ in LAYER_COLUMNS})
+            row.update({n: clean(layer.get(n)) for n, _ in layer_columns(task)})
             row.update(summary)
             rows.append(row)
         return rows
 
     def to_frame(self):
         """A pandas DataFrame of :meth:`tidy_rows` with the schema's dtypes."""
-        return frame_from_rows(self.tidy_rows(), tidy_columns())
+        return frame_from_rows(self.tidy_rows(), tidy_columns(self.task))
 
 
 _PANDAS_DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}

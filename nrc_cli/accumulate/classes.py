@@ -74,7 +74,9 @@ def is_label_array(dtype: torch.dtype | np.dtype | str, shape: tuple[int, ...]) 
     return len(shape) == 1 and bool(integer)
 
 
-def as_labels(y: torch.Tensor, *, n_outputs: int | None = None) -> torch.Tensor:
+def as_labels(
+    y: torch.Tensor, *, n_outputs: int | None = None, offset: int | None = None
+) -> torch.Tensor:
     """Class labels (int64, shape (b,)) from a batch of targets, checked.
 
     ``y`` of shape (b,) or (b, 1) holds the labels themselves (integers, or floats with integral
@@ -86,8 +88,13 @@ def as_labels(y: torch.Tensor, *, n_outputs: int | None = None) -> torch.Tensor:
     ------
     ValueError
         On a non-integral or non-finite value, a negative label, a label beyond the model's
-        outputs, or a row that is not one-hot; the message names the row (within the batch).
+        outputs, or a row that is not one-hot; the message names the row within the batch, or
+        the sample ``offset + row`` when ``offset`` (the batch's first sample) is given.
     """
+
+    def where(row: int) -> str:
+        return f"row {row}" if offset is None else f"sample {offset + row}"
+
     if y.ndim == 2 and y.shape[1] >= 2:
         flat = y.to(_F64)
         ones = flat == 1
@@ -95,8 +102,8 @@ def as_labels(y: torch.Tensor, *, n_outputs: int | None = None) -> torch.Tensor:
         if bool(bad.any()):
             row = int(bad.nonzero()[0])
             raise ValueError(
-                f"targets of {y.shape[1]} columns are read as one-hot labels, but row {row} is "
-                f"not one-hot ({_show(y[row])})"
+                f"targets of {y.shape[1]} columns are read as one-hot labels, but {where(row)} "
+                f"is not one-hot ({_show(y[row])})"
             )
         if n_outputs is not None and n_outputs >= 2 and y.shape[1] != n_outputs:
             raise ValueError(
@@ -126,7 +133,7 @@ def as_labels(y: torch.Tensor, *, n_outputs: int | None = None) -> torch.Tensor:
         low = int(labels.min())
         if low < 0:
             row = int((labels < 0).nonzero()[0])
-            raise ValueError(f"labels must be >= 0, found {low} at row {row}")
+            raise ValueError(f"labels must be >= 0, found {low} at {where(row)}")
         if n_outputs is not None:
             limit = 2 if n_outputs == 1 else n_outputs
             high = int(labels.max())
@@ -137,7 +144,7 @@ def as_labels(y: torch.Tensor, *, n_outputs: int | None = None) -> torch.Tensor:
                     if n_outputs == 1
                     else f"{n_outputs} outputs (labels 0..{n_outputs - 1})"
                 )
-                raise ValueError(f"label {high} at row {row} is beyond the model's {what}")
+                raise ValueError(f"label {high} at {where(row)} is beyond the model's {what}")
     return labels
 
 

@@ -24,6 +24,11 @@ def _rows(a: Any) -> int:
     return int(a.shape[0])
 
 
+def _raw_kind(y: Any) -> tuple[Any, tuple[int, ...]]:
+    """The dtype and shape of targets as given (before they become float64)."""
+    return getattr(y, "dtype", np.asarray(y).dtype), tuple(getattr(y, "shape", np.shape(y)))
+
+
 def _as_targets(y: Any, where: str) -> np.ndarray:
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
@@ -69,6 +74,8 @@ class ArrayDataset(_InMemory):
     def __init__(self, x: Any, y: Any) -> None:
         _check_inputs(x, "data")
         self.x = x
+        # What the targets were (task="auto" reads a 1-D integer array as class labels).
+        self.y_dtype, self.y_shape = _raw_kind(y)
         self.y = _as_targets(y, "data")
         n_x = {_rows(v) for v in x.values()} if isinstance(x, Mapping) else {_rows(x)}
         if n_x != {self.y.shape[0]}:
@@ -113,6 +120,7 @@ class BatchesDataset(_InMemory):
             raise DataError("data: the iterable of (x, y) batches is empty") from None
         self._first = self._pair(first, 0)
         self._rest = it if self.one_shot else None
+        self.y_dtype, self.y_shape = _raw_kind(self._first[1])
         y0 = _as_targets(self._first[1], "batch 0")
         self.target_dim = int(y0.shape[1])
         self.first_rows = int(y0.shape[0])
