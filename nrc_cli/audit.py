@@ -44,7 +44,15 @@ from nrc_cli.io.spec import read_spec
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import resolve_device, run
 from nrc_cli.report.writers import atomic_write, csv_text, json_text, parquet_bytes
-from nrc_cli.results import Results, cell, frame_from_rows, plain, tidy_columns
+from nrc_cli.results import (
+    TASKS,
+    Results,
+    cell,
+    frame_from_rows,
+    plain,
+    summary_fields,
+    tidy_columns,
+)
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -279,9 +287,11 @@ def _meta_series(values: list):
     return pd.array(text, dtype="string")
 
 
-def audit_columns() -> list[tuple[str, str]]:
-    """The fixed columns of an audit table, in order (``meta.*`` columns follow, sorted)."""
-    return [*IDENTITY_COLUMNS, *tidy_columns()[1:]]
+def audit_columns(tasks=("regression",)) -> list[tuple[str, str]]:
+    """The fixed columns of an audit table of reports of ``tasks``, in order (``meta.*``
+    columns follow, sorted). A table mixing regression and classification reports has the
+    columns of both; its ``task`` column tells the rows apart."""
+    return [*IDENTITY_COLUMNS, *tidy_columns(tasks)[1:]]
 
 
 def audit_frame(rows: list[dict]):
@@ -293,7 +303,8 @@ def audit_frame(rows: list[dict]):
     """
     import pandas as pd
 
-    columns = audit_columns()
+    tasks = {r.get("task") or "regression" for r in rows}
+    columns = audit_columns(tuple(t for t in TASKS if t in tasks))
     fixed = {n for n, _ in columns}
     rows = sorted(rows, key=lambda r: (str(r.get("checkpoint")), _int_or(r.get("index"))))
     meta_names = sorted({k for r in rows for k in r if k.startswith(META_PREFIX)})
@@ -371,12 +382,12 @@ def resolve_column(frame, name: str, *, flag: str = "--x") -> str:
 
 def checkpoint_summary(frame):
     """One row per checkpoint of an audit table: identity, summary fields and ``meta.*``."""
-    from nrc_cli.results import SUMMARY_FIELDS, TIDY_RENAMES
+    from nrc_cli.results import TIDY_RENAMES
 
     if len(frame) == 0:
         return frame.iloc[:0]
     keep = ["checkpoint"]
-    keep += [TIDY_RENAMES.get(n, n) for n, _ in SUMMARY_FIELDS]
+    keep += list(dict.fromkeys(TIDY_RENAMES.get(n, n) for t in TASKS for n, _ in summary_fields(t)))
     keep += [c for c in frame.columns if c.startswith(META_PREFIX)]
     keep = [c for c in keep if c in frame.columns]
     out = frame.groupby("checkpoint", sort=True, as_index=False).first()[keep]
@@ -436,7 +447,7 @@ def read_table(path: str | os.PathLike):
             f"'{p}': cannot read as {fmt}: {type(exc).__name__}: {exc}",
             hint="is it a table written by nrc audit / nrc analyze?",
         ) from exc
-    kinds = dict(audit_columns())
+    kinds = dict(audit_columns(TASKS))
     known = [(c, kinds[c]) for c in raw.columns if c in kinds]
     records = raw.to_dict("records")
     try:

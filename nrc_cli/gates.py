@@ -25,18 +25,38 @@ from pathlib import Path
 from nrc_cli._version import __version__
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.io._files import require_regular
-from nrc_cli.results import LAYER_COLUMNS, METRIC_COLUMNS, SUMMARY_FIELDS, Results, plain
+from nrc_cli.results import (
+    TASKS,
+    Results,
+    layer_columns,
+    metric_columns,
+    plain,
+    summary_fields,
+)
 
-# Per-layer columns a requirement may test: every numeric or boolean column of the schema.
+# Per-layer columns a requirement may test: every numeric or boolean column of the schema, of
+# either task (regression's first); a report is checked against its own task's columns.
 GATE_LAYER_COLUMNS: tuple[str, ...] = tuple(
-    name for name, kind in LAYER_COLUMNS if kind in ("int", "float", "bool")
+    dict.fromkeys(
+        name
+        for task in TASKS
+        for name, kind in layer_columns(task)
+        if kind in ("int", "float", "bool")
+    )
 )
 # Summary fields a requirement may test. The summary's ``rank`` is ``requested_rank`` here, as in
 # tidy tables, because the per-layer ``rank`` owns the plain name.
 _SUMMARY_ALIASES = {"rank": "requested_rank"}
 GATE_SUMMARY_FIELDS: tuple[str, ...] = tuple(
-    _SUMMARY_ALIASES.get(name, name) for name, kind in SUMMARY_FIELDS if kind in ("int", "float")
+    dict.fromkeys(
+        _SUMMARY_ALIASES.get(name, name)
+        for task in TASKS
+        for name, kind in summary_fields(task)
+        if kind in ("int", "float")
+    )
 )
+# What a requirement, tolerance or comparison may name: every column of either task.
+METRIC_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for t in TASKS for c in metric_columns(t)))
 _SUMMARY_KEYS = {alias: name for name, alias in _SUMMARY_ALIASES.items()}
 
 OPERATORS = ("<=", ">=", "==", "!=", "<", ">")
@@ -400,8 +420,8 @@ def _scope(column: str, p: _Parser, pos: int) -> str:
         return "layer"
     if column in GATE_SUMMARY_FIELDS:
         return "summary"
-    kinds = dict(LAYER_COLUMNS)
-    kinds.update({_SUMMARY_ALIASES.get(n, n): k for n, k in SUMMARY_FIELDS})
+    kinds = {n: k for t in TASKS for n, k in layer_columns(t)}
+    kinds.update({_SUMMARY_ALIASES.get(n, n): k for t in TASKS for n, k in summary_fields(t)})
     if column in kinds:
         p.fail(
             f"'{column}' at position {pos + 1} holds text; requirements compare numbers",
@@ -488,7 +508,27 @@ _NULL_REASONS = {
     "nrc2_last": "the last weight layer is not a Linear with t outputs",
     "nrc3_last": "the last weight layer is not a Linear with t outputs",
     "nrc3_gamma": "the last weight layer is not a Linear with t outputs",
+    "model_accuracy": "the run had no model prediction",
+    "nc3_duality_last": "the last weight layer is not a Linear with one output per class, "
+    "or the labels are not 0..C-1",
 }
+
+
+def _check_task(requirement: Requirement, results: Results) -> None:
+    """A requirement names a column of the report's own task (a regression report has no
+    nc1, a classification report no nrc1_noise)."""
+    r, task = requirement, results.task
+    if r.scope == "summary":
+        names = {_SUMMARY_ALIASES.get(n, n) for n, _ in summary_fields(task)}
+    else:
+        names = {n for n, _ in layer_columns(task)}
+    if r.column not in names:
+        other = [t for t in TASKS if t != task]
+        raise ConfigError(
+            f"requirement '{r.expr}': '{r.column}' is not a column of a {task} report",
+            hint=f"'{r.column}' belongs to {' or '.join(other)} reports; "
+            f"{task} columns: {', '.join(n for n in sorted(names))}",
+        )
 
 
 def evaluate(requirement: Requirement, results: Results) -> RequirementResult:
@@ -511,6 +551,7 @@ def evaluate(requirement: Requirement, results: Results) -> RequirementResult:
         When the report holds a non-numeric value where a number belongs.
     """
     r = requirement
+    _check_task(r, results)
     test = _COMPARE[r.op]
     if r.scope == "summary":
         key = _SUMMARY_KEYS.get(r.column, r.column)
@@ -857,11 +898,17 @@ def compare_baseline(
     BaselineResult
         Layers added or removed are listed there; they fail the check.
     """
+    if current.task != baseline.task:
+        raise DataError(
+            f"baseline '{path}' is a {baseline.task} report, this one a {current.task} report; "
+            "their columns differ",
+            hint="compare against a baseline of the same task",
+        )
     cur = _by_name(current, "report")
     base = _by_name(baseline, f"baseline '{path}'")
     matched = [name for name in cur if name in base]
     columns = []
-    for column in METRIC_COLUMNS:
+    for column in metric_columns(current.task):
         tol = tolerances.for_column(column)
         moved, worst, worst_diff, null_change = [], None, None, None
         for name in matched:
@@ -1151,11 +1198,17 @@ def compare_reports(
     Comparison
     """
     tolerances = tolerances or Tolerances()
+    if a.task != b.task:
+        raise DataError(
+            f"{a_path} is a {a.task} report and {b_path} a {b.task} report; their columns differ",
+            hint="compare reports of the same task",
+        )
+    metrics = metric_columns(a.task)
     rows_a, rows_b = _by_name(a, a_path), _by_name(b, b_path)
     rows = []
     for name, ra in rows_a.items():
         rb = rows_b.get(name)
-        for metric in METRIC_COLUMNS:
+        for metric in metrics:
             va = _number(ra.get(metric), f"{a_path}: layer '{name}', column '{metric}'")
             tol = tolerances.for_column(metric)
             if rb is None:
@@ -1187,7 +1240,7 @@ def compare_reports(
     for name, rb in rows_b.items():
         if name in rows_a:
             continue
-        for metric in METRIC_COLUMNS:
+        for metric in metrics:
             vb = _number(rb.get(metric), f"{b_path}: layer '{name}', column '{metric}'")
             tol = tolerances.for_column(metric)
             rows.append(

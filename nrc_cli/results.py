@@ -297,10 +297,13 @@ class Results:
         if not records:
             raise ValueError("no rows")
         records = sorted(records, key=lambda r: cell(r.get("index"), "int") or 0)
-        layers = [{n: cell(r[n], kind) for n, kind in LAYER_COLUMNS if n in r} for r in records]
         first = records[0]
+        task = cell(first.get("task"), "str") or "regression"
+        task = task if task in _LAYER_COLUMNS else "regression"
+        columns = layer_columns(task)
+        layers = [{n: cell(r[n], kind) for n, kind in columns if n in r} for r in records]
         summary = {}
-        for n, kind in SUMMARY_FIELDS:
+        for n, kind in summary_fields(task):
             col = TIDY_RENAMES.get(n, n)
             if col in first:
                 summary[n] = cell(first[col], kind)

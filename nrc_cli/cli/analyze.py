@@ -92,8 +92,9 @@ def describe_plan(plan: dict) -> list[str]:
     """Short stderr lines about a plan; nothing for the common one-pass, all-exact case."""
     layers = plan["layers"]
     special = [row for row in layers if row["accumulator"] != "exact" or row["spectrum"] != "exact"]
-    if plan["passes"] == 1 and not special:
-        return []
+    ncc = plan.get("ncc_pass")
+    if plan["passes"] - (ncc is not None) == 1 and not special:
+        return []  # the nearest-class-mean pass of a classifier is not worth a note by itself
     lines = [f"plan: {plan['passes']} data pass(es) within memory budget {plan['memory_budget']}"]
     for row in layers:
         size = f", sketch size {row['sketch_size']}" if row["sketch_size"] else ""
@@ -101,6 +102,8 @@ def describe_plan(plan: dict) -> list[str]:
             f"  {row['layer']}: pass {row['pass']}, {row['accumulator']} accumulator, "
             f"{row['spectrum']} spectrum{size}, {row['bytes'] / 1e6:.1f} MB"
         )
+    if ncc is not None:
+        lines.append(f"  pass {ncc}: nearest class means of every layer")
     return lines
 
 

@@ -403,9 +403,9 @@ def metric_series(
 
 
 def _is_summary_column(name: str) -> bool:
-    from nrc_cli.results import SUMMARY_FIELDS, TIDY_RENAMES
+    from nrc_cli.results import TASKS, TIDY_RENAMES, summary_fields
 
-    return name in {TIDY_RENAMES.get(n, n) for n, _ in SUMMARY_FIELDS}
+    return name in {TIDY_RENAMES.get(n, n) for t in TASKS for n, _ in summary_fields(t)}
 
 
 def _xval(value, numeric: bool):

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nrc_cli.results import LAYER_COLUMNS, Results
+from nrc_cli.results import Results, layer_columns
 
 DASH = "–"
 # Table headers may abbreviate (docs/metrics.md); machine formats never do.
@@ -25,9 +25,29 @@ _HEADERS = {
     "stable_rank_h": "srank_h",
     "stable_rank_w": "srank_w",
     "collapsed": "collapsed",
+    "nc2_equinorm": "nc2_norm",
+    "ncc_accuracy": "ncc_acc",
+    "nc4_ncc_mismatch": "nc4",
 }
-# Every per-layer column but the free-text note, with the index first.
-_LAYER_COLS = ("index", *(n for n, _ in LAYER_COLUMNS if n not in ("index", "note")))
+_CAPTIONS = {
+    "regression": "nrc1 = nrc1_noise, nrc2 = nrc2_cka, nrc2_sig = nrc2_cka_signal, "
+    "nrc3 = nrc3_alignment, nrc4 = nrc4_ratio (probe_mse / model_mse)",
+    "classification": "nc1 = tr(Σ_W Σ_B†)/C, nc1_trace = tr Σ_W / tr Σ_B, nc2_norm = "
+    "nc2_equinorm, nc2_etf = distance from a simplex ETF, nc3 = nc3_alignment, ncc_acc = "
+    "ncc_accuracy, nc4 = nc4_ncc_mismatch",
+}
+_TITLES = {"regression": "Deep NRC", "classification": "Deep Neural Collapse"}
+
+
+def _layer_cols(task: str) -> tuple[str, ...]:
+    """Every per-layer column of ``task`` but the free-text note, with the index first."""
+    return ("index", *(n for n, _ in layer_columns(task) if n not in ("index", "note")))
+
+
+def _header(col: str, task: str) -> str:
+    if task == "classification" and col == "nc3_alignment":
+        return "nc3"
+    return _HEADERS.get(col, col)
 
 
 def fmt(value) -> str:
@@ -60,26 +80,30 @@ def verdict(results: Results) -> str:
 
 
 def layer_table(results: Results) -> Table:
+    task = results.task
     table = Table(
-        title=escape(f"Deep NRC: {results.checkpoint}"),
+        title=escape(f"{_TITLES[task]}: {results.checkpoint}"),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
-        caption="nrc1 = nrc1_noise, nrc2 = nrc2_cka, nrc2_sig = nrc2_cka_signal, "
-        "nrc3 = nrc3_alignment, nrc4 = nrc4_ratio (probe_mse / model_mse)",
+        caption=_CAPTIONS[task],
         caption_justify="left",
     )
-    for col in _LAYER_COLS:
+    cols = _layer_cols(task)
+    for col in cols:
         justify = "left" if col in ("layer", "type") else "right"
-        table.add_column(_HEADERS.get(col, col), justify=justify, no_wrap=col == "layer")
+        table.add_column(_header(col, task), justify=justify, no_wrap=col == "layer")
     for row in results.layers:
         style = "bold green" if row.get("collapsed") else None
-        table.add_row(*(escape(fmt(row.get(c))) for c in _LAYER_COLS), style=style)
+        table.add_row(*(escape(fmt(row.get(c))) for c in cols), style=style)
     return table
 
 
 _SUMMARY_ORDER = (
+    "task",
     "n_samples",
+    "n_classes",
+    "model_accuracy",
     "target_dim",
     "rank",
     "model_mse",
@@ -92,6 +116,7 @@ _SUMMARY_ORDER = (
     "nrc2_last",
     "nrc3_last",
     "nrc3_gamma",
+    "nc3_duality_last",
     "svd",
     "device",
 )
@@ -102,6 +127,8 @@ def summary_table(results: Results) -> Table:
     table.add_column("field", style="dim")
     table.add_column("value")
     for key in _SUMMARY_ORDER:
+        if key == "task" and results.task == "regression":
+            continue  # the default: said only for classifiers
         if key in results.summary:
             table.add_row(key, escape(fmt(results.summary[key])))
     return table
