@@ -55,6 +55,19 @@ CASES: dict[str, list[str]] = {
         "--data",
         "tests/reference_cases/mlp_layernorm_1d_target/data.npz",
     ],
+    "ref_nc_gauss_mlp": [
+        "tests/reference_cases/nc_gauss_mlp/model.safetensors",
+        "--data",
+        "tests/reference_cases/nc_gauss_mlp/data.npz",
+        "--task",
+        "classification",
+    ],
+    "classifier_wd1e-2_seed0_no_ncc": [
+        "sample_checkpoints/classifiers/wd1e-2_seed0.safetensors",
+        "--data",
+        "sample_checkpoints/blobs.npz",
+        "--no-ncc",
+    ],
 }
 
 
