@@ -427,7 +427,7 @@ class ClassificationFamily(RegressionFamily):
         try:
             labels = as_labels(y, n_outputs=width, offset=start)
         except ValueError as exc:
-            raise DataError(f"labels: {exc}") from None
+            raise DataError(str(exc), hint="check the label array (--y-key) and --task") from None
         return labels.to(torch.float64).unsqueeze(1)
 
     def _pick_output(self, out) -> torch.Tensor:

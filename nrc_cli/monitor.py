@@ -443,10 +443,10 @@ class CollapseMonitor:
                     continue
                 try:
                     nearest = self.family.assign_second(acc, z)
-                    acc.add(nearest, labels.to(z.device), pred, z=z)
+                    acc.add(nearest, labels.to(z.device), pred, z=z, offset=start)
                 except ValueError as exc:
                     raise DataError(
-                        f"second pass, batch starting at sample {start}: {exc}",
+                        f"second pass: {exc}",
                         hint="the second pass must see the same data as the first",
                     ) from None
         self._second_n += b
@@ -641,15 +641,11 @@ class CollapseMonitor:
                 raise DataError(f"cannot merge: layer '{name}' is accumulated in one monitor only")
             for kind, acc in theirs.items():
                 mine[kind].merge(acc)
-        if (self._second is None) != (other._second is None):
-            raise DataError("cannot merge a monitor in its second pass with one that is not")
-        if self._second is not None and other._second is not None:
-            try:
-                for name, acc in other._second.items():
-                    self._second[name].merge(acc)
-            except ValueError as exc:
-                raise DataError(f"cannot merge: {exc}") from None
-            self._second_n += other._second_n
+        if self._second is not None or other._second is not None:
+            raise DataError(
+                "cannot merge a monitor in its second pass: merge monitors before their second "
+                "pass, then run the second pass on the merged one",
+            )
         for name in other._order:
             if name not in self._order:
                 self._order.append(name)

@@ -273,10 +273,12 @@ def test_a_tie_that_the_expanded_distances_miss_is_still_a_tie():
 def test_nearest_class_mean_refuses_labels_that_are_not_classes():
     means = torch.zeros(2, 3, dtype=F64)
     acc = NearestClassMean(torch.tensor([0, 2]), means, means[0])
-    with pytest.raises(ValueError, match="not one of the classes"):
+    with pytest.raises(ValueError, match=r"label 1 at row 1 is not one of the classes"):
         acc.update(torch.zeros(2, 3), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="not one of the classes"):
+    with pytest.raises(ValueError, match=r"label 3 at row 1 is not one of the classes"):
         acc.update(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"label -1 at row 0 is not one of the classes"):
+        acc.update(torch.zeros(2, 3), torch.tensor([-1, 0]))
 
 
 # -- predictions -------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def as_labels(
             if bool(bad.any()):
                 row = int(bad.nonzero()[0])
                 raise ValueError(
-                    f"labels must be integers, found {float(wide[row])!r} at row {row}"
+                    f"labels must be integers, found {float(wide[row])!r} at {where(row)}"
                 )
             if bool((wide.abs() > 2**53).any()):
                 raise ValueError("labels must be integers below 2**53")
@@ -605,12 +605,14 @@ class NearestClassMean(Accumulator):
         predicted: torch.Tensor | None = None,
         *,
         z: torch.Tensor | None = None,
+        offset: int | None = None,
     ) -> None:
         """Count a batch whose nearest classes were found by :meth:`assign`.
 
         This split lets a forward pass assign the features of a layer as soon as its hook
         sees them and count once the model's prediction for the batch is known. ``z`` is
-        needed only with a ``projection``.
+        needed only with a ``projection``; ``offset`` (the batch's first sample) makes a
+        message name the sample rather than the row.
         """
         lab = labels.to(device=self.device, dtype=_I64)
         b = lab.shape[0]
@@ -618,11 +620,16 @@ class NearestClassMean(Accumulator):
             raise ValueError("nearest, labels and predicted must all have shape (b,)")
         if b == 0:
             return
-        if int(lab.min()) < 0 or int(lab.max()) >= self.position.shape[0]:
-            raise ValueError("a label is not one of the classes of the first pass")
-        own = self.position[lab]
-        if bool((own < 0).any()):
-            raise ValueError("a label is not one of the classes of the first pass")
+        size = self.position.shape[0]
+        own = self.position[lab.clamp(0, max(size - 1, 0))]
+        bad = (lab < 0) | (lab >= size) | (own < 0)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            where = f"row {row}" if offset is None else f"sample {offset + row}"
+            raise ValueError(
+                f"label {int(lab[row])} at {where} is not one of the classes of the first pass "
+                f"({_show(self.labels.to(_F64))})"
+            )
         self.correct += int((nearest == lab).sum())
         if predicted is not None:
             pred = predicted.to(device=self.device, dtype=_I64)
