@@ -1,4 +1,5 @@
-"""nrc: measure Deep Neural Regression Collapse in saved checkpoints, layer by layer.
+"""nrc: measure Deep Neural Regression Collapse in saved checkpoints, layer by layer (and, for
+classifiers, Deep Neural Collapse: docs/classification.md).
 
 Python use::
 

@@ -19,22 +19,6 @@ from nrc_cli.metrics.layer import Spectrum, WeightBasis, ratio, weight_input_bas
 
 # β_j ≤ RANK_CUTOFF·β_1 does not count towards the rank of Σ_B (docs/classification.md).
 RANK_CUTOFF = 1e-12
-DEFAULT_CLASSIFICATION_RULE = "nc1_trace<=0.2"
-# Per-layer numeric columns of a classification report (for collapse rules and gates).
-CLASSIFICATION_COLUMNS = (
-    "index",
-    "in_dim",
-    "rank",
-    "nc1",
-    "nc1_trace",
-    "nc2_equinorm",
-    "nc2_etf",
-    "nc3_alignment",
-    "ncc_accuracy",
-    "nc4_ncc_mismatch",
-    "stable_rank_h",
-    "stable_rank_w",
-)
 
 
 @dataclass(frozen=True)
