@@ -298,7 +298,8 @@ class CollapseMonitor:
         Parameters
         ----------
         y : Tensor or array, shape (b, t) or (b,)
-            Targets of the batch the model just ran on.
+            Targets of the batch the model just ran on; for a classifier its labels (b,)
+            (integers, or one-hot rows (b, K)).
         output : optional
             The model's output for that batch: its prediction (selected by ``output_key``)
             gives ``model_mse`` and ``nrc4_ratio``. Give it for every batch or for none.
@@ -315,9 +316,8 @@ class CollapseMonitor:
             No features captured, features whose rows do not match ``y``, non-finite
             features, or a prediction of the wrong shape. The state is then unchanged.
         """
-        if self._auto and self._n == 0:
-            labels = is_label_array(getattr(y, "dtype", None) or "float64", tuple(y.shape))
-            self._set_task("classification" if labels else "regression")
+        if self._auto and self._n == 0 and isinstance(y, (np.ndarray, torch.Tensor)):
+            self._set_task("classification" if is_label_array(y.dtype, y.shape) else "regression")
         if start is None:
             start = self._second_n if self._second is not None else self._n
         y = self.family.prepare_targets(self._targets(y), output, start)
