@@ -370,3 +370,17 @@ def test_a_conv_net_through_the_python_api():
     got = analyze(model, (x, y), batch_size=64).to_dict()
     assert got["summary"]["task"] == "classification"
     _compare(got, dense_class_report(model, x, y), rel=1e-6, abs_=1e-9)
+
+
+def test_check_against_a_classification_baseline(tmp_path, reference):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(reference))
+    ok = _check("--baseline", base, "--format", "json")
+    assert ok.exit_code == 0, ok.stdout + ok.stderr
+    columns = [c["column"] for c in json.loads(ok.stdout)["baseline"]["columns"]]
+    assert columns[:3] == ["nc1", "nc1_trace", "nc2_equinorm"] and "nrc1_noise" not in columns
+    moved = json.loads(json.dumps(reference))
+    moved["layers"][1]["nc1_trace"] += 0.5
+    base.write_text(json.dumps(moved))
+    failed = _check("--baseline", base)
+    assert failed.exit_code == 1 and "nc1_trace" in failed.stdout
