@@ -346,6 +346,12 @@ class ClassificationFamily(RegressionFamily):
     kinds = ("classes", "sketch")
     second_pass = True
 
+    def __init__(self, *, precision: str = "exact", **options) -> None:
+        # The per-class accumulators are exact float64; a request for mixed precision is
+        # recorded and answered with a warning.
+        super().__init__(precision="exact", **options)
+        self.requested_precision = precision
+
     @staticmethod
     def possible_head(layer: WeightLayer, t: int) -> bool:
         return False
@@ -358,7 +364,7 @@ class ClassificationFamily(RegressionFamily):
         sketched layer, else the resolved ``svd`` choice for one eigenpair."""
         if sketched:
             return "nystrom"
-        return resolve_svd_method(self.svd, layer.in_dim, 1)
+        return resolve_svd_method(self.svd, layer.in_dim, 1, oversample=self.oversample)
 
     def layer_need(self, layer: WeightLayer, t: int, batch: int) -> LayerNeed:
         """Bytes of state and per-batch temporaries for ``t`` label values (the classes).
@@ -545,7 +551,13 @@ class ClassificationFamily(RegressionFamily):
             "first_collapsed_index": first,
             "collapse_rule": self.rule.text,
             "nc3_duality_last": duality_last(layers[-1][0].module, head_stats),
+            "warnings": [],
         }
+        if self.requested_precision != "exact":
+            summary["warnings"].append(
+                f"--precision {self.requested_precision} applies to regression; the per-class "
+                "moments of a classifier are accumulated in exact float64"
+            )
         return LayerOutcome(rows, summary)
 
 

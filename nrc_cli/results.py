@@ -116,6 +116,11 @@ CLASSIFICATION_SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("passes", "int"),
     ("device", "str"),
     ("dtype", "str"),
+    ("build", "str"),
+    ("model", "str"),
+    ("activation", "str"),
+    ("norm", "str"),
+    ("precision", "str"),
 )
 TASKS: tuple[str, ...] = ("regression", "classification")
 _LAYER_COLUMNS = {"regression": LAYER_COLUMNS, "classification": CLASSIFICATION_LAYER_COLUMNS}
