@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +58,9 @@ __all__ = [
     "ERROR_COLUMNS",
     "IDENTITY_COLUMNS",
     "META_PREFIX",
+    "SHARD_COUNT_VAR",
     "AuditResult",
+    "array_shard",
     "audit_columns",
     "audit_frame",
     "checkpoint_summary",
@@ -220,14 +222,25 @@ def discover(paths: Sequence[str], *, skipped: list[str] | None = None) -> list[
     return out
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """Parse ``--shard I/N`` (1 <= I <= N) into ``(I, N)``; None stays None."""
+def parse_shard(
+    text: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[int, int] | None:
+    """Parse ``--shard I/N`` (1 <= I <= N) into ``(I, N)``; None stays None.
+
+    ``auto`` and ``auto/N`` take the shard from the array job this process runs in (see
+    :func:`array_shard`, which reads ``environ``, by default the process environment).
+    """
     if text is None:
         return None
+    auto = re.fullmatch(r"\s*auto\s*(?:/\s*(\d+)\s*)?", text)
+    if auto is not None:
+        count = int(auto.group(1)) if auto.group(1) is not None else None
+        return array_shard(os.environ if environ is None else environ, count=count)
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if m is None:
         raise ConfigError(
-            f"--shard: expected I/N with integers 1 <= I <= N (e.g. 2/8), found '{text}'",
+            f"--shard: expected I/N with integers 1 <= I <= N (e.g. 2/8), auto or auto/N, "
+            f"found '{text}'",
         )
     index, count = int(m.group(1)), int(m.group(2))
     if count < 1 or not 1 <= index <= count:
@@ -236,6 +249,92 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
             hint="shards are numbered from 1: --shard 1/4 ... --shard 4/4",
         )
     return index, count
+
+
+# The environment variable that gives the number of shards of a Kubernetes Indexed Job (which
+# tells each pod its index, JOB_COMPLETION_INDEX, but not the job's completions).
+SHARD_COUNT_VAR = "NRC_SHARD_COUNT"
+_ARRAY_HINT = (
+    "run inside a Slurm array job (sbatch --array=0-7) or a Kubernetes Indexed Job "
+    f"(JOB_COMPLETION_INDEX, with {SHARD_COUNT_VAR} or --shard auto/N), or give --shard I/N"
+)
+
+
+def array_shard(environ: Mapping[str, str], *, count: int | None = None) -> tuple[int, int]:
+    """The ``(I, N)`` shard of this task of a cluster array job, from its environment.
+
+    * Slurm array (``sbatch --array=A-B[:S]``): I = (SLURM_ARRAY_TASK_ID −
+      SLURM_ARRAY_TASK_MIN) / S + 1 (S = SLURM_ARRAY_TASK_STEP, default 1) and
+      N = SLURM_ARRAY_TASK_COUNT, so ``--array=1-8`` and ``--array=0-7`` both give 1/8 … 8/8.
+    * Kubernetes Indexed Job: I = JOB_COMPLETION_INDEX + 1, N from ``count`` (``--shard
+      auto/N``) or else the environment variable ``NRC_SHARD_COUNT``.
+
+    ``count``, when given, must agree with what the environment says.
+
+    Raises
+    ------
+    ConfigError
+        Neither kind of array job is found, or its variables do not describe a shard.
+    """
+
+    def number(name: str) -> int:
+        text = environ.get(name, "")
+        if not re.fullmatch(r"\s*\d+\s*", text):
+            raise ConfigError(
+                f"--shard auto: expected a whole number >= 0 in {name}, found '{text}'",
+                hint=_ARRAY_HINT,
+            )
+        return int(text)
+
+    if environ.get("SLURM_ARRAY_TASK_ID"):
+        task, low, total = (
+            number("SLURM_ARRAY_TASK_ID"),
+            number("SLURM_ARRAY_TASK_MIN"),
+            number("SLURM_ARRAY_TASK_COUNT"),
+        )
+        step = number("SLURM_ARRAY_TASK_STEP") if environ.get("SLURM_ARRAY_TASK_STEP") else 1
+        index, rest = divmod(task - low, max(step, 1))
+        if rest or not 0 <= index < total:
+            raise ConfigError(
+                f"--shard auto: Slurm array task {task} is not one of {total} evenly spaced "
+                f"tasks from {low} (step {step})",
+                hint="use a plain range such as --array=0-7 (a limit like %4 is fine), "
+                "or give --shard I/N yourself",
+            )
+        source = "Slurm array"
+    elif environ.get("JOB_COMPLETION_INDEX"):
+        index = number("JOB_COMPLETION_INDEX")
+        if count is None:
+            if not environ.get(SHARD_COUNT_VAR):
+                raise ConfigError(
+                    "--shard auto: a Kubernetes Indexed Job gives this pod's index "
+                    f"(JOB_COMPLETION_INDEX={index}) but not the number of shards",
+                    hint=f"pass --shard auto/N or set {SHARD_COUNT_VAR} to the job's completions",
+                )
+            total = number(SHARD_COUNT_VAR)
+        else:
+            total = count
+        if not 0 <= index < total:
+            raise ConfigError(
+                f"--shard auto: JOB_COMPLETION_INDEX={index} is not below the number of "
+                f"shards, {total}",
+                hint=f"set {SHARD_COUNT_VAR} (or N of --shard auto/N) to the job's completions",
+            )
+        source = "Kubernetes Indexed Job"
+    else:
+        raise ConfigError(
+            "--shard auto: this process is not a task of an array job (neither "
+            "SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set)",
+            hint=_ARRAY_HINT,
+        )
+    if count is not None and count != total:
+        raise ConfigError(
+            f"--shard auto/{count}: the {source} has {total} task(s), not {count}",
+            hint="pass --shard auto and let the array job give the count",
+        )
+    if total < 1:
+        raise ConfigError(f"--shard auto: the {source} has {total} tasks", hint=_ARRAY_HINT)
+    return index + 1, total
 
 
 def select_shard(items: Sequence[str], shard: tuple[int, int] | None) -> list[str]:

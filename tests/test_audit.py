@@ -175,6 +175,51 @@ def test_shards_partition_the_sorted_list():
     assert parse_shard(" 2 / 3 ") == (2, 3)
 
 
+SLURM = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "text", "expected"),
+    [
+        ({**SLURM, "SLURM_ARRAY_TASK_ID": "1"}, "auto", (1, 4)),
+        ({**SLURM, "SLURM_ARRAY_TASK_ID": "4"}, "auto", (4, 4)),
+        ({**SLURM, "SLURM_ARRAY_TASK_ID": "3"}, " auto / 4 ", (3, 4)),
+        # --array=0-6:2 -> tasks 0, 2, 4, 6
+        (
+            {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0"}
+            | {"SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"},
+            "auto",
+            (3, 4),
+        ),
+        ({"JOB_COMPLETION_INDEX": "0"}, "auto/3", (1, 3)),
+        ({"JOB_COMPLETION_INDEX": "2", "NRC_SHARD_COUNT": "3"}, "auto", (3, 3)),
+        ({"JOB_COMPLETION_INDEX": "2", "NRC_SHARD_COUNT": "3"}, "auto/3", (3, 3)),
+        ({"SLURM_ARRAY_TASK_ID": ""}, "2/5", (2, 5)),  # an explicit shard ignores the env
+    ],
+)
+def test_shard_auto_reads_the_array_job(environ, text, expected):
+    assert parse_shard(text, environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "text", "match"),
+    [
+        ({}, "auto", "not a task of an array job"),
+        ({"SLURM_JOB_ID": "7"}, "auto", "neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX"),
+        ({"JOB_COMPLETION_INDEX": "1"}, "auto", "not the number of shards"),
+        ({"JOB_COMPLETION_INDEX": "3", "NRC_SHARD_COUNT": "3"}, "auto", "not below the number"),
+        ({"JOB_COMPLETION_INDEX": "x"}, "auto/2", "whole number >= 0 in JOB_COMPLETION_INDEX"),
+        ({**SLURM, "SLURM_ARRAY_TASK_ID": "2"}, "auto/3", "has 4 task\\(s\\), not 3"),
+        ({**SLURM, "SLURM_ARRAY_TASK_ID": "9"}, "auto", "not one of 4 evenly spaced"),
+        ({"SLURM_ARRAY_TASK_ID": "2"}, "auto", "SLURM_ARRAY_TASK_MIN"),
+        ({}, "auto/x", "auto or auto/N"),
+    ],
+)
+def test_shard_auto_refuses_what_is_not_an_array_task(environ, text, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_shard(text, environ)
+
+
 # ------------------------------------------------------------------------------------------------
 # Rows, metadata columns, errors
 # ------------------------------------------------------------------------------------------------

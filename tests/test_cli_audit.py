@@ -209,6 +209,53 @@ def test_merged_shards_equal_the_full_audit(zoo, suffix):
     assert s1 == {f"zoo/m{i:02d}.safetensors" for i in (0, 2, 4)}
 
 
+ARRAY_VARS = (
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_STEP",
+    "JOB_COMPLETION_INDEX",
+    "NRC_SHARD_COUNT",
+)
+
+
+@pytest.fixture
+def no_array_job(monkeypatch):
+    for name in ARRAY_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("env", "shard", "explicit"),
+    [
+        # sbatch --array=3-5: task 4 is the second of three
+        (
+            {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "3"}
+            | {"SLURM_ARRAY_TASK_COUNT": "3"},
+            "auto",
+            "2/3",
+        ),
+        ({"JOB_COMPLETION_INDEX": "0", "NRC_SHARD_COUNT": "2"}, "auto", "1/2"),
+        ({"JOB_COMPLETION_INDEX": "1"}, "auto/2", "2/2"),
+    ],
+)
+def test_shard_auto_equals_the_explicit_shard(zoo, no_array_job, env, shard, explicit):
+    common = ["zoo", "--data", "data.npz", "--max-samples", "64"]
+    auto = invoke(["audit", *common, "--shard", shard, "--output", "auto.csv"], env=env)
+    assert auto.exit_code == 0, auto.stderr
+    assert f"audit (shard {explicit}):" in auto.stderr
+    manual = audit(*common, "--shard", explicit, "--output", "manual.csv")
+    assert manual.exit_code == 0, manual.stderr
+    assert Path("auto.csv").read_bytes() == Path("manual.csv").read_bytes()
+    assert len(read_table("auto.csv")) > 0
+
+
+def test_shard_auto_outside_an_array_job_is_a_usage_error(zoo, no_array_job):
+    line = error_line(audit("zoo", "--data", "data.npz", "--shard", "auto"))
+    assert "--shard auto: this process is not a task of an array job" in line
+    assert not Path("zoo.csv").exists()
+
+
 def test_two_workers_give_the_table_of_one(zoo):
     Path("zoo", "bad.safetensors").write_bytes(b"nonsense")
     common = ["zoo", "--data", "data.npz", "--max-samples", "64"]

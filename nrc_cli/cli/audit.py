@@ -50,7 +50,12 @@ Errors = Annotated[
 Jobs = Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")]
 Shard = Annotated[
     str | None,
-    typer.Option("--shard", help="I/N: audit only the I-th of N deterministic slices."),
+    typer.Option(
+        "--shard",
+        help="I/N: audit only the I-th of N deterministic slices. auto: the slice of this task "
+        "of a Slurm array or Kubernetes Indexed Job (count from --shard auto/N or "
+        "NRC_SHARD_COUNT there).",
+    ),
 ]
 FailOnError = Annotated[
     bool,
@@ -131,7 +136,8 @@ def audit(
     for label in found:
         check_not_input(output, {f"the checkpoint '{label}'": label}, flag="--output")
         check_not_input(errors, {f"the checkpoint '{label}'": label}, flag="--errors")
-    selection = lib.select_shard(found, lib.parse_shard(shard))
+    chosen = lib.parse_shard(shard)
+    selection = lib.select_shard(found, chosen)
     with _sigterm_exits(), _progress(quiet, len(selection)) as progress, stdout_to_stderr():
         result = lib.run_audit(
             selection,
@@ -148,7 +154,8 @@ def audit(
         lib.write_table(result.errors, errors)
     if output is None:
         _emit_stdout(result.frame, fmt)
-    _report(result, output=output, errors=errors, shard=shard, quiet=quiet)
+    label = f"{chosen[0]}/{chosen[1]}" if chosen else None
+    _report(result, output=output, errors=errors, shard=label, quiet=quiet)
     if fail_on_error and result.failed:
         raise CheckFailed(
             f"{result.failed} of {result.total} checkpoint(s) failed",
