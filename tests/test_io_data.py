@@ -52,6 +52,24 @@ def _zip(path, members: dict[str, bytes], compression=zipfile.ZIP_STORED):
 
 
 @pytest.mark.parametrize("kind", ["stored", "compressed"])
+def test_parts_are_slices_batched_from_their_start(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((250, 5)).astype(np.float32)
+    y = rng.standard_normal(250)
+    with NpzDataset(_save(tmp_path, kind, x=x, y=y), max_samples=240) as ds:
+        for start, stop in [(0, 240), (40, 120), (120, 240), (239, 240), (100, 100)]:
+            batches = list(ds.batches(32, part=(start, stop)))
+            assert [b.start for b in batches] == list(range(start, stop, 32))
+            if stop > start:
+                np.testing.assert_array_equal(np.concatenate([b.x for b in batches]), x[start:stop])
+                np.testing.assert_array_equal(
+                    np.concatenate([b.y for b in batches])[:, 0], y[start:stop]
+                )
+        with pytest.raises(ValueError, match="not within the 240 samples"):
+            ds.batches(32, part=(10, 241))
+
+
+@pytest.mark.parametrize("kind", ["stored", "compressed"])
 @pytest.mark.parametrize("batch_size", [1, 7, 1024, 37])
 def test_batches_concatenate_to_the_arrays(tmp_path, kind, batch_size):
     rng = np.random.default_rng(0)

@@ -128,6 +128,21 @@ def test_range_and_max_samples_match_slicing(tmp_path, batch_size):
         assert starts == list(range(45, 245, batch_size)), name
 
 
+def test_parts_are_the_slices_of_the_selected_samples(tmp_path):
+    x, y = _arrays(n=300)
+    for name, spec in _formats(tmp_path, x, y).items():
+        spec.write_text(spec.read_text() + "\n[range]\nstart = 45\nstop = 260\n")
+        with open_dataset(spec) as ds:
+            got = []
+            for part in [(0, 70), (70, 140), (140, 215), (215, 215)]:
+                batches = list(ds.batches(35, part=part))
+                assert [b.start for b in batches] == list(range(45 + part[0], 45 + part[1], 35))
+                got += batches
+        tol = 1e-6 if name == "csv" else 0
+        np.testing.assert_allclose(np.concatenate([b.x for b in got]), x[45:260], atol=tol)
+        np.testing.assert_allclose(np.concatenate([b.y for b in got]), y[45:260], atol=tol)
+
+
 def test_several_passes_are_identical(tmp_path):
     x, y = _arrays()
     for spec in _formats(tmp_path, x, y).values():

@@ -130,8 +130,8 @@ class Dataset(Protocol):
     target_dim: int
     input_names: tuple[str, ...]
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Consecutive batches over the samples; a fresh pass per call."""
+    def batches(self, batch_size: int, *, part: tuple[int, int] | None = None) -> Iterator[Batch]:
+        """Consecutive batches over the samples (or over ``part``); a fresh pass per call."""
         ...
 
     def close(self) -> None:
@@ -348,13 +348,18 @@ class NpzDataset:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
+    def batches(self, batch_size: int, *, part: tuple[int, int] | None = None) -> Iterator[Batch]:
         """Yield consecutive batches covering samples ``[0, n_samples)``; a fresh pass per call.
 
         Parameters
         ----------
         batch_size : int
             Samples per batch (the last batch may be smaller).
+        part : (start, stop), optional
+            Only samples ``[start, stop)`` (see :func:`check_part`), batched from ``start``:
+            one process's share of a data-parallel run. Memory-mapped arrays are read from
+            ``start`` on; a compressed member is decompressed from its beginning (deflate
+            cannot seek) but only the rows of the part are kept.
 
         Yields
         ------
@@ -372,17 +377,21 @@ class NpzDataset:
         size = _positive_int(batch_size, "--batch-size", "batch_size")
         if self._zip is None:
             raise ValueError(f"NpzDataset({self._where!r}) is closed")
+        first, stop = check_part(part, self.n_samples)
         # Validation above runs at the call; the generator below runs lazily.
-        return self._iter_batches(size)
+        return self._iter_batches(size, first, stop)
 
-    def _iter_batches(self, batch_size: int) -> Iterator[Batch]:
+    def _iter_batches(self, batch_size: int, first: int, stop: int) -> Iterator[Batch]:
         assert self._zip is not None
         x_reader = self._x.reader(self._zip, self._where)
         try:
             y_reader = self._y.reader(self._zip, self._where)
             try:
-                for start in range(0, self.n_samples, batch_size):
-                    rows = min(batch_size, self.n_samples - start)
+                for reader in (x_reader, y_reader):
+                    if first and isinstance(reader, _StreamReader):
+                        reader.skip_to(first)
+                for start in range(first, stop, batch_size):
+                    rows = min(batch_size, stop - start)
                     x = x_reader.read(start, rows)
                     y = y_reader.read(start, rows)
                     if x.dtype.kind == "f":
@@ -390,7 +399,7 @@ class NpzDataset:
                     y = y.astype(np.float64, copy=False).reshape(rows, -1)
                     _check_finite(y, self._y.info.key, start, self._where)
                     yield Batch(start=start, x=x, y=y)
-                if self.n_samples == self._x.info.shape[0]:
+                if stop == self._x.info.shape[0]:
                     # A full pass: let zip verify the CRC of compressed members at their end.
                     x_reader.finish()
                     y_reader.finish()
@@ -770,6 +779,17 @@ class _StreamReader:
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
+
+
+def check_part(part: tuple[int, int] | None, n_samples: int) -> tuple[int, int]:
+    """``part`` of :meth:`Dataset.batches` checked against ``n_samples``: ``(start, stop)``
+    with ``0 <= start <= stop <= n_samples`` (None: all samples)."""
+    if part is None:
+        return 0, n_samples
+    start, stop = (operator.index(v) for v in part)
+    if not 0 <= start <= stop <= n_samples:
+        raise ValueError(f"part {part} is not within the {n_samples} samples")
+    return start, stop
 
 
 def _positive_int(value: Any, flag: str, name: str) -> int:

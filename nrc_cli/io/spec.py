@@ -80,6 +80,7 @@ from nrc_cli.io.data import (
     _check_dtype,
     _check_finite,
     _positive_int,
+    check_part,
 )
 from nrc_cli.io.sources import ArraySource, Source, TableSource, open_source
 
@@ -622,13 +623,18 @@ class SpecDataset:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
+    def batches(self, batch_size: int, *, part: tuple[int, int] | None = None) -> Iterator[Batch]:
         """Yield consecutive batches covering the selected samples; a fresh pass per call.
 
         Parameters
         ----------
         batch_size : int
             Samples per batch (the last batch may be smaller).
+        part : (start, stop), optional
+            Only the selected samples ``[start, stop)`` (positions from 0 to ``n_samples``,
+            not rows of the files): one process's share of a data-parallel run. The inputs
+            are read from there on; statistics for ``standardize`` are still taken over every
+            selected sample.
 
         Yields
         ------
@@ -647,14 +653,14 @@ class SpecDataset:
         size = _positive_int(batch_size, "--batch-size", "batch_size")
         if not self._sources:
             raise ValueError(f"SpecDataset({self._where!r}) is closed")
-        return self._iter_batches(size)
+        return self._iter_batches(size, check_part(part, self.n_samples))
 
-    def _iter_batches(self, batch_size: int) -> Iterator[Batch]:
+    def _iter_batches(self, batch_size: int, part: tuple[int, int]) -> Iterator[Batch]:
         if self.statistics is None and (
             self.spec.standardize_inputs or self.spec.standardize_targets
         ):
             self._compute_statistics()
-        for start, values in self._iter_raw(batch_size):
+        for start, values in self._iter_raw(batch_size, part):
             xs = {}
             for f in self._inputs:
                 xs[f.name] = _apply(values[f.name], f.stats)
@@ -663,8 +669,12 @@ class SpecDataset:
             x = xs if self.input_names else xs[""]
             yield Batch(start=start, x=x, y=y)
 
-    def _iter_raw(self, batch_size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Yield (first row, {input name or '\\0targets': checked array}) for each batch."""
+    def _iter_raw(
+        self, batch_size: int, part: tuple[int, int] | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yield (first row, {input name or '\\0targets': checked array}) for each batch of
+        ``part`` (positions among the selected samples; default all)."""
+        first, end = part if part is not None else (0, self.n_samples)
         fields = [*self._inputs, self._targets]
         wanted: dict[int, tuple[Source, dict[str, np.dtype]]] = {}
         for f in fields:
@@ -675,10 +685,10 @@ class SpecDataset:
         try:
             for src, names in wanted.values():
                 passes.append(
-                    (src, src.open_pass(list(names), self.start, batch_size, dtypes=names))
+                    (src, src.open_pass(list(names), self.start + first, batch_size, dtypes=names))
                 )
-            stop = self.start + self.n_samples
-            for start in range(self.start, stop, batch_size):
+            stop = self.start + end
+            for start in range(self.start + first, stop, batch_size):
                 rows = min(batch_size, stop - start)
                 got = {id(src): p.read(rows) for src, p in passes}
                 values = {}
