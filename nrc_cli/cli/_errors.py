@@ -29,7 +29,13 @@ def _say(line: str) -> None:
 
 
 def report_nrc_error(err: NrcError) -> int:
-    """Print ``error: …`` (and ``hint: …``) for an NrcError; return its exit code."""
+    """Print ``error: …`` (and ``hint: …``) for an NrcError; return its exit code.
+
+    An error of a distributed run is printed once, by rank 0; the other ranks only exit with
+    its code (``reported_elsewhere``).
+    """
+    if getattr(err, "reported_elsewhere", False):
+        return err.exit_code
     _say(f"error: {err.message}")
     if err.hint:
         _say(f"hint: {err.hint}")

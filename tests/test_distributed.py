@@ -1,0 +1,228 @@
+"""Tests for :mod:`nrc_cli.distributed`: launch variables, shares, and 2 real ranks over gloo
+on 127.0.0.1 (reduction equals one stream; an error on one rank ends both; a silent rank is a
+timeout, not a hang)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from ranks import run_ranks
+
+from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
+from nrc_cli.accumulate.sketch import CovarianceSketch
+from nrc_cli.distributed import launch_from_env, share, steps
+from nrc_cli.errors import ConfigError
+from nrc_cli.linalg import gaussian_test_matrix
+
+TORCHRUN = {
+    "WORLD_SIZE": "2",
+    "RANK": "1",
+    "LOCAL_RANK": "1",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# The launch and the shares
+# ------------------------------------------------------------------------------------------------
+
+
+def test_launch_is_read_from_the_torchrun_variables():
+    assert launch_from_env({}) is None
+    assert launch_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    launch = launch_from_env({**TORCHRUN, "NRC_DIST_TIMEOUT": "30"})
+    assert (launch.rank, launch.world_size, launch.local_rank) == (1, 2, 1)
+    assert launch.master == "127.0.0.1:29500" and launch.timeout == 30
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"RANK": None}, "RANK should be a whole number >= 0: it is not set"),
+        ({"RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+        ({"MASTER_PORT": None}, "MASTER_PORT is not set"),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE should be a whole number"),
+        ({"NRC_DIST_TIMEOUT": "0"}, "NRC_DIST_TIMEOUT: expected a number of seconds > 0"),
+        ({"NRC_DIST_TIMEOUT": "soon"}, "found 'soon'"),
+    ],
+)
+def test_launch_variables_that_do_not_fit_are_usage_errors(change, match):
+    env = {**TORCHRUN, **change}
+    env = {k: v for k, v in env.items() if v is not None}
+    with pytest.raises(ConfigError, match=match):
+        launch_from_env(env)
+
+
+@pytest.mark.parametrize(("n", "b", "world"), [(100, 7, 2), (100, 7, 3), (5, 10, 2), (64, 8, 8)])
+def test_shares_are_contiguous_runs_of_whole_batches(n, b, world):
+    parts = [share(n, b, r, world) for r in range(world)]
+    assert parts[0][0] == 0 and parts[-1][1] == n
+    assert all(parts[r][1] == parts[r + 1][0] for r in range(world - 1))
+    assert all(start % b == 0 for start, _ in parts)
+    counts = [-(-(stop - start) // b) for start, stop in parts]
+    assert max(counts) == steps(n, b, world) and max(counts) - min(counts) <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Two ranks: reduction, errors, timeouts
+# ------------------------------------------------------------------------------------------------
+
+N, P, T = 301, 12, 3
+
+
+def data(n=N):
+    """Features far from 0 (the shift matters) and targets, float64."""
+    g = torch.Generator().manual_seed(5)
+    z = 1000.0 + torch.randn(n, P, generator=g, dtype=torch.float64) @ torch.randn(
+        P, P, generator=g, dtype=torch.float64
+    )
+    y = -50.0 + torch.randn(n, T, generator=g, dtype=torch.float64)
+    return z, y
+
+
+def accumulators():
+    omega = gaussian_test_matrix(P, 5, seed=3)
+    return CrossMoments(), NormalizedGram(), SquaredError(), CovarianceSketch(omega)
+
+
+def feed(accs, z, y, batch):
+    exact, gram, sse, sketch = accs
+    for start in range(0, len(z), batch):
+        zb, yb = z[start : start + batch], y[start : start + batch]
+        exact.update(zb, yb)
+        gram.update(zb)
+        sse.update(zb[:, :T], yb)
+        sketch.update(zb, yb)
+
+
+def summary(accs) -> dict:
+    exact, gram, sse, sketch = accs
+    m, s = exact.compute(), sketch.compute()
+    return {
+        "n": m.n,
+        "mean_z": m.mean_z.tolist(),
+        "cov_z": m.cov_z.tolist(),
+        "cov_zy": m.cov_zy.tolist(),
+        "cov_y": m.cov_y.tolist(),
+        "gram": gram.compute().tolist(),
+        "mse": sse.compute(),
+        "sketch": s.sketch.tolist(),
+        "sketch_cov_zy": s.moments.cov_zy.tolist(),
+        "trace": s.trace,
+    }
+
+
+REDUCE_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_distributed import accumulators, data, feed, summary
+from nrc_cli.distributed import launch_from_env, process_group, share
+
+n, batch = {n}, {batch}
+launch = launch_from_env()
+z, y = data(n)
+start, stop = share(n, batch, launch.rank, launch.world_size)
+accs = accumulators()
+feed(accs, z[start:stop], y[start:stop], batch)
+with process_group(launch, "cpu") as group:
+    for acc in accs:
+        group.reduce(acc, p={p}, t={t})
+json.dump(summary(accs), open("rank%d.json" % launch.rank, "w"))
+"""
+
+
+@pytest.mark.parametrize(("n", "batch"), [(N, 40), (30, 50)])  # the second: rank 1 gets nothing
+def test_two_ranks_reduce_to_the_single_stream(tmp_path, n, batch):
+    script = tmp_path / "reduce.py"
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    script.write_text(REDUCE_SCRIPT.format(tests=tests, n=n, batch=batch, p=P, t=T))
+    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
+    for e in ended:
+        assert e.returncode == 0, e.stderr
+    z, y = data(n)
+    accs = accumulators()
+    feed(accs, z, y, batch)
+    want = summary(accs)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["n"] == want["n"] == n
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+
+
+CHECK_SCRIPT = """
+import sys, time
+from nrc_cli.distributed import launch_from_env, process_group, RankFailed
+from nrc_cli.errors import DataError
+
+launch = launch_from_env()
+with process_group(launch, "cpu") as group:
+    seen = []
+    def work(i):
+        if launch.rank == 1 and i == 2:
+            raise DataError("data.npz: array 'x' has a non-finite value (nan) at sample 12",
+                            hint="remove or repair that sample")
+        if launch.rank == 0 and i == 3:
+            time.sleep(0.5)
+        seen.append(i)
+    try:
+        group.each(iter(range(5 + launch.rank)), 6, work)
+    except RankFailed as err:
+        print(err.failed_rank, err.exit_code, err.reported_elsewhere, seen, sep=";")
+        print(err.message, "|", err.hint)
+        code = err.exit_code
+    # A bug (not an NrcError) on rank 0 only: exit code 3 on both.
+    try:
+        group.check(KeyError("layer") if launch.rank == 0 else None)
+    except RankFailed as err:
+        print(err.exit_code, err.message, sep="|")
+sys.exit(code)
+"""
+
+
+def test_an_error_on_one_rank_ends_both_within_a_step_and_a_bug_is_code_3(tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text(CHECK_SCRIPT)
+    ended, wall = run_ranks([str(script)], cwd=tmp_path, timeout=60)
+    assert [e.returncode for e in ended] == [2, 2], [e.stderr for e in ended]
+    for e in ended:
+        head, message, bug = e.stdout.strip().splitlines()
+        assert head == f"1;2;{e.rank != 0};{[0, 1, 2] if e.rank == 0 else [0, 1]}"
+        assert message == (
+            "rank 1: data.npz: array 'x' has a non-finite value (nan) at sample 12 | "
+            "remove or repair that sample"
+        )
+        assert bug == "3|rank 0: internal error: KeyError: 'layer'"
+    assert wall < 30
+
+
+SILENT_SCRIPT = """
+import time
+from nrc_cli.distributed import launch_from_env, process_group
+from nrc_cli.errors import NrcError
+
+launch = launch_from_env()
+with process_group(launch, "cpu") as group:
+    if launch.rank == 1:
+        time.sleep(4)  # never meets rank 0
+    else:
+        try:
+            group.check()
+        except NrcError as err:
+            print(err.message)
+"""
+
+
+def test_a_rank_that_never_answers_is_a_timeout_with_a_message(tmp_path):
+    script = tmp_path / "silent.py"
+    script.write_text(textwrap.dedent(SILENT_SCRIPT))
+    ended, wall = run_ranks([str(script)], cwd=tmp_path, timeout=60, env={"NRC_DIST_TIMEOUT": "2"})
+    assert "rank 0: the other ranks did not answer within 2 s (NRC_DIST_TIMEOUT)" in (
+        ended[0].stdout
+    ), ended[0].stderr
+    assert wall < 40
