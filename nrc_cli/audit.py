@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
@@ -53,6 +54,9 @@ from nrc_cli.results import (
     summary_fields,
     tidy_columns,
 )
+
+if TYPE_CHECKING:
+    from nrc_cli.distributed import Group
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -753,7 +757,9 @@ def _init_worker(threads: int, parent: int) -> None:
 class _Store:
     """The committed parts of one output: read at start, one atomic file per checkpoint."""
 
-    def __init__(self, output: str | os.PathLike, fingerprint: str, *, fresh: bool) -> None:
+    def __init__(
+        self, output: str | os.PathLike, fingerprint: str, *, fresh: bool, lock: bool = True
+    ) -> None:
         self.folder = parts_dir(output)
         self.fingerprint = fingerprint
         try:
@@ -764,7 +770,9 @@ class _Store:
                 f"{exc.strerror or exc}",
                 hint="write the output to a folder you can write to",
             ) from exc
-        self._lock = _lock(self.folder, output)
+        self._lock = _lock(self.folder, output) if lock else None
+        if not lock:
+            return  # a rank writing under another process's lock: that one cleans up
         for tmp in self.folder.glob(".*.tmp"):  # left by a job killed mid-write
             tmp.unlink(missing_ok=True)
         if fresh:
@@ -842,6 +850,7 @@ def run_audit(
     fresh: bool = False,
     flush_every: float = 5.0,
     progress: AuditProgress | None = None,
+    group: Group | None = None,
 ) -> AuditResult:
     """Analyze every checkpoint on ``data`` with ``options``; failures become error rows.
 
@@ -868,11 +877,30 @@ def run_audit(
         Seconds between rewrites of ``output`` while the audit runs (0: after each checkpoint);
         it is always rewritten at the end.
     progress : callable(done, total, checkpoint, status), optional
+    group : nrc_cli.distributed.Group, optional
+        Under torchrun: this rank audits the ``RANK+1/WORLD_SIZE`` shard of ``checkpoints``
+        (one checkpoint at a time, in lockstep with the other ranks, so that an error on one
+        rank ends them all), committing parts to the shared ``OUTPUT.parts/``; rank 0 then
+        writes the one table of every rank's rows and returns the whole result, the other
+        ranks return their own. ``jobs`` must be 1 (the ranks are the workers).
 
     Returns
     -------
     AuditResult
     """
+    if group is not None:
+        return _run_ranked(
+            checkpoints,
+            data,
+            options,
+            group,
+            output=output,
+            fmt=fmt,
+            jobs=jobs,
+            threads=threads,
+            fresh=fresh,
+            progress=progress,
+        )
     if jobs < 1:
         raise ConfigError(f"--jobs: expected an integer >= 1, found {jobs}")
     if threads is not None and threads < 1:
@@ -884,15 +912,86 @@ def run_audit(
     fingerprint = _fingerprint(data, options)
     store = _Store(output, fingerprint, fresh=fresh) if output is not None else None
     try:
-        return _audit(
+        result, _ = _audit(
             labels, (data, options), store, output, fmt, jobs, threads, flush_every, progress
         )
+        return result
     finally:
         if store is not None:
             store.close()
 
 
-def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, progress):
+def _run_ranked(checkpoints, data, options, group, *, output, fmt, jobs, threads, fresh, progress):
+    """One rank's part of a distributed audit (see :func:`run_audit`)."""
+    from nrc_cli.distributed import rank_device
+
+    store = None
+    try:
+        try:
+            if jobs != 1:
+                raise ConfigError(
+                    f"--jobs {jobs}: under torchrun the ranks are the workers",
+                    hint="drop --jobs and start more ranks: torchrun --nproc-per-node N",
+                )
+            if threads is not None and threads < 1:
+                raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
+            if output is not None:
+                fmt = table_format(output, fmt)
+            every = sorted(dict.fromkeys(str(c) for c in checkpoints))
+            labels = select_shard(every, (group.rank + 1, group.world_size))
+            _check_once(data, options)
+            fingerprint = _fingerprint(data, options)
+            # Rank 0 takes the output's lock (another audit writing there is an error for
+            # all); the other ranks commit their parts under it, after rank 0 has it.
+            if output is not None and group.rank == 0:
+                store = _Store(output, fingerprint, fresh=fresh)
+        except Exception as exc:
+            group.check(exc)
+            raise
+        group.check()
+        try:
+            if output is not None and group.rank != 0:
+                store = _Store(output, fingerprint, fresh=False, lock=False)
+        except Exception as exc:
+            group.check(exc)
+            raise
+        group.check()
+        # Each rank on its own device; the parts' key (the fingerprint) keeps the option as
+        # given, so that a rerun on another number of ranks resumes them.
+        mine = dataclasses.replace(options, device=rank_device(options.device, group.launch))
+        result, rows = _audit(
+            labels, (data, mine), store, None, fmt, 1, threads, 0.0, progress, group=group
+        )
+    finally:
+        if store is not None:
+            store.close()
+    everyone = group.gather(
+        {
+            "rows": rows,
+            "errors": result.errors.to_dict("records"),
+            "counts": (result.analyzed, result.skipped, result.failed),
+        }
+    )
+    group.finish()
+    if everyone is None:
+        return result
+    rows = [r for part in everyone for r in part["rows"]]
+    errors = sorted((e for part in everyone for e in part["errors"]), key=lambda e: e["checkpoint"])
+    frame = audit_frame(rows)
+    if output is not None:
+        write_table(frame, output, fmt)
+    analyzed, skipped, failed = (sum(part["counts"][i] for part in everyone) for i in range(3))
+    return AuditResult(
+        frame=frame,
+        errors=errors_frame(errors),
+        checkpoints=every,
+        analyzed=analyzed,
+        skipped=skipped,
+        failed=failed,
+    )
+
+
+def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, progress, group=None):
     done: dict[str, list[dict]] = {}
     errors: dict[str, dict] = {}
     todo: list[tuple[str, dict]] = []
@@ -945,13 +1044,25 @@ def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, pro
     configs = [(label, key, (label, *settings)) for label, key in todo]
     if progress is not None:
         progress(0, len(todo), "", "start")
-    if jobs == 1 or len(configs) <= 1:
+    if group is not None:
+        # Lockstep: every rank meets the others after each checkpoint (see Group.each).
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        count = iter(range(1, len(configs) + 1))
+        group.each(
+            configs,
+            group.agree(len(configs)),
+            lambda item: finish(item[0], item[1], _analyze_one(item[2]), next(count)),
+        )
+    elif jobs == 1 or len(configs) <= 1:
         _run_here(configs, threads, finish)
     else:
         _run_pool(configs, min(jobs, len(configs)), threads or 1, finish)
     write()
     frame = audit_frame([r for rows in done.values() for r in rows])
-    return AuditResult(
+    result = AuditResult(
         frame=frame,
         errors=errors_frame(list(errors.values())),
         checkpoints=list(labels),
@@ -959,6 +1070,7 @@ def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, pro
         skipped=skipped,
         failed=len(errors),
     )
+    return result, [r for rows in done.values() for r in rows]
 
 
 def _file_key(label: str) -> tuple[int, int]:

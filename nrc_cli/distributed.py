@@ -183,6 +183,13 @@ class Group:
         self.rank = launch.rank
         self.world_size = launch.world_size
         self.device = device  # where this rank computes; CUDA tensors go through NCCL
+        self.finished = False
+
+    def finish(self) -> None:
+        """Say the ranks have met for the last time: from now on each goes its own way, and
+        :meth:`check` raises this rank's own error without waiting for the others (who may
+        have exited)."""
+        self.finished = True
 
     # -- errors and lockstep --------------------------------------------------------------------
 
@@ -193,6 +200,10 @@ class Group:
         An :class:`NrcError` counts as exit code 2 (or its own code); any other exception as
         a bug (exit code 3, ``internal error`` and its type, as for one process).
         """
+        if self.finished:
+            if error is not None:
+                raise error
+            return
         code = 0
         if error is not None:
             code = error.exit_code if isinstance(error, NrcError) else 3

@@ -110,17 +110,37 @@ def audit(
         _refuse_audit_options(ctx)
         _merge(paths[1:], format=format, output=output, quiet=quiet)
         return
+    from nrc_cli import distributed
+
+    launch = distributed.launch_from_env()
+    if launch is None:
+        _audit(locals(), None)
+        return
+    # Under torchrun: every rank joins first, so that whatever fails on one rank (an option,
+    # a file) ends all of them with one error line, from rank 0.
+    with distributed.process_group(launch, "cpu") as group:
+        try:
+            _audit(locals(), group)
+        except Exception as exc:
+            group.check(exc)
+            raise
+
+
+def _audit(o: dict, group) -> None:
+    """The audit itself, with the command's parameters; ``group``: this rank's, under torchrun."""
     from nrc_cli import audit as lib
 
+    data, output, errors, quiet = o["data"], o["output"], o["errors"], o["quiet"]
+    lead = group is None or group.rank == 0  # the process that reports
     if data is None:
         raise ConfigError(
             "nrc audit: expected --data DATA.npz (the data set every checkpoint is run on)",
             hint="nrc audit zoo/ --data data.npz --output audit.parquet",
         )
     if output is None:
-        fmt = resolve_format(format, None, allowed=("table", "csv", "parquet"))
+        fmt = resolve_format(o["format"], None, allowed=("table", "csv", "parquet"))
     else:
-        fmt = resolve_format(format, output, allowed=("csv", "parquet"))
+        fmt = resolve_format(o["format"], output, allowed=("csv", "parquet"))
     check_output_path(output)
     check_output_path(errors)
     if errors is not None:
@@ -130,33 +150,44 @@ def audit(
     if not quiet:
         print_precision_hint(options)
     skipped: list[str] = []
-    found = lib.discover(paths, skipped=skipped)
-    for line in skipped:
+    found = lib.discover(o["paths"], skipped=skipped)
+    for line in skipped if lead else ():
         sys.stderr.write(f"warning: skipped {line}\n")
     for label in found:
         check_not_input(output, {f"the checkpoint '{label}'": label}, flag="--output")
         check_not_input(errors, {f"the checkpoint '{label}'": label}, flag="--errors")
-    chosen = lib.parse_shard(shard)
+    chosen = lib.parse_shard(o["shard"])
     selection = lib.select_shard(found, chosen)
-    with _sigterm_exits(), _progress(quiet, len(selection)) as progress, stdout_to_stderr():
+    shown = len(selection)
+    if group is not None:
+        shown = len(lib.select_shard(selection, (1, group.world_size)))
+    with (
+        _sigterm_exits(),
+        _progress(quiet or not lead, shown) as progress,
+        stdout_to_stderr(),
+    ):
         result = lib.run_audit(
             selection,
             data,
-            options,
+            o["options"],
             output=output,
             fmt=fmt if output is not None else None,
-            jobs=jobs,
-            threads=threads,
-            fresh=fresh,
+            jobs=o["jobs"],
+            threads=o["threads"],
+            fresh=o["fresh"],
             progress=progress,
+            group=group,
         )
+    if not lead:
+        return
     if errors is not None:
         lib.write_table(result.errors, errors)
     if output is None:
         _emit_stdout(result.frame, fmt)
     label = f"{chosen[0]}/{chosen[1]}" if chosen else None
-    _report(result, output=output, errors=errors, shard=label, quiet=quiet)
-    if fail_on_error and result.failed:
+    ranks = group.world_size if group is not None else None
+    _report(result, output=output, errors=errors, shard=label, ranks=ranks, quiet=quiet)
+    if o["fail_on_error"] and result.failed:
         raise CheckFailed(
             f"{result.failed} of {result.total} checkpoint(s) failed",
             hint=f"see {errors}" if errors else "list them with --errors errors.csv",
@@ -319,7 +350,9 @@ def _missing(value) -> bool:
     return plain(value, keep_inf=True) is None
 
 
-def _report(result, *, output: str | None, errors: str | None, shard, quiet: bool) -> None:
+def _report(
+    result, *, output: str | None, errors: str | None, shard, quiet: bool, ranks: int | None = None
+) -> None:
     """The closing lines on stderr: each failure (unless --quiet), then the counts."""
     err = sys.stderr
     if not quiet:
@@ -332,6 +365,8 @@ def _report(result, *, output: str | None, errors: str | None, shard, quiet: boo
             err.write(f"warning: ... and {result.failed - _MAX_LISTED} more failed\n")
     where = f" -> {output}" if output else ""
     scope = f" (shard {shard})" if shard else ""
+    if ranks:
+        scope += f" ({ranks} ranks)"
     line = (
         f"audit{scope}: {result.total} checkpoint(s): {result.analyzed} analyzed, "
         f"{result.skipped} skipped (already done), {result.failed} failed; "
