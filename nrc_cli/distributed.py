@@ -34,9 +34,8 @@ from typing import TypeVar
 
 import torch
 
-from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
-from nrc_cli.accumulate.sketch import CovarianceSketch
-from nrc_cli.errors import ConfigError, NrcError
+from nrc_cli.accumulate.base import Accumulator, ShiftedSums
+from nrc_cli.errors import ConfigError, DataError, NrcError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -44,6 +43,7 @@ __all__ = [
     "Group",
     "Launch",
     "RankFailed",
+    "RankLost",
     "launch_from_env",
     "process_group",
     "share",
@@ -134,12 +134,14 @@ def share(n_samples: int, batch_size: int, rank: int, world_size: int) -> tuple[
     """The samples ``[start, stop)`` of ``rank``: a contiguous run of whole batches.
 
     The ⌈N/b⌉ batches of one process are dealt out in ``world_size`` runs whose lengths
-    differ by at most one, so the union over ranks is every sample once, each batch is the
-    batch a single process reads, and a rank may get none (more ranks than batches).
+    differ by at most one, the longer runs first, so the union over ranks is every sample
+    once, each batch is the batch a single process reads, rank 0 always has a batch, and a
+    later rank may have none (more ranks than batches).
     """
     batches = (n_samples + batch_size - 1) // batch_size
-    first = rank * batches // world_size
-    last = (rank + 1) * batches // world_size
+    base, extra = divmod(batches, world_size)
+    first = rank * base + min(rank, extra)
+    last = first + base + (1 if rank < extra else 0)
     return min(first * batch_size, n_samples), min(last * batch_size, n_samples)
 
 
@@ -171,6 +173,10 @@ class RankFailed(NrcError):
         self.reported_elsewhere = quiet
 
 
+class RankLost(NrcError):
+    """The other ranks stopped answering (a timeout) or the connection to them broke."""
+
+
 class Group:
     """This rank's handle on the process group: lockstep, error agreement and reduction.
 
@@ -200,7 +206,8 @@ class Group:
         An :class:`NrcError` counts as exit code 2 (or its own code); any other exception as
         a bug (exit code 3, ``internal error`` and its type, as for one process).
         """
-        if self.finished:
+        if self.finished or isinstance(error, (RankFailed, RankLost)):
+            # Already known to every rank (or the others are gone): nothing to agree on.
             if error is not None:
                 raise error
             return
@@ -266,69 +273,51 @@ class Group:
 
     # -- reduction ------------------------------------------------------------------------------
 
-    def reduce(self, acc, *, p: int = 0, t: int = 0):
+    def reduce(self, acc: Accumulator) -> Accumulator:
         """Sum ``acc``'s state over the ranks, in place and in float64, exactly as a merge of
-        every rank's state; every rank ends with the total. ``p``, ``t``: the feature and
-        target widths, for a rank that saw no sample (its state is empty). Returns ``acc``.
+        every rank's state would; every rank ends with the total. Returns ``acc``.
+
+        Every state declared ``reduce="sum"`` is summed. A shift-based accumulator
+        (:class:`ShiftedSums`) first agrees on one shift, the global mean (one all-reduce of
+        p + t + 1 numbers), and re-expresses its sums about it (``reshift_``). An accumulator
+        empty on every rank (a layer that did not run) stays empty; one empty on some ranks
+        only is an error (their statistics would cover different samples).
         """
-        if isinstance(acc, SquaredError):
-            total = torch.tensor([acc.sse, float(acc.count)], dtype=_F64)
-            self._all_reduce(total)
-            acc.sse, acc.count = float(total[0]), int(total[1])
+        has = int(acc.n > 0)
+        if self.agree(has, "max") == 0:
             return acc
-        if isinstance(acc, NormalizedGram):
-            device = acc.gram.device if acc.gram is not None else self._where(acc)
-            if acc.gram is None:
-                acc.gram = torch.zeros(p, p, dtype=_F64, device=device)
-            acc.n = self._sum_count(acc.n, device)
-            self._all_reduce(acc.gram)
-            return acc
-        if isinstance(acc, (CrossMoments, CovarianceSketch)):
-            return self._reduce_shifted(acc, p, t)
-        raise TypeError(f"cannot reduce a {type(acc).__name__}")
-
-    def _reduce_shifted(self, acc, p: int, t: int):
-        """Agree on the global mean as the shift, re-express each state about it, then sum."""
-        sketch = isinstance(acc, CovarianceSketch)
-        device = acc.omega.device if sketch else self._where(acc)
-        # Σz and Σy of this rank (n·c + Σ(z − c)); with N, the global means.
-        sums = torch.zeros(1 + p + t, dtype=_F64, device=device)
-        if acc.n:
-            sums[0] = acc.n
-            sums[1 : 1 + p] = acc.n * acc.cz + acc.sz
-            sums[1 + p :] = acc.n * acc.cy + acc.sy
-        self._all_reduce(sums)
-        n = round(float(sums[0]))
-        cz, cy = sums[1 : 1 + p] / n, sums[1 + p :] / n
-        names = ("sz", "sy", "s_omega", "diag", "czy", "cyy") if sketch else _MOMENT_SUMS
-        if acc.n:
-            # The same re-expression merge() applies to the state it folds in.
-            parts = list(acc._shifted(cz, cy))
-        else:
-            shapes = {
-                "sz": (p,),
-                "sy": (t,),
-                "s_omega": tuple(acc.omega.shape) if sketch else (0,),
-                "diag": (p,),
-                "czz": (p, p),
-                "czy": (p, t),
-                "cyy": (t, t),
-            }
-            parts = [torch.zeros(shapes[k], dtype=_F64, device=device) for k in names]
-        for part in parts:
-            self._all_reduce(part)
-        acc.n, acc.cz, acc.cy = n, cz, cy
-        for name, part in zip(names, parts, strict=True):
-            setattr(acc, name, part)
+        if self.agree(has, "min") == 0:
+            raise DataError(
+                f"rank {self.rank}: a layer ran on the samples of some ranks only",
+                hint="exclude layers that do not run on every batch",
+            )
+        if isinstance(acc, ShiftedSums):
+            p, t = acc.cz.shape[0], acc.cy.shape[0]
+            # Σz and Σy of this rank (n·c + Σ(z − c)); with N, the global means.
+            sums = torch.cat(
+                [
+                    torch.tensor([float(acc.n)], dtype=_F64, device=acc.cz.device),
+                    acc.n * acc.cz + acc.sz,
+                    acc.n * acc.cy + acc.sy,
+                ]
+            )
+            self._all_reduce(sums)
+            n = float(sums[0])
+            acc.reshift_(sums[1 : 1 + p] / n, sums[1 + p : 1 + p + t] / n)
+        numbers = [name for name in acc.summed_states if not torch.is_tensor(getattr(acc, name))]
+        if numbers:  # counts and float sums: one float64 vector (counts exact below 2^53)
+            values = torch.tensor([float(getattr(acc, k)) for k in numbers], dtype=_F64)
+            self._all_reduce(values)
+            for name, value in zip(numbers, values.tolist(), strict=True):
+                setattr(acc, name, round(value) if isinstance(getattr(acc, name), int) else value)
+        for name in acc.summed_states:
+            value = getattr(acc, name)
+            if torch.is_tensor(value):
+                if not value.is_contiguous():
+                    value = value.contiguous()
+                    setattr(acc, name, value)
+                self._all_reduce(value)
         return acc
-
-    def _where(self, acc) -> torch.device:
-        return acc.device if getattr(acc, "device", None) is not None else self.device
-
-    def _sum_count(self, n: int, device: torch.device) -> int:
-        total = torch.tensor([float(n)], dtype=_F64, device=device)
-        self._all_reduce(total)
-        return round(float(total[0]))
 
     def _all_reduce(self, tensor: torch.Tensor) -> None:
         if not tensor.is_contiguous():
@@ -342,20 +331,17 @@ class Group:
         except (RuntimeError, torch.distributed.DistError) as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "timeout" in text.lower() or "timed out" in text.lower():
-                raise NrcError(
+                raise RankLost(
                     f"rank {self.rank}: the other ranks did not answer within "
                     f"{self.launch.timeout:g} s ({TIMEOUT_VAR}): a rank died, hangs, or one "
                     "step (a batch, a checkpoint) takes longer than that",
                     hint=f"look for the rank that failed above; or set {TIMEOUT_VAR} to a "
                     "longer time in seconds",
                 ) from exc
-            raise NrcError(
+            raise RankLost(
                 f"rank {self.rank}: lost contact with the other ranks: {text}",
                 hint="another rank probably died (out of memory, or killed); see its output",
             ) from exc
-
-
-_MOMENT_SUMS = ("sz", "sy", "czz", "czy", "cyy")
 
 
 def _describe(error: BaseException | None) -> tuple[str, str | None] | None:

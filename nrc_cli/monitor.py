@@ -256,6 +256,7 @@ class CollapseMonitor:
     def reset(self) -> None:
         """Forget every sample (the hooks stay as they are)."""
         self._n = 0
+        self._world_size = 1  # processes whose samples are in the state (see all_reduce)
         self._t: int | None = None
         self._batch = 0  # rows of the first batch (for the memory accounting of the plan)
         self._passes = 1
@@ -574,6 +575,7 @@ class CollapseMonitor:
             "seed": family.seed,
             "passes": self._passes + (self._second is not None),
             "device": str(self._device),
+            "world_size": self._world_size,
             "dtype": self._dtype,
             "precision": self.family.precision,
         }
@@ -651,6 +653,39 @@ class CollapseMonitor:
                 self._order.append(name)
         self._sse.merge(other._sse)
         self._n += other._n
+        return self
+
+    def all_reduce(self, group) -> CollapseMonitor:
+        """Sum the states of the monitors of every rank of a data-parallel run, in place.
+
+        Each rank fed its own monitor (built alike) on its own samples; afterwards every rank
+        holds the state of all of them, exactly as :meth:`merge` would combine them (float64,
+        about one common shift), and ``compute()`` reports ``world_size``. Every rank must
+        call it at the same point with a monitor that has seen at least one batch.
+
+        Parameters
+        ----------
+        group : nrc_cli.distributed.Group
+            This rank's handle on the process group (:func:`nrc_cli.distributed.process_group`).
+        """
+        if self._t is None:
+            raise ConfigError(
+                f"rank {group.rank}: CollapseMonitor.all_reduce() before any batch",
+                hint="give every rank at least one batch",
+            )
+        ran = len(self._order)
+        if group.agree(ran, "min") != group.agree(ran, "max"):
+            raise DataError(
+                "the ranks' forward passes ran different layers; their statistics would cover "
+                "different samples",
+                hint="exclude layers that do not run on every batch",
+            )
+        for name in [w.name for w in self.layers]:  # the same order on every rank
+            for kind in sorted(self._accs.get(name, {})):
+                group.reduce(self._accs[name][kind])
+        group.reduce(self._sse)
+        self._n = group.agree(self._n, "sum")
+        self._world_size = group.world_size
         return self
 
     def join(self, other: CollapseMonitor) -> CollapseMonitor:

@@ -13,7 +13,7 @@ import copy
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 
 from nrc_cli.accumulate.classes import is_label_array
 from nrc_cli.capture import WeightLayer, weight_layers
+from nrc_cli.distributed import Group, share, steps
 from nrc_cli.errors import ConfigError, DataError, NrcError
 from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.io.data import Dataset, open_dataset
@@ -32,6 +33,7 @@ from nrc_cli.planning import Plan, default_budget, make_plan
 from nrc_cli.results import Results
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 _KEYWORD_HINT = (
     "; a model that takes keyword inputs (input_ids, attention_mask, ...) gets them with "
     "--input NAME, once per array"
@@ -145,7 +147,8 @@ def run(
     *,
     progress: Progress | None = None,
     on_plan: Callable[[dict], None] | None = None,
-) -> Results:
+    group: Group | None = None,
+) -> Results | None:
     """Analyze one model on one data set.
 
     Parameters
@@ -163,11 +166,32 @@ def run(
         the total to see (0 when unknown).
     on_plan : callable(plan), optional
         Called once before the first data pass with the plan (as recorded in the summary).
+    group : nrc_cli.distributed.Group, optional
+        A data-parallel run (torchrun) over a data file: this rank streams its share of the
+        batches on ``config.device``, each pass's monitor state is summed over the ranks
+        (:meth:`CollapseMonitor.all_reduce`), and rank 0 alone computes the metrics. An error
+        on any rank raises :class:`nrc_cli.distributed.RankFailed` on every rank.
+
+    Returns
+    -------
+    Results
+        None on the ranks other than 0 of a distributed run.
     """
-    device = resolve_device(config.device)
-    built, dataset, label, metadata = _open(model, data, config)
+
+    def start():
+        if group is not None and not (_is_path(model) and _is_path(data)):
+            raise ConfigError("a distributed run analyzes a checkpoint file on a data file")
+        device = resolve_device(config.device)
+        return device, _open(model, data, config)
+
+    device, (built, dataset, label, metadata) = _together(group, start)
     with dataset, full_float32(device), _analysis_module(built, device, config) as module:
-        results = _Passes(module, dataset, config, device, progress, on_plan).run()
+        if group is not None:
+            _together(group, lambda: _check_shares(group, dataset.n_samples, data, config))
+        passes = _Passes(module, dataset, config, device, progress, on_plan, group)
+        results = _together(group, passes.run)
+    if results is None:
+        return None
     results.checkpoint = label
     results.data = str(data) if _is_path(data) else dataset.label
     results.metadata = metadata
@@ -188,6 +212,37 @@ def _describe_build(summary: dict, source: BuiltModel | nn.Module) -> None:
     summary.update(fields)
     summary["notes"] = notes
     summary["warnings"] = [*warnings, *rest]
+
+
+def _check_shares(group: Group, n: int, data, config: AnalysisOptions) -> None:
+    """Every rank reads the same number of samples, and has at least one batch of them."""
+    low, high = group.agree(n, "min"), group.agree(n, "max")
+    if low != high:
+        raise ConfigError(
+            f"the ranks see different data: from {low:,} to {high:,} samples in '{data}'",
+            hint="every rank must read the same file (a shared file system)",
+        )
+    batches = -(-n // config.batch_size)
+    if batches < group.world_size:
+        raise ConfigError(
+            f"{n:,} samples in batches of {config.batch_size} make {batches} batch(es) for "
+            f"{group.world_size} ranks; every rank needs at least one",
+            hint="lower --batch-size, or start fewer ranks",
+        )
+
+
+def _together(group: Group | None, work: Callable[[], T]) -> T:
+    """``work()``; in a distributed run, then meet the other ranks, so that an error on any
+    rank (in ``work`` or before) ends every rank together (see ``Group.check``)."""
+    if group is None:
+        return work()
+    try:
+        value = work()
+    except Exception as exc:
+        group.check(exc)
+        raise
+    group.check()
+    return value
 
 
 def _is_path(value: Any) -> bool:
@@ -255,7 +310,8 @@ def _analysis_module(source: BuiltModel | nn.Module, device: torch.device, confi
 class _Passes:
     """The plan, the data passes (one monitor each), and their joined results."""
 
-    def __init__(self, model, dataset, config, device, progress, on_plan) -> None:
+    def __init__(self, model, dataset, config, device, progress, on_plan, group=None) -> None:
+        self.group: Group | None = group
         self.model: nn.Module = model
         self.data = dataset
         self.config = config
@@ -305,11 +361,14 @@ class _Passes:
         budget = self.config.budget_bytes()
         if budget is None:
             budget = default_budget(self.device)
+        if self.group is not None:
+            # The free memory differs between ranks; one plan for all needs one budget.
+            budget = self.group.agree(budget, "min")
         batch = self._first_batch()
         needs = [monitor.family.layer_need(w, self.t, batch) for w in monitor.layers]
         return make_plan(needs, budget)
 
-    def run(self) -> Results:
+    def run(self) -> Results | None:
         probe = CollapseMonitor(self.model, **self.monitor_options)
         plan = self.plan(probe)
         family = probe.family
@@ -321,10 +380,20 @@ class _Passes:
         if self.on_plan is not None:
             self.on_plan(plan_doc)
         second = probe.family.second_pass and self.config.ncc
+        if second and self.group is not None:
+            raise ConfigError(
+                "the nearest-class-mean pass of --task classification does not run under "
+                "torchrun yet",
+                hint="pass --no-ncc (the other classification columns are computed), or run "
+                "one process",
+            )
         if second:
             plan_doc["passes"] += 1
             plan_doc["ncc_pass"] = plan_doc["passes"]
         n = self.data.n_samples
+        if n is not None and self.group is not None:
+            start, stop = self._share()
+            n = stop - start
         total = n * (len(plan.passes) + second) if n is not None else 0
         joined: CollapseMonitor | None = None
         seen = 0
@@ -337,8 +406,14 @@ class _Passes:
             )
             # The model's prediction is read in the first pass only.
             seen = self._data_pass(monitor, i == 0 and self.config.prediction, seen, total)
+            if self.group is not None:
+                monitor.all_reduce(self.group)
             joined = monitor if joined is None else joined.join(monitor)
         assert joined is not None
+        if self.group is not None:
+            self.group.finish()
+            if self.group.rank != 0:
+                return None
         if joined.n_samples == 0:
             raise DataError("the data set has no samples")
         if second:
@@ -352,7 +427,16 @@ class _Passes:
         results.plan = plan_doc
         return results
 
+    def _share(self) -> tuple[int, int]:
+        """The samples this rank streams (a distributed run over a data file)."""
+        g = self.group
+        assert g is not None and self.data.n_samples is not None
+        return share(self.data.n_samples, self.config.batch_size, g.rank, g.world_size)
+
     def _batches(self):
+        if self.group is not None:  # a data file: it applies max_samples itself
+            yield from self.data.batches(self.config.batch_size, part=self._share())
+            return
         batches = self.data.batches(self.config.batch_size)
         limit = self.config.max_samples
         if limit is None or _is_path_dataset(self.data):
@@ -369,29 +453,38 @@ class _Passes:
             yield batch
 
     def _data_pass(self, monitor: CollapseMonitor, prediction: bool, seen: int, total: int):
+        def step(batch) -> None:
+            nonlocal seen
+            x = self._inputs(batch.x)
+            try:
+                out = self.model(**x) if isinstance(x, dict) else self.model(x)
+            except NrcError:
+                raise
+            except Exception as exc:
+                shape = (
+                    {k: list(v.shape) for k, v in x.items()}
+                    if isinstance(x, dict)
+                    else list(x.shape)
+                )
+                raise DataError(
+                    f"the model failed on the batch starting at sample {batch.start} "
+                    f"(input shape {shape}): {type(exc).__name__}: {exc}",
+                    hint="check that the data matches the model's expected input"
+                    + ("" if isinstance(x, dict) else _KEYWORD_HINT),
+                ) from exc
+            monitor.update(batch.y, out if prediction else None, start=batch.start)
+            seen += batch.y.shape[0]
+            if self.progress is not None:
+                self.progress(seen, total)
+
         with monitor, torch.inference_mode():
-            for batch in self._batches():
-                x = self._inputs(batch.x)
-                try:
-                    out = self.model(**x) if isinstance(x, dict) else self.model(x)
-                except NrcError:
-                    raise
-                except Exception as exc:
-                    shape = (
-                        {k: list(v.shape) for k, v in x.items()}
-                        if isinstance(x, dict)
-                        else list(x.shape)
-                    )
-                    raise DataError(
-                        f"the model failed on the batch starting at sample {batch.start} "
-                        f"(input shape {shape}): {type(exc).__name__}: {exc}",
-                        hint="check that the data matches the model's expected input"
-                        + ("" if isinstance(x, dict) else _KEYWORD_HINT),
-                    ) from exc
-                monitor.update(batch.y, out if prediction else None, start=batch.start)
-                seen += batch.y.shape[0]
-                if self.progress is not None:
-                    self.progress(seen, total)
+            if self.group is None:
+                for batch in self._batches():
+                    step(batch)
+            else:  # in lockstep: an error on any rank ends every rank after this batch
+                g = self.group
+                count = steps(self.data.n_samples, self.config.batch_size, g.world_size)
+                g.each(self._batches(), count, step)
         return seen
 
     def _inputs(self, x):

@@ -70,6 +70,7 @@ SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("seed", "int"),
     ("passes", "int"),
     ("device", "str"),
+    ("world_size", "int"),
     ("dtype", "str"),
     ("build", "str"),
     ("model", "str"),

@@ -21,6 +21,7 @@ LAYERS = [
     ("planning",),
     ("families",),
     ("monitor",),
+    ("distributed",),
     ("pipeline",),
     ("gates", "audit"),
     ("report",),

@@ -64,6 +64,11 @@ class Accumulator:
     def state_names(self) -> tuple[str, ...]:
         return tuple(self._defaults)
 
+    @property
+    def summed_states(self) -> tuple[str, ...]:
+        """The states a merge adds (``reduce="sum"``), in declaration order."""
+        return tuple(name for name, how in self._reduce.items() if how == "sum")
+
     def reset(self) -> None:
         """Every state back to its declared default (tensors to None)."""
         for name, default in self._defaults.items():

@@ -24,9 +24,21 @@ from nrc_cli.results import Results
 
 
 def run_with_progress(
-    checkpoint: str, data: str, options: AnalysisOptions, *, quiet: bool, threads: int | None
-) -> Results:
-    """Run the pipeline, with a transient progress bar on an interactive stderr."""
+    checkpoint: str,
+    data: str,
+    options: AnalysisOptions,
+    *,
+    quiet: bool,
+    threads: int | None,
+    group=None,
+) -> Results | None:
+    """Run the pipeline, with a transient progress bar on an interactive stderr.
+
+    ``group``: this rank's, under torchrun (see :func:`nrc_cli.pipeline.run`); the ranks other
+    than 0 show nothing and get None.
+    """
+    if group is not None and group.rank != 0:
+        quiet = True
     if threads is not None:
         import torch
 
@@ -45,7 +57,9 @@ def run_with_progress(
                 stderr_console().print(escape(line), style="dim")
 
     with stdout_to_stderr():
-        results = _run(checkpoint, data, options, quiet=quiet, on_plan=on_plan)
+        results = _run(checkpoint, data, options, quiet=quiet, on_plan=on_plan, group=group)
+    if results is None:
+        return None
     say_messages(results, quiet=quiet)
     return results
 
@@ -67,9 +81,11 @@ def print_precision_hint(options: AnalysisOptions) -> None:
         stderr_console().print(escape(hint), style="dim", soft_wrap=True)  # never wrapped
 
 
-def _run(checkpoint: str, data: str, options: AnalysisOptions, *, quiet: bool, on_plan) -> Results:
+def _run(
+    checkpoint: str, data: str, options: AnalysisOptions, *, quiet: bool, on_plan, group
+) -> Results | None:
     if not progress_enabled(quiet):
-        return run(checkpoint, data, options, on_plan=on_plan)
+        return run(checkpoint, data, options, on_plan=on_plan, group=group)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -85,7 +101,7 @@ def _run(checkpoint: str, data: str, options: AnalysisOptions, *, quiet: bool, o
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run(checkpoint, data, options, progress=progress, on_plan=on_plan)
+        return run(checkpoint, data, options, progress=progress, on_plan=on_plan, group=group)
 
 
 def describe_plan(plan: dict) -> list[str]:
@@ -130,12 +146,38 @@ def analyze(
     quiet: o.Quiet = False,
     debug: o.Debug = False,
 ) -> None:
-    """Stream DATA through CHECKPOINT once and report Deep NRC for every weight layer."""
-    fmt = resolve_format(format, output)
-    check_output_path(output)
-    check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
-    results = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
-    emit_results(results, fmt, output)
+    """Stream DATA through CHECKPOINT once and report Deep NRC for every weight layer.
+
+    Under torchrun (WORLD_SIZE > 1) each rank streams its share of the batches on its own
+    device and rank 0 reports the result of all of them.
+    """
+    import dataclasses
+
+    from nrc_cli import distributed
+
+    launch = distributed.launch_from_env()
+    if launch is None:
+        fmt = resolve_format(format, output)
+        check_output_path(output)
+        check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+        results = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
+        emit_results(results, fmt, output)
+        return
+    device = distributed.rank_device(options.device, launch)
+    with distributed.process_group(launch, device) as group:
+        try:
+            fmt = resolve_format(format, output)
+            check_output_path(output)
+            check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+            options = dataclasses.replace(options, device=device)
+            results = run_with_progress(
+                checkpoint, data, options, quiet=quiet, threads=threads, group=group
+            )
+            if results is not None:
+                emit_results(results, fmt, output)
+        except Exception as exc:
+            group.check(exc)  # before the ranks' last meeting: every rank stops; else re-raised
+            raise
 
 
 def register(app: typer.Typer) -> None:

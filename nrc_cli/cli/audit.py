@@ -147,8 +147,8 @@ def _audit(o: dict, group) -> None:
         lib.table_format(errors)
     check_not_input(errors, {"--output": output, "--data": data}, flag="--errors")
     check_not_input(output, {"--data": data}, flag="--output")
-    if not quiet:
-        print_precision_hint(options)
+    if not quiet and lead:
+        print_precision_hint(o["options"])
     skipped: list[str] = []
     found = lib.discover(o["paths"], skipped=skipped)
     for line in skipped if lead else ():
