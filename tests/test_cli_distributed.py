@@ -4,12 +4,24 @@ and a timeout, compared with one process."""
 from __future__ import annotations
 
 import fcntl
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import invoke
+import torch
+from conftest import make_tiny_case
+from helpers import invoke, save_model, save_npz
 from ranks import run_ranks, torchrun
+from test_cli_analyze import CNN_FACTORY
 from test_cli_audit import make_data, make_zoo
+from torch import nn
 
 from nrc_cli.audit import parts_dir
 
@@ -75,3 +87,201 @@ def test_an_error_on_rank_0_ends_both_ranks_with_one_error_line(zoo):
     assert lines[1].startswith("hint: ") and len(lines) == 2
     assert not Path("out.csv").exists()
     assert wall < 60
+
+
+# ------------------------------------------------------------------------------------------------
+# nrc analyze: two ranks give the single process's report
+# ------------------------------------------------------------------------------------------------
+
+
+def assert_same_report(got: dict, want: dict, rel: float = 1e-9) -> None:
+    """Equal reports up to float64 summation order: numbers to ``rel``, all else exactly."""
+    assert got["summary"].pop("world_size") == 2 and want["summary"].pop("world_size") == 1
+
+    def same(a, b, where):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), where
+            for k in a:
+                same(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a, list):
+            assert len(a) == len(b), where
+            for i, (u, v) in enumerate(zip(a, b, strict=True)):
+                same(u, v, f"{where}[{i}]")
+        elif isinstance(a, float) and isinstance(b, float):
+            assert math.isclose(a, b, rel_tol=rel, abs_tol=rel), (where, a, b)
+        else:
+            assert a == b, (where, a, b)
+
+    same(got, want, "report")
+
+
+def one_process_json(*args) -> dict:
+    result = invoke(["analyze", *args, "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def two_ranks_json(cwd: Path, *args) -> dict:
+    ended, _ = run_ranks(
+        [*NRC, "analyze", *map(str, args), "--format", "json"], cwd=cwd, timeout=240
+    )
+    assert [e.returncode for e in ended] == [0, 0], [e.stderr for e in ended]
+    assert ended[1].stdout == "" and ended[1].stderr == ""
+    return json.loads(ended[0].stdout)
+
+
+def test_analyze_mlp_under_torchrun_equals_one_process(tmp_path):
+    case = make_tiny_case(tmp_path, n=301, dyadic=False)
+    args = [case.checkpoint, "--data", case.data, "--batch-size", "32", "--device", "cpu"]
+    one = one_process_json(*args)
+    done = torchrun(
+        [*NRC, "analyze", *map(str, args), "--format", "json"], cwd=tmp_path, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["summary"]["n_samples"] == 301 and got["summary"]["device"] == "cpu"
+    assert_same_report(got, one)
+
+
+def test_analyze_conv_net_from_an_arch_file_on_two_ranks(tmp_path):
+    src = tmp_path / "cnn.py"
+    src.write_text(CNN_FACTORY)
+    namespace: dict = {}
+    exec(compile(CNN_FACTORY, str(src), "exec"), namespace)
+    torch.manual_seed(0)
+    ckpt = save_model(tmp_path / "m.safetensors", namespace["Net"](channels=4).eval())
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((150, 2, 6, 5)).astype(np.float32)
+    y = (x.mean(axis=(2, 3)) @ rng.standard_normal((2, 2))).astype(np.float32)
+    data = save_npz(tmp_path / "d.npz", x=x, y=y, compressed=True)
+    args = [ckpt, "--data", data, "--arch", f"{src}:make", "--batch-size", "40"]
+    one = one_process_json(*args)
+    assert_same_report(two_ranks_json(tmp_path, *args), one)
+
+
+def test_analyze_sketched_layers_in_several_passes_on_two_ranks(tmp_path):
+    g = np.random.default_rng(3)
+    x = (g.standard_normal((400, 3)) @ g.standard_normal((3, 16))).astype(np.float32)
+    y = (np.tanh(x[:, :3]) + 0.05 * g.standard_normal((400, 3))).astype(np.float32)
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(16, 700), nn.ReLU(), nn.Linear(700, 700), nn.ReLU())
+    net.append(nn.Linear(700, 3))
+    ckpt = save_model(tmp_path / "wide.safetensors", nn.ModuleDict({"net": net}))
+    data = save_npz(tmp_path / "wide.npz", x=x, y=y)
+    args = [ckpt, "--data", data, "--batch-size", "64", "--memory-budget", "3.5MB", "-q"]
+    one = one_process_json(*args)
+    modes = {row["accumulator"] for row in one["summary"]["plan"]["layers"]}
+    assert modes == {"exact", "sketch"} and one["summary"]["passes"] > 1
+    assert_same_report(two_ranks_json(tmp_path, *args), one)
+
+
+def test_a_bad_slice_on_rank_1_ends_both_ranks_with_exit_2(tmp_path):
+    case = make_tiny_case(tmp_path, n=200, dyadic=False)
+    x = case.x.copy()
+    x[170, 2] = np.nan  # batch 5 of 7: in rank 1's share (batches 4..6)
+    save_npz(case.data, x=x, y=case.y)
+    args = [case.checkpoint, "--data", case.data, "--batch-size", "32", "--output", "out.json"]
+    ended, wall = run_ranks([*NRC, "analyze", *map(str, args)], cwd=tmp_path, timeout=120)
+    assert [e.returncode for e in ended] == [2, 2], [e.stderr for e in ended]
+    lead, other = ended
+    assert other.stdout == other.stderr == lead.stdout == ""
+    lines = lead.stderr.splitlines()
+    assert lines[0] == (
+        f"error: rank 1: {case.data}: array 'x' has a non-finite value (nan) at sample 170"
+    )
+    assert lines[1].startswith("hint: ") and len(lines) == 2
+    assert not (tmp_path / "out.json").exists()
+    assert wall < 60
+
+
+# ------------------------------------------------------------------------------------------------
+# The README section "Beyond one machine", run as far as this machine allows
+# ------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+HEADING = "## Beyond one machine"
+
+
+def doc_blocks() -> list[tuple[str, str]]:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    text = readme[readme.index(HEADING) :]
+    text = text[: text.find("\n## ", 1)]
+    return re.findall(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)
+
+
+@pytest.fixture
+def samples(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sample_checkpoints").symlink_to(REPO / "sample_checkpoints")
+    for name in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "NRC_SHARD_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    # torchrun and nrc from this interpreter's environment, on 127.0.0.1, one thread a rank.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return tmp_path, {
+        **os.environ,
+        "PATH": path,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def test_doc_torchrun_commands_run_as_written(samples):
+    folder, env = samples
+    blocks = doc_blocks()
+    commands = [body.strip() for lang, body in blocks if body.startswith("torchrun ")]
+    assert len(commands) == 2
+    for command in commands:
+        done = subprocess.run(
+            shlex.split(command), cwd=folder, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        said = done.stdout + done.stderr
+    (shown,) = [body for lang, body in blocks if lang == "text"]
+    assert shown.strip() in said
+    report = json.loads((folder / "report.json").read_text())
+    assert report["summary"]["world_size"] == 2
+    one = one_process_json(
+        "sample_checkpoints/mlp_wd.safetensors", "--data", "sample_checkpoints/lowrank.npz"
+    )
+    one["summary"]["device"] = "cpu"
+    assert_same_report(report, one)
+    ranked = invoke(["audit", *shlex.split(commands[1])[7:-2], "--output", "one.parquet"])
+    assert ranked.exit_code == 0, ranked.stderr
+    assert (folder / "ranked.parquet").read_bytes() != b""
+    from pandas.testing import assert_frame_equal
+
+    from nrc_cli.audit import read_table
+
+    assert_frame_equal(read_table("ranked.parquet"), read_table("one.parquet"), check_exact=True)
+
+
+def test_doc_slurm_script_and_kubernetes_job_give_one_audit(samples):
+    blocks = doc_blocks()
+    (script,) = [body for lang, body in blocks if body.startswith("#!/bin/bash")]
+    low, high = map(int, re.search(r"--array=(\d+)-(\d+)", script).group(1, 2))
+    (command,) = [line for line in script.splitlines() if line.startswith("nrc ")]
+    for task in range(low, high + 1):  # what sbatch --array=0-3 gives each task
+        array = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": str(low)}
+        array["SLURM_ARRAY_TASK_COUNT"] = str(high - low + 1)
+        # In this process (a fresh one per task costs seconds): bash's expansion, then nrc.
+        argv = shlex.split(command.replace("$SLURM_ARRAY_TASK_ID", str(task)))
+        done = invoke(argv[1:], env=array)
+        assert done.exit_code == 0, done.stderr
+        assert f"audit (shard {task - low + 1}/{high - low + 1}):" in done.stderr
+    yaml = pytest.importorskip("yaml")
+    (manifest,) = [body for lang, body in blocks if lang == "yaml"]
+    job = yaml.safe_load(manifest)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    pod_env = {e["name"]: e["value"] for e in container["env"]}
+    for index in range(job["spec"]["completions"]):
+        # Kubernetes expands $(NAME) in a command from the container's variables.
+        argv = [a.replace("$(JOB_COMPLETION_INDEX)", f"k{index}") for a in container["command"]]
+        done = invoke(argv[1:], env={**pod_env, "JOB_COMPLETION_INDEX": str(index)})
+        assert done.exit_code == 0, done.stderr
+    whole = invoke(["audit", *shlex.split(command)[2:-4], "--output", "one.csv"])
+    assert whole.exit_code == 0, whole.stderr
+    for prefix in ("", "k"):
+        parts = [f"audit.{prefix}{i}.parquet" for i in range(4)]
+        merged = invoke(["audit", "merge", f"merged{prefix}.csv", *parts])
+        assert merged.exit_code == 0, merged.stderr
+        assert Path(f"merged{prefix}.csv").read_bytes() == Path("one.csv").read_bytes()
