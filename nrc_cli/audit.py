@@ -730,6 +730,7 @@ def _analyze_one(job: tuple[str, str, AnalysisOptions]) -> dict:
             "hint": "this may be a bug in nrc; run nrc analyze on this checkpoint with "
             "NRC_DEBUG=1 for the traceback",
         }
+    assert results is not None  # one process (no group): always a result
     return {"ok": True, "report": results.to_dict(), "metadata": dict(results.metadata)}
 
 
