@@ -63,15 +63,6 @@ def test_audit_on_two_ranks_writes_the_table_of_one_audit(zoo):
     assert len(list(parts_dir("two.csv").glob("*.json"))) == 5
 
 
-def test_audit_under_torchrun_prints_the_table_of_one_audit(zoo):
-    one = invoke([*AUDIT, "--format", "csv"])
-    assert one.exit_code == 0, one.stderr
-    done = torchrun([*NRC, *AUDIT, "--format", "csv", "--quiet"], cwd=zoo, timeout=240)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == one.stdout
-    assert "zoo/m04.safetensors" in done.stdout
-
-
 def test_an_error_on_rank_0_ends_both_ranks_with_one_error_line(zoo):
     # Another audit holds the output's lock: rank 0 cannot take it, and both ranks stop.
     folder = parts_dir(zoo / "out.csv")
