@@ -359,7 +359,13 @@ def _describe(error: BaseException | None) -> tuple[str, str | None] | None:
 
 def rank_device(name: str, launch: Launch) -> str:
     """The device option of one rank: ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK`` (when
-    CUDA is available, for ``auto``); ``cpu`` and an explicit ``cuda:i`` stay as given."""
+    CUDA is available, for ``auto``); ``cpu`` stays. ``cuda:i`` is refused: every rank of a
+    node would take the same card."""
+    if name.startswith("cuda:"):
+        raise ConfigError(
+            f"--device {name}: under torchrun each rank takes its own card, cuda:LOCAL_RANK",
+            hint="pass --device cuda (or auto); choose the cards with CUDA_VISIBLE_DEVICES",
+        )
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return f"cuda:{launch.local_rank}"
     return "cpu" if name == "auto" else name

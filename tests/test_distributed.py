@@ -14,7 +14,7 @@ from ranks import run_ranks
 
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
 from nrc_cli.accumulate.sketch import CovarianceSketch
-from nrc_cli.distributed import launch_from_env, share, steps
+from nrc_cli.distributed import launch_from_env, rank_device, share, steps
 from nrc_cli.errors import ConfigError
 from nrc_cli.linalg import gaussian_test_matrix
 
@@ -56,6 +56,15 @@ def test_launch_variables_that_do_not_fit_are_usage_errors(change, match):
     env = {k: v for k, v in env.items() if v is not None}
     with pytest.raises(ConfigError, match=match):
         launch_from_env(env)
+
+
+def test_each_rank_takes_its_own_device():
+    launch = launch_from_env(TORCHRUN)
+    assert rank_device("cpu", launch) == "cpu"
+    assert rank_device("cuda", launch) == "cuda:1"
+    assert rank_device("auto", launch) == ("cuda:1" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="--device cuda:0: under torchrun each rank takes"):
+        rank_device("cuda:0", launch)
 
 
 @pytest.mark.parametrize(("n", "b", "world"), [(100, 7, 2), (100, 7, 3), (5, 10, 2), (64, 8, 8)])
