@@ -110,12 +110,10 @@ class CollapseMonitor:
     it saves with ``torch.save`` or ``safetensors`` and loads into a monitor built on the same
     model with the same options (:meth:`load_state_dict`).
 
-    **Data-parallel runs.** Each process feeds its own monitor on its shard; combining them is
-    :meth:`merge`, exact whatever the split: gather the state dicts on one process
-    (``torch.distributed.gather_object``), load each into a monitor and merge. Without
-    gathering, every shift-based accumulator also offers ``reshift_(cz, cy)``
-    (:class:`nrc_cli.accumulate.base.ShiftedSums`): once every process has re-expressed its
-    sums about one common shift, ``all_reduce(SUM)`` of each summed state is exactly a merge.
+    **Data-parallel runs.** Each process feeds its own monitor on its shard; :meth:`all_reduce`
+    then sums them over a ``torch.distributed`` group, exactly as :meth:`merge` would (the
+    ranks agree on one shift and all-reduce every summed state). Gathering the state dicts on
+    one process and merging them works too.
     """
 
     def __init__(

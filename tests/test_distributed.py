@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from ranks import run_ranks
+from torch import nn
 
+from nrc_cli import CollapseMonitor
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.distributed import launch_from_env, rank_device, share, steps
@@ -130,7 +132,7 @@ def summary(accs) -> dict:
 REDUCE_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
-from test_distributed import accumulators, data, feed, summary
+from test_distributed import accumulators, data, feed, feed_monitor, monitored, summary
 from nrc_cli.distributed import launch_from_env, process_group, share
 
 n, batch = {n}, {batch}
@@ -142,8 +144,26 @@ feed(accs, z[start:stop], y[start:stop], batch)
 with process_group(launch, "cpu") as group:
     for acc in accs:
         group.reduce(acc)
-json.dump(summary(accs), open("rank%d.json" % launch.rank, "w"))
+    json.dump(summary(accs), open("rank%d.json" % launch.rank, "w"))
+    # The public route: a monitor per rank on its share, then all_reduce.
+    model, monitor = monitored()
+    feed_monitor(model, monitor, z[start:stop], y[start:stop], batch)
+    monitor.all_reduce(group)
+json.dump(monitor.compute().to_dict(), open("monitor%d.json" % launch.rank, "w"))
 """
+
+
+def monitored():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(P, 16), nn.ReLU(), nn.Linear(16, T)).double()
+    return model, CollapseMonitor(model)
+
+
+def feed_monitor(model, monitor, z, y, batch):
+    with monitor, torch.no_grad():
+        for start in range(0, len(z), batch):
+            x = (z[start : start + batch] - 1000.0) / 10
+            monitor.update(y[start : start + batch], model(x))
 
 
 @pytest.mark.parametrize(("n", "batch"), [(N, 40), (N, 300)])  # the second: rank 1 gets 1 sample
@@ -163,6 +183,19 @@ def test_two_ranks_reduce_to_the_single_stream(tmp_path, n, batch):
         assert got["n"] == want["n"] == n
         for key, value in want.items():
             np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+    model, monitor = monitored()
+    feed_monitor(model, monitor, z, y, batch)
+    one = monitor.compute().to_dict()
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"monitor{rank}.json").read_text())
+        assert got["summary"].pop("world_size") == 2 and one["summary"]["world_size"] == 1
+        assert got["summary"]["n_samples"] == n
+        for mine, theirs in zip(got["layers"], one["layers"], strict=True):
+            for key, value in theirs.items():
+                if isinstance(value, float):
+                    assert mine[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+                else:
+                    assert mine[key] == value, key
 
 
 CHECK_SCRIPT = """
