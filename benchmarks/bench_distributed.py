@@ -3,9 +3,10 @@
 For each workload (the ``mlp`` and ``conv`` of ``bench_scale.py``) the same file is analyzed by
 one process (``--threads 1``) and by ``torchrun --standalone --nproc-per-node R`` (one thread
 per rank, gloo on the CPU; NCCL with ``--device cuda``), each a fresh process, and the reports
-are compared (largest relative difference of any per-layer metric). Also printed: the bytes one
-all-reduce moves per run, Σ over layers of (p² + p·t + t² + p + t + 1)·8 (plus the normalised
-Gram of the head), which bounds what the ranks add to a single process's work.
+are compared (largest relative difference of any per-layer metric). The CPU seconds of all the
+processes of a run (ranks and launcher) show the work the ranks add, which the wall time on a
+busy machine hides. Also printed: the bytes one rank all-reduces per run, Σ over layers of
+(p² + p·t + t² + p + t + 1)·8 (plus the normalised Gram of the head).
 
     .venv/bin/python benchmarks/bench_distributed.py                       # mlp and conv, 1 vs 2
     .venv/bin/python benchmarks/bench_distributed.py --workloads mlp --n mlp=4e4 --ranks 1,2,4
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -97,34 +99,42 @@ def main(argv: list[str] | None = None) -> None:
         reports = {}
         for ranks in map(int, args.ranks.split(",")):
             out = folder / f"{name}_n{n}_r{ranks}.json"
-            walls = []
+            walls, cpus = [], []
             load = os.getloadavg()[0]  # other work on the machine slows every cell
             for _ in range(args.repeat):
                 cmd = command(w, ckpt, data, n, ranks, args, out)
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 walls.append(time.perf_counter() - start)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                # CPU seconds of every process of the run (ranks and launcher): unlike the
+                # wall time, barely changed by other work sharing the cores.
+                cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                 if done.returncode != 0:
                     sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
             reports[ranks] = json.loads(out.read_text())
             wall = sorted(walls)[len(walls) // 2]
-            rows.append((name, n, ranks, wall, reports[ranks], load))
-            print(f"{name} N={n} ranks={ranks}: {wall:.1f} s (load {load:.1f})", flush=True)
+            cpu = sorted(cpus)[len(cpus) // 2]
+            rows.append((name, n, ranks, wall, reports[ranks], load, cpu))
+            print(f"{name} N={n} ranks={ranks}: {wall:.1f} s, CPU {cpu:.1f} s (load {load:.1f})")
     lines = [
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, device {args.device}, one thread per rank, "
         f"batch size {args.batch_size}",
         "",
-        "| workload | N | ranks | wall s | speed-up | all-reduce MB per rank | max rel diff vs 1 "
-        "| load before |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | N | ranks | wall s | speed-up | CPU s, all processes | all-reduce MB per rank "
+        "| max rel diff vs 1 | load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, n, ranks, wall, report, load in rows:
+    for name, n, ranks, wall, report, load, cpu in rows:
         base = next((r for r in rows if r[0] == name and r[2] == 1), None)
         speed = f"{base[3] / wall:.2f}×" if base else "—"
         diff = f"{largest_difference(report, base[4]):.1e}" if base and ranks > 1 else "—"
         mb = reduction_bytes(report) / 1e6 if ranks > 1 else 0.0
-        cells = f"| {name} | {n:,} | {ranks} | {wall:.1f} | {speed} | {mb:.1f} | {diff} |"
+        cells = (
+            f"| {name} | {n:,} | {ranks} | {wall:.1f} | {speed} | {cpu:.1f} | {mb:.1f} | {diff} |"
+        )
         lines.append(f"{cells} {load:.1f} |")
     text = "\n".join(lines)
     (folder / "results.md").write_text(text + "\n")
