@@ -224,7 +224,8 @@ class Group:
         self._collective(lambda: torch.distributed.all_gather_object(words, _describe(error)))
         first = failed[0]
         message, hint = words[first]
-        others = [r for r in failed if r != first]
+        # Other ranks that failed otherwise (the same error everywhere is said once).
+        others = [r for r in failed if r != first and words[r] != words[first]]
         also = f" (rank(s) {', '.join(map(str, others))} failed too)" if others else ""
         raise RankFailed(
             f"rank {first}: {message}{also}",

@@ -185,6 +185,19 @@ def test_a_bad_slice_on_rank_1_ends_both_ranks_with_exit_2(tmp_path):
     assert wall < 60
 
 
+def test_more_ranks_than_batches_is_one_usage_error(tmp_path):
+    case = make_tiny_case(tmp_path, n=40, dyadic=False)
+    args = [case.checkpoint, "--data", case.data, "--batch-size", "64"]
+    ended, _ = run_ranks([*NRC, "analyze", *map(str, args)], cwd=tmp_path, timeout=120)
+    assert [e.returncode for e in ended] == [2, 2], [e.stderr for e in ended]
+    assert ended[1].stderr == "" and ended[0].stdout == ""
+    assert ended[0].stderr.splitlines() == [
+        "error: rank 0: 40 samples in batches of 64 make 1 batch(es) for 2 ranks; every rank "
+        "needs at least one",
+        "hint: lower --batch-size, or start fewer ranks",
+    ]
+
+
 # ------------------------------------------------------------------------------------------------
 # The README section "Beyond one machine", run as far as this machine allows
 # ------------------------------------------------------------------------------------------------
