@@ -86,9 +86,10 @@ def test_every_bash_block_is_run_as_written_by_a_doc_test():
     # The bash blocks of these sections run in README order, as written, from a directory that
     # holds only what a fresh clone has (the samples; no baselines/ or other output folders):
     # tests/test_cli_audit.py::test_doc_commands_run_as_written for the zoo, and
-    # tests/test_cli_check.py::test_docs_commands_run_as_written for CI. A bash block anywhere
-    # else would run nowhere.
-    tested = {"Auditing a model zoo", "Use in CI"}
+    # tests/test_cli_check.py::test_docs_commands_run_as_written for CI, and
+    # tests/test_cli_distributed.py::test_doc_* for torchrun and the Slurm script. A bash block
+    # anywhere else would run nowhere.
+    tested = {"Auditing a model zoo", "Use in CI", "Beyond one machine"}
     for section in re.split(r"^## ", README, flags=re.M)[1:]:
         title = section.splitlines()[0].strip()
         if "```bash" in section:
