@@ -379,14 +379,14 @@ class _Passes:
         plan_doc = plan.to_dict(methods, self.config.budget_label, requested=self.config.svd)
         if self.on_plan is not None:
             self.on_plan(plan_doc)
-        second = probe.family.second_pass and self.config.ncc
-        if second and self.group is not None:
+        if self.group is not None and probe.task != "regression":
+            # The classification state is not reduced across ranks yet; refuse rather than
+            # report numbers of a partial reduction.
             raise ConfigError(
-                "the nearest-class-mean pass of --task classification does not run under "
-                "torchrun yet",
-                hint="pass --no-ncc (the other classification columns are computed), or run "
-                "one process",
+                f"--task {probe.task} does not run under torchrun yet; regression does",
+                hint="run a classifier's analysis in one process (nrc analyze without torchrun)",
             )
+        second = probe.family.second_pass and self.config.ncc
         if second:
             plan_doc["passes"] += 1
             plan_doc["ncc_pass"] = plan_doc["passes"]

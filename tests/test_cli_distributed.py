@@ -198,6 +198,17 @@ def test_more_ranks_than_batches_is_one_usage_error(tmp_path):
     ]
 
 
+def test_a_classifier_under_torchrun_is_refused_not_reduced_wrongly():
+    args = ["sample_checkpoints/classifiers/wd1e-2_seed0.safetensors", "--no-ncc"]
+    args += ["--data", "sample_checkpoints/blobs.npz", "--batch-size", "256"]
+    ended, _ = run_ranks([*NRC, "analyze", *args], cwd=REPO, timeout=120)
+    assert [e.returncode for e in ended] == [2, 2], [e.stderr for e in ended]
+    assert ended[1].stderr == "" and ended[0].stdout == ""
+    assert ended[0].stderr.splitlines()[0] == (
+        "error: rank 0: --task classification does not run under torchrun yet; regression does"
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # The README section "Beyond one machine", run as far as this machine allows
 # ------------------------------------------------------------------------------------------------
