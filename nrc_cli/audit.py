@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
-from nrc_cli.io._files import special_kind
 from nrc_cli.io.checkpoint import SUFFIXES, is_model_folder_listing
+from nrc_cli.io.files import special_kind
 from nrc_cli.io.spec import read_spec
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import resolve_device, run

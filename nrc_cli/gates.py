@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.io._files import require_regular
+from nrc_cli.io.files import require_regular
 from nrc_cli.results import (
     TASKS,
     Results,

@@ -18,7 +18,8 @@ import pytest
 
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.io.data import NpzDataset, open_dataset
-from nrc_cli.io.spec import DataSpec, SpecDataset, read_spec
+from nrc_cli.io.dataset import SpecDataset
+from nrc_cli.io.spec import DataSpec, read_spec
 
 # ------------------------------------------------------------------------------------------------
 # Builders

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from nrc_cli.errors import CheckpointError
-from nrc_cli.io._files import require_regular
+from nrc_cli.io.files import require_regular
 
 __all__ = [
     "SUFFIXES",

@@ -1,6 +1,6 @@
 """In-memory data for :func:`nrc_cli.analyze`: an ``(x, y)`` pair of arrays, or batches.
 
-Both have the part of the :class:`nrc_cli.io.data.Dataset` interface the pipeline reads
+Both have the part of the :class:`nrc_cli.io.dataset.Dataset` interface the pipeline reads
 (``n_samples``, ``target_dim``, ``input_names``, ``batches``), so that in-memory data goes
 through the very same passes as a data file.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.io.data import Batch
+from nrc_cli.io.dataset import Batch
 
 __all__ = ["ArrayDataset", "BatchesDataset", "as_dataset"]
 

@@ -7,10 +7,10 @@ sequential reads of some of its names from a given row onwards, one batch of row
 
 How each kind is read, so that memory depends on the batch size and not on the row count N:
 
-* ``.npz``: through :class:`nrc_cli.io.data.NpzDataset`'s member readers (stored members memory-
+* ``.npz``: through the member readers of :mod:`nrc_cli.io.npz` (stored members memory-
   mapped, compressed members decompressed a batch at a time);
 * ``.npy``: ``np.load(mmap_mode="r", allow_pickle=False)``; the pages of each batch are released
-  once copied (see :class:`nrc_cli.io.data._MemmapReader`);
+  once copied (see :class:`nrc_cli.io.npz.MemmapReader`);
 * Parquet: ``ParquetFile.iter_batches(columns=..., batch_size=...)``, starting at the row group
   that holds the first wanted row; N comes from the file's metadata. Peak memory also grows with
   the size of one row group of the selected columns (Parquet decodes column chunks whole);
@@ -28,21 +28,14 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from nrc_cli.errors import DataError
-from nrc_cli.io._files import require_regular
-from nrc_cli.io.data import (
-    ArrayInfo,
-    _describe_file,
-    _Member,
-    _MemmapReader,
-    _npz_members,
-    _open_zip,
-    _read_npy_header,
-    _StreamReader,
-)
+from nrc_cli.io.files import require_regular
+from nrc_cli.io.npy import ArrayInfo, read_npy_header
+from nrc_cli.io.npz import Member, MemmapReader, StreamReader, describe_file, npz_members, open_zip
 
 __all__ = ["ArraySource", "NpySource", "NpzSource", "Pass", "TableSource", "open_source"]
 
@@ -162,13 +155,13 @@ class NpzSource(ArraySource):
     def __init__(self, path: Path, where: str) -> None:
         self.path = path
         self.where = where
-        self._zip: zipfile.ZipFile | None = _open_zip(path, where)
+        self._zip: zipfile.ZipFile | None = open_zip(path, where)
         try:
-            self._names = _npz_members(self._zip, where)
+            self._names = npz_members(self._zip, where)
         except BaseException:
             self.close()
             raise
-        self._members: dict[str, _Member] = {}
+        self._members: dict[str, Member] = {}
 
     def names(self) -> list[str]:
         return list(self._names)
@@ -176,7 +169,7 @@ class NpzSource(ArraySource):
     def array(self, key: str, *, what: str, flag: str, hint: str) -> ArrayInfo:
         assert self._zip is not None
         if key not in self._members:
-            self._members[key] = _Member.open(
+            self._members[key] = Member.open(
                 self._zip, self._names, key, "x", self.where, what=what, flag=flag, hint=hint
             )
         return self._members[key].info
@@ -212,12 +205,12 @@ class NpySource(ArraySource):
         self.key = path.stem
         try:
             with open(path, "rb") as f:
-                shape, fortran, dtype = _read_npy_header(f, self.key, where)
+                shape, fortran, dtype = read_npy_header(f, self.key, where)
                 data_offset = f.tell()
                 size = os.fstat(f.fileno()).st_size
         except DataError as e:
             raise DataError(
-                f"{where}: expected an .npy array, found {_describe_file(path)} ({e.message})",
+                f"{where}: expected an .npy array, found {describe_file(path)} ({e.message})",
                 hint="write it with np.save(path, array)",
             ) from e
         self.info = ArrayInfo(key=self.key, shape=shape, dtype=dtype, compressed=False, file=where)
@@ -246,7 +239,7 @@ class NpySource(ArraySource):
     def open_pass(self, names, start, chunk_rows, dtypes=None) -> Pass:
         if self._map is None:
             raise ValueError(f"{self.where} holds no data or is closed")
-        return _ArrayPass({self.key: (_MemmapReader(self._map), self.info.shape[0])}, start)
+        return _ArrayPass({self.key: (MemmapReader(self._map), self.info.shape[0])}, start)
 
     def close(self) -> None:
         self._map = None  # the map closes once no batch view uses it
@@ -260,7 +253,7 @@ class _ArrayPass(Pass):
         self._pos = start
         if start:
             for reader, _ in readers.values():
-                if isinstance(reader, _StreamReader):
+                if isinstance(reader, StreamReader):
                     reader.skip_to(start)
 
     def read(self, rows: int) -> dict[str, np.ndarray]:
@@ -351,7 +344,7 @@ class ParquetSource(TableSource):
             # pyarrow 26, keeps far more than one row group in memory.
             self._file: object | None = pq.ParquetFile(path, pre_buffer=False)
         except (pa.ArrowException, OSError) as e:
-            found = _describe_file(path)
+            found = describe_file(path)
             problem = (
                 "the Parquet file is damaged or truncated"
                 if found.endswith("Parquet file")
@@ -361,7 +354,7 @@ class ParquetSource(TableSource):
                 f"{where}: {problem} ({_arrow_message(e)})",
                 hint="write it with pandas.DataFrame.to_parquet or pyarrow.parquet.write_table",
             ) from e
-        schema = self._file.schema_arrow  # type: ignore[attr-defined]
+        schema = self._file.schema_arrow
         self.column_dtypes = {}
         self._non_numeric = {}
         for fld in schema:
@@ -369,7 +362,7 @@ class ParquetSource(TableSource):
             self.column_dtypes[fld.name] = dtype
             if dtype is None:
                 self._non_numeric[fld.name] = f"values of type {fld.type}"
-        meta = self._file.metadata  # type: ignore[attr-defined]
+        meta = self._file.metadata
         self._n_rows = int(meta.num_rows)
         self._group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
@@ -514,7 +507,7 @@ class _RecordBatchPass(Pass):
         self._row_name = row_name
         self._closer = closer
         self._next_row = first_row  # file row of self._current[self._offset]
-        self._current = None
+        self._current: Any = None  # a pyarrow RecordBatch (pyarrow has no type information)
         self._offset = 0
         self._it = iter(_guard(batches, where, lambda: self._next_row))
         self._skip = start - first_row
