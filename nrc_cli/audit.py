@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import CheckpointError, ConfigError, DataError, NrcError
@@ -803,7 +803,7 @@ class _Store:
         (self.folder / _part_name(label)).unlink(missing_ok=True)
 
 
-def _lock(folder: Path, output) -> object | None:
+def _lock(folder: Path, output) -> TextIO | None:
     """Hold an exclusive lock on the store for this process's life (released even on SIGKILL)."""
     try:
         import fcntl

@@ -35,7 +35,18 @@ class WeightLayer:
     @property
     def in_dim(self) -> int:
         m = self.module
-        return m.in_features if isinstance(m, nn.Linear) else m.in_channels
+        if isinstance(m, nn.Linear):
+            return m.in_features
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m.in_channels
+        raise TypeError(f"{self.name}: {self.type} is not a weight layer")
+
+    @property
+    def weight_shape(self) -> list[int]:
+        weight = self.module.weight
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"{self.name}: its weight is not a tensor")
+        return list(weight.shape)
 
 
 def weight_layers(

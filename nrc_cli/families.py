@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -281,7 +282,7 @@ class RegressionFamily:
             )
             cov_y = m.cov_y
             last = (spectrum, m)  # the head's, once the loop is done
-            row = {"layer": w.name, "index": i, "type": w.type}
+            row: dict[str, Any] = {"layer": w.name, "index": i, "type": w.type}
             row.update(
                 layer_metrics(m, spectrum, w.module, k, model_mse, probe_mse=probe, weight=weight)
             )

@@ -21,6 +21,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from nrc_cli._version import __version__
 from nrc_cli.errors import ConfigError, DataError
@@ -122,21 +123,20 @@ class Selector:
                 else (lambda name: fnmatch.fnmatchcase(name, self.pattern))
             )
             return [row for row in layers if match(str(row.get("layer")))]
+        start, stop = self.start, self.stop
         if self.kind == "index":
-            if self.start < 0:
-                return [layers[n + self.start]] if -self.start <= n else []
-            return [row for row in layers if row.get("index") == self.start]
+            assert start is not None  # an index selector always has its index
+            if start < 0:
+                return [layers[n + start]] if -start <= n else []
+            return [row for row in layers if row.get("index") == start]
         picked = []
         for pos, row in enumerate(layers):
             # A positive bound compares with the layer's own ``index`` (which may have gaps after
             # --layers); a negative one counts positions from the end of the report.
-            if self.start is not None and not (
-                row.get("index") >= self.start if self.start > 0 else pos >= n + self.start
-            ):
+            index = row["index"]  # every row of a report has its index
+            if start is not None and not (index >= start if start > 0 else pos >= n + start):
                 continue
-            if self.stop is not None and not (
-                row.get("index") <= self.stop if self.stop > 0 else pos <= n + self.stop
-            ):
+            if stop is not None and not (index <= stop if stop > 0 else pos <= n + stop):
                 continue
             picked.append(row)
         return picked
@@ -196,7 +196,7 @@ class _Parser:
         self.source = source
         self.pos = 0
 
-    def fail(self, what: str, pos: int | None = None, *, fix: str | None = None):
+    def fail(self, what: str, pos: int | None = None, *, fix: str | None = None) -> NoReturn:
         pos = self.pos if pos is None else pos
         raise expression_error(self.text, self.source, what, pos, fix=fix)
 
@@ -277,7 +277,8 @@ class _Parser:
         return Selector(body, kind, pattern=body, position=start)
 
     def _slice(self, body: str, start: int) -> Selector:
-        parts, bounds, offset = body.split(":"), [], 0
+        parts, offset = body.split(":"), 0
+        bounds: list[int | None] = []
         if len(parts) != 2:
             second = body.index(":", body.index(":") + 1)
             self.fail(
@@ -609,13 +610,18 @@ def _worst(values: list[LayerValue], r: Requirement) -> LayerValue:
     nulls = [v for v in values if v.value is None]
     if nulls:
         return nulls[0]
+
+    def value(v: LayerValue) -> float:
+        assert v.value is not None  # the null ones were handled above
+        return v.value
+
     if r.op in ("<=", "<"):
-        return max(values, key=lambda v: v.value)
+        return max(values, key=value)
     if r.op in (">=", ">"):
-        return min(values, key=lambda v: v.value)
+        return min(values, key=value)
     if r.op == "==":
-        return max(values, key=lambda v: abs(v.value - r.bound))
-    return min(values, key=lambda v: abs(v.value - r.bound))
+        return max(values, key=lambda v: abs(value(v) - r.bound))
+    return min(values, key=lambda v: abs(value(v) - r.bound))
 
 
 def _no_match_error(r: Requirement, layers: list[dict]) -> ConfigError:
@@ -625,7 +631,7 @@ def _no_match_error(r: Requirement, layers: list[dict]) -> ConfigError:
     at = f"layer {r.selector.describe()} at position {r.selector.position + 1}"
     what = f"{at} matches no layer of the report"
     if r.selector.kind in ("index", "slice"):
-        indices = [row.get("index") for row in layers]
+        indices = [i for row in layers if (i := row.get("index")) is not None]
         span = f"{min(indices)} to {max(indices)}" if indices else "none"
         what = f"{at} matches no layer: the report has {len(layers)} layers, index {span}"
     err = expression_error(
@@ -1385,7 +1391,7 @@ def load_gate_file(path: str) -> GateFile:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         try:
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[no-redef]  # the same API under another name
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"{where}: reading TOML on Python 3.10 needs the tomli package",

@@ -84,7 +84,7 @@ def prepare(
             arch_kwargs=config.arch_kwargs,
             activation=config.activation,
         )
-        if built.in_features is not None and data.x_sample_shape[-1] != built.in_features:
+        if built.spec is not None and data.x_sample_shape[-1] != built.spec.in_features:
             raise DataError(
                 f"{data_path}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
                 f"(shape {list(data.x_info.shape)}), but the model's first layer "

@@ -382,7 +382,7 @@ class Results:
 _PANDAS_DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
 
 
-def frame_from_rows(rows: list[dict], columns: list[tuple[str, str]]):
+def frame_from_rows(rows: list[dict], columns: Sequence[tuple[str, str]]):
     """A DataFrame with exactly ``columns`` (nullable dtypes), extra keys of ``rows`` appended."""
     import pandas as pd
 

@@ -35,12 +35,15 @@ class Accumulator:
     """
 
     n: int
+    # Set by the subclasses that place their state on a fixed device (None: the batch's).
+    device: torch.device | None
 
     def __init__(self) -> None:
         self._defaults: dict[str, Any] = {}
         self._reduce: dict[str, str | None] = {}
 
-    def update(self, *batch: torch.Tensor) -> None:
+    # Each subclass takes the tensors it needs: (*args: Any, **kwargs: Any) lets it narrow them.
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Fold one batch in (subclasses)."""
         raise NotImplementedError
 

@@ -255,8 +255,9 @@ class Moments:
         Number of samples.
     mean_z : Tensor, shape (p,)
     mean_y : Tensor, shape (t,)
-    cov_z : Tensor, shape (p, p)
-        Σ_Z = (1/N) Σ_i (z_i − z̄)(z_i − z̄)ᵀ.
+    cov_z : Tensor, shape (p, p), or None
+        Σ_Z = (1/N) Σ_i (z_i − z̄)(z_i − z̄)ᵀ; None from a
+        :class:`nrc_cli.accumulate.sketch.CovarianceSketch`, which never forms it.
     cov_zy : Tensor, shape (p, t)
     cov_y : Tensor, shape (t, t)
     """
@@ -264,7 +265,7 @@ class Moments:
     n: int
     mean_z: torch.Tensor
     mean_y: torch.Tensor
-    cov_z: torch.Tensor
+    cov_z: torch.Tensor | None  # None from the sketch, which never forms it
     cov_zy: torch.Tensor
     cov_y: torch.Tensor
 
@@ -423,6 +424,8 @@ class NormalizedGram(Accumulator):
     ``gram`` holds the upper triangle of the sum (see :func:`add_gram_`).
     """
 
+    gram: torch.Tensor | None
+
     def __init__(
         self,
         device: torch.device | str | None = None,
@@ -465,13 +468,16 @@ class NormalizedGram(Accumulator):
         self.n += z.shape[0]
 
     def compute(self) -> torch.Tensor:
-        if self.n == 0:
+        if self.n == 0 or self.gram is None:
             raise ValueError("no samples accumulated")
         return symmetric(self.gram).div_(self.n)
 
 
 class SquaredError(Accumulator):
     """Sum of squared prediction errors over all N·t entries."""
+
+    sse: float
+    count: int
 
     def __init__(self) -> None:
         super().__init__()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Annotated
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Annotated, Any
 
 
 def _interrupted_at_start(signum, frame) -> None:
@@ -15,7 +17,7 @@ def _interrupted_at_start(signum, frame) -> None:
     os._exit(130)
 
 
-def _quiet_start() -> object:
+def _quiet_start() -> Callable[[int, FrameType | None], Any] | int | None:
     """Ctrl-C while the command line starts up (importing torch takes seconds): exit 130."""
     try:
         previous = signal.getsignal(signal.SIGINT)
@@ -59,13 +61,22 @@ class _NrcGroup(TyperGroup):
         except KeyboardInterrupt as exc:
             raise _Interrupted() from exc
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
             rv = super().main(
                 args=args,
                 prog_name=prog_name or "nrc",
                 complete_var=complete_var,
                 standalone_mode=False,
+                windows_expand_args=windows_expand_args,
                 **extra,
             )
         except NrcError as err:

@@ -13,7 +13,7 @@ from nrc_cli.errors import NrcError, os_error_hint, os_error_reason
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import ClickException
 except ImportError:  # older typer uses click itself
-    from click.exceptions import ClickException
+    from click.exceptions import ClickException  # type: ignore[assignment]  # same class, other home
 
 __all__ = ["Abort", "ClickException", "Exit"]
 

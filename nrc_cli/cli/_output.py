@@ -25,6 +25,8 @@ def emit(fmt: str, output: str | None, *, text=None, render=None, binary=None) -
         The binary form (Parquet).
     """
     if fmt == "parquet":
+        # resolve_format refuses Parquet without --output (it never goes to a terminal).
+        assert output is not None
         atomic_write(output, binary())
         return
     if fmt == "table":

@@ -210,6 +210,7 @@ def check(
         # What the analysis said on stderr is said again: the same verdict, the same caveats.
         say_messages(results, quiet=quiet)
     else:
+        assert checkpoint is not None and data is not None  # both checked above
         fresh = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
         # Through the saved-report schema, so gating a fresh analysis and gating its saved
         # report see the very same values (NaN -> null, schema columns only).

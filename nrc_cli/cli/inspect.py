@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -76,7 +76,7 @@ def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -
             "layer": w.name,
             "type": w.type,
             "in_dim": w.in_dim,
-            "weight_shape": list(w.module.weight.shape),
+            "weight_shape": w.weight_shape,
         }
         for i, w in enumerate(layers, start=1)
     ]
@@ -89,7 +89,7 @@ def _render(doc: dict):
         tensors.add_column(col, justify="right" if col == "numel" else "left")
     for t in doc["tensors"]:
         tensors.add_row(escape(t["name"]), str(t["shape"]), t["dtype"], f"{t['numel']:,}")
-    parts = [tensors, Text(f"parameters: {doc['n_parameters']:,}")]
+    parts: list[RenderableType] = [tensors, Text(f"parameters: {doc['n_parameters']:,}")]
     if doc["metadata"]:
         meta = Table(title="metadata", title_justify="left", show_header=False)
         meta.add_column("key")
@@ -103,7 +103,7 @@ def _render(doc: dict):
     parts.append(Text(f"model ({doc['model']['route']}): {doc['model']['description']}"))
     for kind in ("notes", "warnings"):
         for line in doc["model"].get(kind, ()):
-            style = "yellow" if kind == "warnings" else None
+            style = "yellow" if kind == "warnings" else ""
             parts.append(Text(f"{kind[:-1]}: {line}", style=style))
     layers = Table(title=f"weight layers ({doc['layer_order']} order)", title_justify="left")
     for col in ("#", "layer", "type", "in_dim", "weight_shape"):

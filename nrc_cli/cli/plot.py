@@ -109,7 +109,7 @@ def plot(
             x_col = lib.resolve_column(frame, x, flag="--x")
             metric_col = lib.resolve_column(frame, metric, flag="--metric")
             hue_col = lib.resolve_column(frame, hue, flag="--hue") if hue else None
-            shown = draw.plot_metric(
+            lines = draw.plot_metric(
                 frame,
                 output,
                 x=x_col,
@@ -121,7 +121,7 @@ def plot(
                 xscale=xscale,
                 yscale=yscale,
             )
-            what = f"{metric_col} against {x_col}, {len(shown.series)} line(s)"
+            what = f"{metric_col} against {x_col}, {len(lines.series)} line(s)"
     else:
         raise ConfigError(
             f"'{report}': expected a report (.json) or a table (.parquet, .csv), "

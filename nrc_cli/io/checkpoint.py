@@ -393,6 +393,7 @@ def _open_sharded(
     file_of: dict[str, Path] = {}
     metadata: dict[str, str] = {}
     meta_from: dict[str, Path] = {}
+    meta: dict[str, str]
     loaded: dict[str, torch.Tensor] | None = {} if fmt == "pt-sharded" else None
     files: list[Path] = []
     for shard, listed in shards.items():

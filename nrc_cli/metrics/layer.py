@@ -129,7 +129,10 @@ def weight_input_basis(
         top ``rank`` vectors are computed by :func:`nrc_cli.linalg.randomized_svd`; otherwise a
         full thin SVD gives all of them.
     """
-    w = module.weight.detach().to(torch.float64)
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"expected a Linear or Conv layer, found {type(module).__name__}")
+    w = weight.detach().to(torch.float64)
     if isinstance(module, nn.Linear):
         a = w  # input space = row space of W
     elif getattr(module, "groups", 1) != 1:
@@ -260,6 +263,8 @@ def probe_mse_regularized(moments: Moments, top: float) -> float:
     magnitude of the cut-off, and is below 1e-3 on the decaying spectra tested. Cost: one
     Cholesky factorisation, p³/3 flops, no eigendecomposition.
     """
+    if moments.cov_z is None:
+        raise ValueError("probe_mse_regularized needs the feature covariance (cov_z)")
     cov = (moments.cov_z + moments.cov_z.T) / 2
     t = moments.cov_y.shape[0]
     if top <= 0:

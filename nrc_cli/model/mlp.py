@@ -225,7 +225,7 @@ class InferredMLP(nn.Module):
         for i, b in enumerate(spec.blocks):
             lin = nn.Linear(b.in_features, b.out_features, bias=b.bias)
             self._place(b.linear, lin)
-            norm = None
+            norm: nn.Module | None = None
             if b.norm_kind == "layernorm":
                 norm = nn.LayerNorm(
                     b.out_features, elementwise_affine=b.norm_affine, bias=b.norm_bias
@@ -233,6 +233,7 @@ class InferredMLP(nn.Module):
             elif b.norm_kind == "batchnorm":
                 norm = nn.BatchNorm1d(b.out_features, affine=b.norm_affine)
             if norm is not None:
+                assert b.norm is not None  # a norm kind comes with the norm's name
                 self._place(b.norm, norm)
             last = i == len(spec.blocks) - 1
             act = None if last else ACTIVATIONS[spec.activation]()

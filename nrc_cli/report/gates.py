@@ -7,7 +7,7 @@ so Rich never reads it as markup.
 from __future__ import annotations
 
 from rich import box
-from rich.console import Group
+from rich.console import Group, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -55,7 +55,7 @@ def check_table(report: CheckReport, width: int = 80) -> Table:
         Characters available; the layer columns wrap first, then the expressions, so the
         table reads whole in an 80-column CI log.
     """
-    rows = []
+    rows: list[tuple[str, str, str, str, str, bool]] = []
     for res in report.requirements:
         req = res.requirement
         if req.scope == "summary":
@@ -91,7 +91,8 @@ def check_table(report: CheckReport, width: int = 80) -> Table:
                 )
             )
     headers = ("check", "layers", "observed", "worst layer", "bound", "result")
-    natural = [max([len(headers[i])] + [len(r[i]) for r in rows]) if i < 5 else 6 for i in range(6)]
+    # The text columns as wide as their longest cell; the result column ("PASS"/"FAIL") 6.
+    natural = [max([len(headers[i])] + [len(str(r[i])) for r in rows]) for i in range(5)] + [6]
     # Two characters between columns, none at the edges. The worst layer and the layer list
     # wrap first, then the expressions; bounds and results never.
     widths = _fit(natural, [16, 9, 8, 6, natural[4], 6], [3, 1, 0, 2], width - 2 * 5)
@@ -140,14 +141,15 @@ def drift_table(report: CheckReport) -> Table | None:
     if base is None or all(col.passed for col in base.columns):
         return None
     table = _gate_table(f"moved beyond tolerance since the baseline {base.path}")
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("metric", "left"),
         ("layer", "left"),
         ("baseline", "right"),
         ("current", "right"),
         ("Δ", "right"),
         ("tolerance", "right"),
-    ):
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
     for col in base.columns:
         for d in col.moved:

@@ -155,8 +155,8 @@ def profile_series(results: Results) -> ProfilePlot:
     indices = [int(r["index"]) for r in rows]
     panels = profile_panels(results)
     series = {p: (list(indices), [_num(r.get(p)) for r in rows]) for p in panels}
-    marker = results.summary.get("first_collapsed_index")
-    marker = None if _missing(marker) else int(marker)
+    first = results.summary.get("first_collapsed_index")
+    marker = None if first is None or _missing(first) else int(first)
     return ProfilePlot(
         series=series,
         model_mse=_num(results.summary.get("model_mse")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from rich import box
-from rich.console import Group
+from rich.console import Group, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -91,7 +91,7 @@ def layer_table(results: Results) -> Table:
     )
     cols = _layer_cols(task)
     for col in cols:
-        justify = "left" if col in ("layer", "type") else "right"
+        justify: JustifyMethod = "left" if col in ("layer", "type") else "right"
         table.add_column(_header(col, task), justify=justify, no_wrap=col == "layer")
     for row in results.layers:
         style = "bold green" if row.get("collapsed") else None

@@ -25,13 +25,14 @@ def resolve_format(fmt: str | None, output: str | None, *, allowed=FORMATS) -> s
         chosen = fmt
     elif output is not None:
         suffix = Path(output).suffix.lower()
-        chosen = _SUFFIX_FORMATS.get(suffix)
-        if chosen is None or chosen not in allowed:
+        by_suffix = _SUFFIX_FORMATS.get(suffix)
+        if by_suffix is None or by_suffix not in allowed:
             raise ConfigError(
                 f"--output '{output}': cannot tell the format from the suffix '{suffix}'",
                 hint=f"use a suffix among {', '.join(s for s, f in _SUFFIX_FORMATS.items() if f in allowed)} "
                 "or pass --format",
             )
+        chosen = by_suffix
     else:
         chosen = "table"
     if chosen == "parquet" and output is None:
