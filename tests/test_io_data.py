@@ -13,6 +13,7 @@ from numpy.lib import format as npy_format
 
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.io.data import ArrayInfo, Batch, NpzDataset, open_dataset
+from nrc_cli.io.npz import Member, npz_members
 
 SAVERS = {"stored": np.savez, "compressed": np.savez_compressed}
 
@@ -189,19 +190,28 @@ def test_hand_written_zip_and_npy_versions(tmp_path, version, compression):
 def test_stored_member_is_memory_mapped(tmp_path):
     x = np.random.default_rng(5).standard_normal((64, 4))
     path = _save(tmp_path, "stored", x=x, y=np.zeros(64))
-    with NpzDataset(path) as ds:
-        mm = ds._x.memmap
+    member = _member(path, "x")
+    try:
+        mm = member.memmap
         assert isinstance(mm, np.memmap)
         assert mm.filename == str(path.resolve())
         # The map starts past the zip local header and the npy header, inside the zip file.
         assert mm.offset > 30
         assert path.read_bytes()[mm.offset : mm.offset + x.nbytes] == x.tobytes()
+    finally:
+        member.release()
+    with NpzDataset(path) as ds:
         # Batches are copies, not views of the map.
         batch = next(iter(ds.batches(8)))
         assert not isinstance(batch.x, np.memmap)
         assert batch.x.base is None or not isinstance(batch.x.base, np.memmap)
-    with NpzDataset(_save(tmp_path, "compressed", "c.npz", x=x, y=np.zeros(64))) as ds:
-        assert ds._x.memmap is None
+    assert _member(_save(tmp_path, "compressed", "c.npz", x=x, y=np.zeros(64)), "x").memmap is None
+
+
+def _member(path, key):
+    """The member ``key`` of an .npz as the data set's reader opens it."""
+    with zipfile.ZipFile(path) as zf:
+        return Member.open(zf, npz_members(zf, str(path)), key, "x", str(path))
 
 
 def test_compressed_big_array_is_streamed(tmp_path):
@@ -458,8 +468,10 @@ def test_memory_mapped_pass_keeps_rss_bounded(tmp_path):
     path = tmp_path / "big.npz"
     _write_big_npz(path, n, f)
     size = path.stat().st_size
+    member = _member(path, "x")
+    assert isinstance(member.memmap, np.memmap)
+    member.release()
     with NpzDataset(path) as ds:
-        assert isinstance(ds._x.memmap, np.memmap)
         for _ in range(2):  # a second pass maps the released pages back in
             growth, rows = _rss_growth_of_a_pass(ds, 4096)
             assert rows == n
@@ -489,8 +501,10 @@ def test_memory_mapped_npy_keeps_rss_bounded(tmp_path):
 def test_page_release_keeps_fortran_and_offset_reads_exact(tmp_path):
     x = np.asfortranarray(np.random.default_rng(3).standard_normal((5000, 7)))
     path = _save(tmp_path, "stored", x=x, y=np.zeros(5000))
+    member = _member(path, "x")
+    assert member.memmap is not None and member.memmap.flags.f_contiguous
+    member.release()
     with NpzDataset(path) as ds:
-        assert ds._x.memmap.flags.f_contiguous
         xs, _, _ = _concat(ds, 333)
     np.testing.assert_array_equal(xs, x)
 

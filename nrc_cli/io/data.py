@@ -1,34 +1,24 @@
 """Open a data set by its file: an ``.npz`` of arrays, or a ``.toml`` data spec.
 
-:func:`open_dataset` is the entry point. A plain ``.npz`` is read by :class:`NpzDataset`, which
-reads only the ``.npy`` headers when it opens a file, checks the structure (keys, dtypes,
-shapes) and then hands out :class:`~nrc_cli.io.dataset.Batch` objects on demand
-(:mod:`nrc_cli.io.npz` reads the members); a spec, or an ``.npz`` with named inputs, is a
-:class:`~nrc_cli.io.dataset.SpecDataset`.
+:func:`open_dataset` is the entry point. Every data set is a
+:class:`~nrc_cli.io.dataset.SpecDataset`: a ``.toml`` spec as written, an ``.npz`` with named
+inputs as the spec of those arrays, and a plain ``.npz`` as :class:`NpzDataset`, the two-field
+spec of its ``x`` and ``y`` arrays. So the structure, finiteness and truncation checks exist
+once, in :mod:`nrc_cli.io.dataset`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.io.dataset import Batch, Dataset, SpecDataset, check_part, positive_int
+from nrc_cli.io.dataset import Batch, Dataset, SpecDataset, positive_int
 from nrc_cli.io.files import require_regular
-from nrc_cli.io.npy import ArrayInfo, check_dtype, check_finite
-from nrc_cli.io.npz import (
-    MAX_WHOLE_BYTES,
-    Member,
-    StreamReader,
-    describe_file,
-    npz_members,
-    open_zip,
-)
+from nrc_cli.io.npy import ArrayInfo
+from nrc_cli.io.npz import MAX_WHOLE_BYTES, describe_file
+from nrc_cli.io.sources import NpzSource
 from nrc_cli.io.spec import DataSpec, FieldSpec, check_input_name, read_spec
 
 # Batch, Dataset, ArrayInfo and MAX_WHOLE_BYTES are re-exported: the data set's public names.
@@ -129,11 +119,15 @@ _TABLE_HINTS[".npy"] = (
 )
 
 
-class NpzDataset:
+class NpzDataset(SpecDataset):
     """An ``.npz`` data set ``(x, y)`` read lazily, batch by batch.
 
     Opening reads only the ``.npy`` headers of ``x`` and ``y`` and validates the structure;
-    :meth:`batches` then streams the data.
+    :meth:`batches` then streams the data. It is the two-field data spec ``[inputs] array =
+    x_key``, ``[targets] array = y_key`` of one file, so every check (shapes, finiteness,
+    truncation) is :class:`~nrc_cli.io.dataset.SpecDataset`'s; the file is opened as an
+    ``.npz`` whatever its suffix, and ``x_info``/``y_info`` are the stored ``.npy`` headers
+    (stored byte order; ``file`` empty).
 
     Parameters
     ----------
@@ -164,9 +158,6 @@ class NpzDataset:
     is refused when the file is opened.
     """
 
-    #: Named model inputs; empty: the inputs are one array, passed positionally.
-    input_names: tuple[str, ...] = ()
-
     def __init__(
         self,
         path: str | os.PathLike,
@@ -175,148 +166,21 @@ class NpzDataset:
         y_key: str = "y",
         max_samples: int | None = None,
     ) -> None:
-        self.path = Path(path)
-        self._where = os.fspath(path)
-        self._zip: zipfile.ZipFile | None = None
+        p = Path(path)
         if max_samples is not None:
             max_samples = positive_int(max_samples, "--max-samples", "max_samples")
-        self._zip = open_zip(self.path, self._where)
-        try:
-            names = npz_members(self._zip, self._where)
-            self._x = Member.open(self._zip, names, x_key, "x", self._where)
-            self._y = Member.open(self._zip, names, y_key, "y", self._where)
-            self._validate()
-        except BaseException:
-            self.close()
-            raise
-        self.x_info: ArrayInfo = self._x.info
-        self.y_info: ArrayInfo = self._y.info
-        n = self.x_info.shape[0]
-        self.n_samples: int = n if max_samples is None else min(n, max_samples)
-        self.x_sample_shape: tuple[int, ...] = self.x_info.shape[1:]
-        self.n_features: int = self.x_info.shape[1]
-        self.target_dim: int = 1 if len(self.y_info.shape) == 1 else self.y_info.shape[1]
-
-    # -- validation -------------------------------------------------------------------------
-
-    def _validate(self) -> None:
-        """Check dtypes and shapes of x and y from their headers alone."""
-        where = self._where
-        x, y = self._x.info, self._y.info
-        for info, role in ((x, "x"), (y, "y")):
-            check_dtype(info, role, where)
-        if len(x.shape) < 2:
-            raise DataError(
-                f"{where}: array '{x.key}' (inputs) must be 2-D or more, (N, features...), "
-                f"but has shape {x.shape}",
-                hint="reshape it to one row per sample, e.g. x[:, None] for one feature",
-            )
-        if len(y.shape) not in (1, 2):
-            raise DataError(
-                f"{where}: array '{y.key}' (targets) must be (N,) or (N, t), but has shape "
-                f"{y.shape}",
-                hint="flatten the targets of each sample, e.g. y.reshape(len(y), -1)",
-            )
-        if x.shape[0] != y.shape[0]:
-            raise DataError(
-                f"{where}: arrays '{x.key}' and '{y.key}' must have the same number of samples "
-                f"N, but '{x.key}' has shape {x.shape} and '{y.key}' has shape {y.shape}",
-                hint="the first dimension of both arrays is the sample index",
-            )
-        if x.shape[0] == 0:
-            raise DataError(
-                f"{where}: the data set has zero samples ('{x.key}' has shape {x.shape}, "
-                f"'{y.key}' has shape {y.shape})",
-                hint="save at least one sample",
-            )
-        if math.prod(x.shape[1:]) == 0:
-            raise DataError(
-                f"{where}: array '{x.key}' has no input values per sample (shape {x.shape})"
-            )
-        if math.prod(y.shape[1:]) == 0:
-            raise DataError(f"{where}: array '{y.key}' has no targets per sample (shape {y.shape})")
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def batches(self, batch_size: int, *, part: tuple[int, int] | None = None) -> Iterator[Batch]:
-        """Yield consecutive batches covering samples ``[0, n_samples)``; a fresh pass per call.
-
-        Parameters
-        ----------
-        batch_size : int
-            Samples per batch (the last batch may be smaller).
-        part : (start, stop), optional
-            Only samples ``[start, stop)`` (see :func:`check_part`), batched from ``start``:
-            one process's share of a data-parallel run. Memory-mapped arrays are read from
-            ``start`` on; a compressed member is decompressed from its beginning (deflate
-            cannot seek) but only the rows of the part are kept.
-
-        Yields
-        ------
-        Batch
-            ``x`` of shape ``(b, *x_sample_shape)``, ``y`` of shape ``(b, target_dim)`` float64.
-
-        Raises
-        ------
-        ConfigError
-            ``batch_size`` is below 1 (raised at the call, not at the first batch).
-        DataError
-            At the batch where it happens: a non-finite value in ``x`` (float dtypes) or ``y``
-            (the message names the first bad sample), or a member whose data ends early.
-        """
-        size = positive_int(batch_size, "--batch-size", "batch_size")
-        if self._zip is None:
-            raise ValueError(f"NpzDataset({self._where!r}) is closed")
-        first, stop = check_part(part, self.n_samples)
-        # Validation above runs at the call; the generator below runs lazily.
-        return self._iter_batches(size, first, stop)
-
-    def _iter_batches(self, batch_size: int, first: int, stop: int) -> Iterator[Batch]:
-        assert self._zip is not None
-        x_reader = self._x.reader(self._zip, self._where)
-        try:
-            y_reader = self._y.reader(self._zip, self._where)
-            try:
-                for reader in (x_reader, y_reader):
-                    if first and isinstance(reader, StreamReader):
-                        reader.skip_to(first)
-                for start in range(first, stop, batch_size):
-                    rows = min(batch_size, stop - start)
-                    x = x_reader.read(start, rows)
-                    y = y_reader.read(start, rows)
-                    if x.dtype.kind == "f":
-                        check_finite(x, self._x.info.key, start, self._where)
-                    y = y.astype(np.float64, copy=False).reshape(rows, -1)
-                    check_finite(y, self._y.info.key, start, self._where)
-                    yield Batch(start=start, x=x, y=y)
-                if stop == self._x.info.shape[0]:
-                    # A full pass: let zip verify the CRC of compressed members at their end.
-                    x_reader.finish()
-                    y_reader.finish()
-            finally:
-                y_reader.close()
-        finally:
-            x_reader.close()
-
-    # -- lifetime ---------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Release the zip file and memory maps; idempotent."""
-        for member in (getattr(self, "_x", None), getattr(self, "_y", None)):
-            if member is not None:
-                member.release()
-        if self._zip is not None:
-            self._zip.close()
-            self._zip = None
-
-    def __enter__(self) -> NpzDataset:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"NpzDataset({self._where!r}, x={self.x_info.shape} {self.x_info.dtype}, "
-            f"y={self.y_info.shape} {self.y_info.dtype}, n_samples={self.n_samples})"
+        source = NpzSource(p, os.fspath(path))
+        spec = DataSpec(
+            path=p,
+            inputs=(("", FieldSpec(p, "--x-key", array=x_key)),),
+            targets=FieldSpec(p, "--y-key", array=y_key),
         )
+        super().__init__(spec, max_samples=max_samples, sources={p: source})
+        # The headers as stored (the fields hold the batch dtypes, in native byte order).
+        self.x_info = _stored(source, self.x_info)
+        self.y_info = _stored(source, self.y_info)
+
+
+def _stored(source: NpzSource, info: ArrayInfo) -> ArrayInfo:
+    stored = source.array(info.key, what="", flag="", hint="")  # already open: no error
+    return ArrayInfo(stored.key, stored.shape, stored.dtype, stored.compressed)

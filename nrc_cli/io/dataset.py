@@ -180,6 +180,9 @@ class SpecDataset:
     spec : DataSpec
     max_samples : int, optional
         Use only the first ``max_samples`` samples of the range.
+    sources : dict of Path to Source, optional
+        Files already opened (the data set closes them): a plain ``.npz`` is read as an ``.npz``
+        whatever its suffix. Other files are opened by their suffix.
 
     Attributes
     ----------
@@ -203,13 +206,21 @@ class SpecDataset:
         the positional input) and ``"targets"``, float64 arrays of one sample's shape.
     """
 
-    def __init__(self, spec: DataSpec, *, max_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: DataSpec,
+        *,
+        max_samples: int | None = None,
+        sources: dict[Path, Source] | None = None,
+    ) -> None:
         if max_samples is not None:
             max_samples = positive_int(max_samples, "--max-samples", "max_samples")
         self.spec = spec
         self.path = spec.path
         self._where = str(spec.path)
-        self._sources: dict[tuple, Source] = {}
+        self._sources: dict[tuple, Source] = {
+            (os.path.realpath(file), None): source for file, source in (sources or {}).items()
+        }
         self.statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         try:
             self._inputs = [self._resolve(name, fs, "x") for name, fs in spec.inputs]
@@ -255,6 +266,8 @@ class SpecDataset:
         if fs.origin.startswith("--"):  # asked for on the command line
             flag = fs.origin
             hint = {
+                "--x-key": "choose the arrays with --x-key NAME --y-key NAME, or give a model's "
+                "keyword inputs with --input NAME (once per array)",
                 "--input": "name the inputs with --input NAME, one per keyword argument of forward",
                 "--y-key": "choose the target array with --y-key NAME",
             }.get(fs.origin, f"choose the array with {fs.origin} NAME")
@@ -319,12 +332,14 @@ class SpecDataset:
                 raise DataError(
                     f"{self._where}: all inputs and the targets must have the same number of "
                     f"samples N, but {_label(first)} has N = {first.n_rows} and {_label(f)} has "
-                    f"N = {f.n_rows}",
+                    f"N = {f.n_rows} ({first.info.key!r} has shape {first.info.shape}, "
+                    f"{f.info.key!r} has shape {f.info.shape})",
                     hint="the files must hold the same samples, row for row",
                 )
         if first.n_rows == 0:
             raise DataError(
-                f"{self._where}: the data set has zero samples ({_label(first)} has N = 0)",
+                f"{self._where}: the data set has zero samples ({_label(first)} has N = 0, "
+                f"shape {first.info.shape})",
                 hint="save at least one sample",
             )
         return first.n_rows
@@ -360,7 +375,7 @@ class SpecDataset:
         """
         size = positive_int(batch_size, "--batch-size", "batch_size")
         if not self._sources:
-            raise ValueError(f"SpecDataset({self._where!r}) is closed")
+            raise ValueError(f"{type(self).__name__}({self._where!r}) is closed")
         return self._iter_batches(size, check_part(part, self.n_samples))
 
     def _iter_batches(self, batch_size: int, part: tuple[int, int]) -> Iterator[Batch]:
@@ -456,7 +471,7 @@ class SpecDataset:
     def __repr__(self) -> str:
         ins = ", ".join(f"{f.name or 'x'}={f.info.shape} {f.dtype}" for f in self._inputs)
         return (
-            f"SpecDataset({self._where!r}, {ins}, y={self.y_info.shape}, "
+            f"{type(self).__name__}({self._where!r}, {ins}, y={self.y_info.shape}, "
             f"n_samples={self.n_samples}, start={self.start})"
         )
 

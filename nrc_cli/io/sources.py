@@ -150,18 +150,18 @@ class ArraySource(Source):
 
 
 class NpzSource(ArraySource):
-    """The arrays of an ``.npz`` file, read like :class:`~nrc_cli.io.data.NpzDataset` does."""
+    """The arrays of an ``.npz`` file (:mod:`nrc_cli.io.npz` reads its members)."""
 
     def __init__(self, path: Path, where: str) -> None:
         self.path = path
         self.where = where
+        self._members: dict[str, Member] = {}
         self._zip: zipfile.ZipFile | None = open_zip(path, where)
         try:
             self._names = npz_members(self._zip, where)
         except BaseException:
             self.close()
             raise
-        self._members: dict[str, Member] = {}
 
     def names(self) -> list[str]:
         return list(self._names)
