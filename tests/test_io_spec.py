@@ -158,7 +158,7 @@ def test_same_file_for_inputs_and_targets_is_opened_once(tmp_path):
     x, y = _arrays()
     spec = _formats(tmp_path, x, y)["parquet"]
     with open_dataset(spec) as ds:
-        assert len(ds._sources) == 1
+        assert len(ds.open_files) == 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -248,6 +248,11 @@ class SpecDataset:
         self.target_dim: int = math.prod(self.y_info.shape[1:])
         self.input_names: tuple[str, ...] = spec.input_names
 
+    @property
+    def open_files(self) -> list[str]:
+        """The files this data set holds open, each once however many fields read it."""
+        return [source.where for source in self._sources.values()]
+
     # -- opening ----------------------------------------------------------------------------
 
     def _source(self, fs: FieldSpec) -> Source:
