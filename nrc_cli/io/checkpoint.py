@@ -458,7 +458,13 @@ def _open_sharded(
 
 
 def _read_safetensors_header(p: Path) -> tuple[dict[str, str], dict[str, TensorInfo]]:
-    """Read and check one safetensors header against the file size; return (metadata, tensors)."""
+    """Read and check one safetensors header against the file size; return (metadata, tensors).
+
+    Not through ``safe_open``, which reads tensors later (:meth:`Checkpoint.state_dict`):
+    opening a file it maps all of it, so a header claiming a 64 GB tensor fails with "Cannot
+    allocate memory" under an address-space limit before its header can be judged (the
+    memory-bomb test), and the errors it raises name no tensor and no byte counts.
+    """
     size = p.stat().st_size
     with p.open("rb") as f:
         head = f.read(8)
