@@ -89,7 +89,7 @@ class RegressionFamily:
     """
 
     task = "regression"
-    kinds = ("moments", "gram", "sketch")
+    kinds: tuple[str, ...] = ("moments", "gram", "sketch")
     # Whether the family has a second data pass (the nearest-class-mean columns of a classifier).
     second_pass = False
 
@@ -237,11 +237,22 @@ class RegressionFamily:
 
     # -- results ----------------------------------------------------------------------------
 
+    # -- a second pass (families with ``second_pass``; regression has none) -----------------
+
+    def second_accumulator(self, accs: dict[str, Accumulator]) -> Accumulator:
+        """The accumulator of one layer's second pass, from its first-pass ``accs``."""
+        raise NotImplementedError(f"the {self.task} family has no second pass")
+
+    @staticmethod
+    def assign_second(acc: Accumulator, z: torch.Tensor) -> torch.Tensor:
+        """What the second pass predicts for the features ``z`` (b, p)."""
+        raise NotImplementedError("this family has no second pass")
+
     def compute(
         self,
         layers: list[tuple[WeightLayer, dict[str, Accumulator]]],
         t: int,
-        squared_error: SquaredError | None,
+        squared_error: Accumulator | None,
         second: dict[str, Accumulator] | None = None,
     ) -> LayerOutcome:
         """Per-layer rows (forward order) and the run-level summary fields.
@@ -485,6 +496,7 @@ class ClassificationFamily(RegressionFamily):
 
     @staticmethod
     def assign_second(acc: Accumulator, z: torch.Tensor) -> torch.Tensor:
+        assert isinstance(acc, NearestClassMean)  # what second_accumulator made
         return acc.assign(z)
 
     # -- results ----------------------------------------------------------------------------
@@ -544,7 +556,7 @@ class ClassificationFamily(RegressionFamily):
         if head_stats is None:
             raise ConfigError("none of the selected weight layers ran during the forward pass")
         first = first_collapsed([r["collapsed"] for r in rows])
-        summary = {
+        summary: dict[str, Any] = {
             "task": self.task,
             "n_classes": head_stats.n_classes,
             "model_accuracy": agreement.compute() if agreement is not None else None,

@@ -27,7 +27,7 @@ from torch import nn
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
-from nrc_cli.accumulate.classes import ClassSketch, is_label_array
+from nrc_cli.accumulate.classes import ClassSketch, NearestClassMean, is_label_array
 from nrc_cli.accumulate.moments import Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
@@ -442,6 +442,7 @@ class CollapseMonitor:
                     continue
                 try:
                     nearest = self.family.assign_second(acc, z)
+                    assert isinstance(acc, NearestClassMean)  # the one second-pass accumulator
                     acc.add(nearest, labels.to(z.device), pred, z=z, offset=start)
                 except ValueError as exc:
                     raise DataError(

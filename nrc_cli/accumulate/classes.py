@@ -27,6 +27,7 @@ samples (re-shifting the per-class sums where needed).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,6 +237,11 @@ class _ClassSums(Accumulator):
     u_i = z_i − c_{c_i}, fold a batch into them in :meth:`_add_second` and re-express another
     state's about new shifts in :meth:`_shift_second`.
     """
+
+    # Tensor states are None until the first batch (see add_state).
+    shift: Any
+    counts: Any
+    sums: Any
 
     def __init__(
         self, device: torch.device | str | None = None, workspace: Workspace | None = None
@@ -534,6 +540,12 @@ class NearestClassMean(Accumulator):
     # distances are compared again explicitly.
     TIE_TOLERANCE = 1e-10
 
+    device: torch.device
+    correct: int
+    n_predicted: int
+    mismatch: int
+    whitened: float
+
     def __init__(
         self,
         labels: torch.Tensor,
@@ -674,6 +686,8 @@ class NearestClassMean(Accumulator):
 
 class Agreement(Accumulator):
     """Counts of samples whose predicted class equals the label (for ``model_accuracy``)."""
+
+    correct: int
 
     def __init__(self) -> None:
         super().__init__()

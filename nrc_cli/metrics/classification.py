@@ -141,7 +141,9 @@ def class_layer_metrics(
         if stats.cov_within is not None:
             total = Spectrum.exact(stats.cov_total())
         else:
-            total = Spectrum.from_sketch(stats.total_sketch(), stats.omega, stats.total_trace())
+            sketch = stats.total_sketch()  # raises unless the layer is sketched, with its Ω
+            assert stats.omega is not None
+            total = Spectrum.from_sketch(sketch, stats.omega, stats.total_trace())
     p = stats.means.shape[1]
     out: dict = {"in_dim": p, "rank": between.rank}
     out["nc1"] = nc1(stats, between)
