@@ -9,7 +9,7 @@ from pathlib import Path
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.gates.diff import Tolerances, check_tolerance_column, tolerance_value
 from nrc_cli.gates.grammar import DEFAULT_TOLERANCE, Requirement, parse_requirement
-from nrc_cli.io.files import require_regular
+from nrc_cli.io.files import require_regular, toml_module
 from nrc_cli.results import (
     Results,
 )
@@ -133,16 +133,7 @@ def load_gate_file(path: str) -> GateFile:
         raise ConfigError(
             f"{where}: no such file" if not p.exists() else f"{where}: is not a file",
         )
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]  # the same API under another name
-        except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"{where}: reading TOML on Python 3.10 needs the tomli package",
-                hint="pip install tomli",
-            ) from exc
+    tomllib = toml_module(where)
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

@@ -1,4 +1,4 @@
-"""What kind of file a path names, checked before it is opened.
+"""What kind of file a path names, checked before it is opened; the TOML reader.
 
 Opening a named pipe (FIFO) for reading blocks until some other process writes to it, and a
 device such as ``/dev/zero`` never ends: ``nrc`` reads only regular files and says so.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
-from nrc_cli.errors import NrcError
+from nrc_cli.errors import ConfigError, NrcError
 
 _KINDS = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -58,3 +59,21 @@ def require_regular(
             f"{where}: expected {expected}, found {kind}; nrc reads regular files only",
             hint="copy the data into a regular file first",
         )
+
+
+def toml_module(where: str) -> Any:
+    """The TOML reader: ``tomllib`` (Python 3.11+), else the ``tomli`` package it came from.
+
+    ``where`` names the file to be read, for the message when neither is there.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]  # the same API under another name
+        except ModuleNotFoundError:
+            raise ConfigError(
+                f"{where}: reading TOML needs Python 3.11 or later, or the tomli package",
+                hint="pip install tomli",
+            ) from None
+    return tomllib

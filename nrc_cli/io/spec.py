@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.io.files import special_kind
+from nrc_cli.io.files import special_kind, toml_module
 from nrc_cli.io.npy import NUMERIC_KINDS
 
 __all__ = ["DataSpec", "FieldSpec", "check_input_name", "parse_spec", "read_spec"]
@@ -166,7 +166,7 @@ def read_spec(path: str | os.PathLike) -> DataSpec:
     if not p.is_file():
         what = "a directory" if p.is_dir() else special_kind(p) or "nothing"
         raise DataError(f"{p}: expected a TOML data spec, found {what}", hint="check the path")
-    toml = _toml_module()
+    toml = toml_module(str(p))
     try:
         doc = toml.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
@@ -176,20 +176,6 @@ def read_spec(path: str | os.PathLike) -> DataSpec:
     except RecursionError as e:
         raise ConfigError(f"{p}: invalid TOML: nested too deeply to read", hint=_DOC_HINT) from e
     return parse_spec(doc, path=p)
-
-
-def _toml_module():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ConfigError(
-                "reading a .toml data spec needs Python 3.11 or later, or the tomli package",
-                hint="pip install tomli",
-            ) from None
-    return tomllib
 
 
 def parse_spec(doc: dict[str, Any], *, path: Path) -> DataSpec:
