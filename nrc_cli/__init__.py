@@ -55,4 +55,6 @@ def analyze(checkpoint_or_module, data, **options) -> Results:
     from nrc_cli.options import AnalysisOptions
     from nrc_cli.pipeline import run
 
-    return run(checkpoint_or_module, data, AnalysisOptions(**options))
+    results = run(checkpoint_or_module, data, AnalysisOptions(**options))
+    assert results is not None  # only a rank of a process group gets None
+    return results

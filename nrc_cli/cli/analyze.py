@@ -161,6 +161,7 @@ def analyze(
         check_output_path(output)
         check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
         results = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
+        assert results is not None  # only a rank of a process group gets None
         emit_results(results, fmt, output)
         return
     device = distributed.rank_device(options.device, launch)

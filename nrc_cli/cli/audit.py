@@ -184,9 +184,9 @@ def _audit(o: dict, group) -> None:
         lib.write_table(result.errors, errors)
     if output is None:
         _emit_stdout(result.frame, fmt)
-    label = f"{chosen[0]}/{chosen[1]}" if chosen else None
+    shard_label = f"{chosen[0]}/{chosen[1]}" if chosen else None
     ranks = group.world_size if group is not None else None
-    _report(result, output=output, errors=errors, shard=label, ranks=ranks, quiet=quiet)
+    _report(result, output=output, errors=errors, shard=shard_label, ranks=ranks, quiet=quiet)
     if o["fail_on_error"] and result.failed:
         raise CheckFailed(
             f"{result.failed} of {result.total} checkpoint(s) failed",

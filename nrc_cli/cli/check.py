@@ -212,6 +212,7 @@ def check(
     else:
         assert checkpoint is not None and data is not None  # both checked above
         fresh = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
+        assert fresh is not None  # only a rank of a process group gets None
         # Through the saved-report schema, so gating a fresh analysis and gating its saved
         # report see the very same values (NaN -> null, schema columns only).
         results = Results.from_dict(fresh.to_dict())
