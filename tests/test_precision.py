@@ -134,7 +134,7 @@ def _features(n: int, p: int, seed: int, dtype=torch.float32) -> torch.Tensor:
 @pytest.mark.parametrize(("dtype", "workspace"), [(torch.float32, True), (torch.float64, False)])
 def test_mixed_accumulators_keep_the_contract_to_float32_accuracy(dtype, workspace):
     """Streamed (batch sizes 1, 7, 1024) == dense float64, merges, purity, inputs untouched:
-    the whole contract of STYLE.md habit 2, with a float32-sized tolerance (norm-wise)."""
+    the contract helpers.check_accumulator_contract checks, with a float32-sized tolerance."""
     cross, gram = _mixed_cases(workspace)
     z = _features(1500, 6, seed=1, dtype=dtype)
     y = torch.from_numpy(np.random.default_rng(2).standard_normal((1500, 3)) + 4).to(dtype)
