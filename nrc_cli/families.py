@@ -29,9 +29,8 @@ from nrc_cli.accumulate.classes import (
     ClassSketch,
     ClassStats,
     NearestClassMean,
-    as_labels,
-    predicted_classes,
 )
+from nrc_cli.accumulate.labels import as_labels, predicted_classes
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError, Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import WeightLayer

@@ -27,7 +27,8 @@ from torch import nn
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
-from nrc_cli.accumulate.classes import ClassSketch, NearestClassMean, is_label_array
+from nrc_cli.accumulate.classes import ClassSketch, NearestClassMean
+from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.accumulate.moments import Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nrc_cli.accumulate.classes import is_label_array
+from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import WeightLayer, weight_layers
 from nrc_cli.distributed import Group, share, steps
 from nrc_cli.errors import ConfigError, DataError, NrcError

@@ -18,10 +18,8 @@ from nrc_cli.accumulate.classes import (
     ClassMoments,
     ClassSketch,
     NearestClassMean,
-    as_labels,
-    is_label_array,
-    predicted_classes,
 )
+from nrc_cli.accumulate.labels import as_labels, is_label_array, predicted_classes, show_values
 from nrc_cli.accumulate.moments import Workspace
 
 F64 = torch.float64
@@ -349,3 +347,8 @@ def test_labels_from_integers_integral_floats_and_one_hot_rows():
 def test_bad_labels_are_named_with_their_row(y, n_outputs, message):
     with pytest.raises(ValueError, match=message):
         as_labels(y, n_outputs=n_outputs)
+
+
+def test_show_values_names_at_most_six_values():
+    assert show_values(torch.tensor([0.0, 1.0, 0.5])) == "[0, 1, 0.5]"
+    assert show_values(torch.arange(8.0)) == "[0, 1, 2, 3, 4, 5, ...]"

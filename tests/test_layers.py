@@ -106,9 +106,6 @@ LONG_ALLOWED = {
     # The classification family's second pass (nearest class mean) runs through the monitor;
     # it moves out with the pass logic the two families share.
     "nrc_cli.monitor": "the second pass to move out to the families",
-    # The per-class accumulators and the label helpers: the label helpers (as_labels,
-    # is_label_array, predicted_classes) become accumulate/labels.py.
-    "nrc_cli.accumulate.classes": "the label helpers to move to accumulate/labels.py",
 }
 
 

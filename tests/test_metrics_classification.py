@@ -25,8 +25,8 @@ from nrc_cli.accumulate.classes import (
     ClassMoments,
     ClassSketch,
     NearestClassMean,
-    predicted_classes,
 )
+from nrc_cli.accumulate.labels import predicted_classes
 from nrc_cli.capture import Capture, weight_layers
 from nrc_cli.metrics.classification import (
     between_spectrum,
