@@ -93,3 +93,15 @@ def os_error_hint(exc: OSError) -> str | None:
 
     name = errno.errorcode.get(exc.errno) if isinstance(exc.errno, int) else None
     return _OS_HINTS.get(name or "")
+
+
+def os_error_line(exc: OSError) -> str:
+    """The ``error:`` line for an OSError that reached the command line: path and reason.
+
+    >>> import errno
+    >>> os_error_line(PermissionError(errno.EACCES, "Permission denied", "run.json"))
+    "error: 'run.json': permission denied (EACCES)"
+    """
+    where = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    paths = " -> ".join(f"'{w}'" for w in where)
+    return f"error: {paths + ': ' if paths else ''}{os_error_reason(exc)}"

@@ -32,8 +32,7 @@ from helpers import error_line, invoke, save_model
 from safetensors.torch import save_file
 from torch import nn
 
-from nrc_cli.cli._errors import os_error_line
-from nrc_cli.errors import os_error_hint, os_error_reason
+from nrc_cli.errors import os_error_hint, os_error_line, os_error_reason
 
 PREVIOUS = b'{"previous": "report"}\n'
 REPO = Path(__file__).resolve().parent.parent

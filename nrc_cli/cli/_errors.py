@@ -8,7 +8,7 @@ import traceback
 
 from typer import Abort, Exit
 
-from nrc_cli.errors import NrcError, os_error_hint, os_error_reason
+from nrc_cli.errors import NrcError, os_error_hint, os_error_line
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -49,18 +49,6 @@ def report_usage_error(err: ClickException) -> int:
     if ctx is not None:
         _say(f"hint: run '{ctx.command_path} --help' for the options")
     return 2
-
-
-def os_error_line(exc: OSError) -> str:
-    """The ``error:`` line for an OSError that reached the command line: path and reason.
-
-    >>> import errno
-    >>> os_error_line(PermissionError(errno.EACCES, "Permission denied", "run.json"))
-    "error: 'run.json': permission denied (EACCES)"
-    """
-    where = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
-    paths = " -> ".join(f"'{w}'" for w in where)
-    return f"error: {paths + ': ' if paths else ''}{os_error_reason(exc)}"
 
 
 def report_os_error(exc: OSError) -> int:
