@@ -10,15 +10,20 @@
   NRC1, matrix norms for CKA and stable ranks, an actual least-squares fit (``np.linalg.lstsq``)
   for the probe, explicit projections of every normalised sample for the last-layer NRC, and a
   grid search over the full matrix objective for ``nrc3_last``.
+* Hooks left behind: :func:`assert_collected` (nothing keeps a monitor or capture alive once
+  the test lets it go), :func:`assert_fed_nothing` (the model's forward no longer feeds a
+  monitor), :func:`survivors` (what a call left alive).
 * :func:`check_accumulator_contract`: the accumulator contract (streamed == one-shot, merged
   shards == one stream, batch-size invariance, inputs unchanged) for any accumulator.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from nrc_cli.cli import app
+from nrc_cli.errors import DataError
 
 # ------------------------------------------------------------------------------------------------
 # Files
@@ -216,6 +222,51 @@ def error_line(result) -> str:
     if len(lines) == 2:
         assert lines[1].startswith("hint: "), err
     return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Hooks left behind
+# ------------------------------------------------------------------------------------------------
+# A forward hook holds what it reports to (a Capture, and through its callback a monitor), so a
+# hook left on a model the test still holds keeps that object alive; and the hook keeps feeding
+# it when the model runs.
+
+
+def assert_collected(ref: weakref.ref, what: str) -> None:
+    """The object behind ``ref`` is garbage once collected: no hook on a live model holds it."""
+    gc.collect()
+    assert ref() is None, f"{what} is still alive after its last reference went: a hook left?"
+
+
+def assert_fed_nothing(monitor, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Outside ``with monitor:`` the model's forward pass captures nothing for ``monitor``.
+
+    ``monitor`` has run before (its forward order is known). The model runs on ``x``; ``update(y)`` then finds no features, and the monitor's samples,
+    forward order and state are as they were.
+    """
+    before = monitor.n_samples, monitor.order, monitor.state_dict()
+    with torch.no_grad():
+        model(x)
+    with pytest.raises(DataError, match="no captured features"):
+        monitor.update(y)
+    n, order, state = monitor.n_samples, monitor.order, monitor.state_dict()
+    assert (n, order) == before[:2]
+    assert state.keys() == before[2].keys()
+    assert all(torch.equal(state[k], before[2][k]) for k in state)
+
+
+def survivors(call: Callable[[], object], *kinds: type) -> list[str]:
+    """The objects of exactly the types ``kinds`` that ``call()`` made and left alive (after a
+    collection). Exact types: ``isinstance`` would ask every live object its ``__class__``."""
+    gc.collect()
+    before = [o for o in gc.get_objects() if type(o) in kinds]
+    call()
+    gc.collect()
+    return [
+        type(o).__name__
+        for o in gc.get_objects()
+        if type(o) in kinds and not any(o is b for b in before)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

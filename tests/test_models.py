@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import textwrap
+import weakref
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close, dense_layer
+from helpers import assert_close, assert_collected, dense_layer
 from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
@@ -179,7 +180,7 @@ def test_resnet_with_the_paper_layer_convention_matches_a_dense_reference(resnet
 
 
 def test_only_selected_layers_are_hooked(resnet_case):
-    _, model, _, _ = resnet_case
+    _, model, images, _ = resnet_case
     selected = weight_layers(model, include=["layer4*", "fc"], exclude=["*downsample*"])
     assert [w.name for w in selected] == [
         "layer4.0.conv1",
@@ -189,15 +190,22 @@ def test_only_selected_layers_are_hooked(resnet_case):
         "fc",
     ]
 
-    def hook_count():
-        return sum(len(m._forward_pre_hooks) for m in model.modules())
-
-    before = hook_count()
-    with Capture(selected, lambda name, z: None):
-        assert hook_count() - before == len(selected)
-        hooked = [n for n, m in model.named_modules() if m._forward_pre_hooks]
-        assert hooked == [w.name for w in selected]
-    assert hook_count() == before
+    x = torch.from_numpy(images[:4])
+    reported: list[str] = []
+    capture = Capture(selected, lambda name, z: reported.append(name))
+    with capture, torch.no_grad():
+        assert capture.hooked
+        model(x)
+        # One hook on each selected layer, on no other module.
+        assert reported == [w.name for w in selected]
+    assert not capture.hooked
+    reported.clear()
+    with torch.no_grad():
+        model(x)
+    assert reported == []  # every hook is gone: the forward pass reports nothing
+    ref = weakref.ref(capture)
+    del capture
+    assert_collected(ref, "the capture")  # no hook on the model holds it
 
 
 def test_a_glob_matching_nothing_lists_the_layers(resnet_case):

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import io
 import math
+import weakref
 
 import numpy as np
 import pytest
 import torch
-from helpers import Wrapped, analyze_json, mlp, save_model, save_npz
+from helpers import (
+    Wrapped,
+    analyze_json,
+    assert_collected,
+    assert_fed_nothing,
+    mlp,
+    save_model,
+    save_npz,
+    survivors,
+)
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
 import nrc_cli
 from nrc_cli import CollapseMonitor, analyze
+from nrc_cli.capture import Capture
 from nrc_cli.errors import ConfigError, DataError, NrcError
+
+# What a hook on a model reports to, and so keeps alive while it is left there.
+HOOKERS = (CollapseMonitor, Capture)
 
 NUMERIC = (
     "nrc1_noise",
@@ -88,8 +102,13 @@ def test_training_loop_final_compute_equals_nrc_analyze_on_the_saved_checkpoint(
     assert len(history) == 3
     # The measurements moved with training: the weights changed between them.
     assert history[0].layers[0]["stable_rank_w"] != history[-1].layers[0]["stable_rank_w"]
-    # No hook is left behind on any module.
-    assert all(not m._forward_pre_hooks for m in model.modules())
+    # No hook is left behind on any module: the model runs without feeding the monitor, and
+    # nothing holds the monitor once the test lets it go.
+    assert_fed_nothing(monitor, model.eval(), x[:64], y[:64])
+    model.train()
+    ref = weakref.ref(monitor)
+    del monitor
+    assert_collected(ref, "the monitor")
 
     ckpt = save_model(tmp_path / "m.safetensors", model)
     data = save_npz(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
@@ -169,9 +188,12 @@ def test_analyze_a_module_on_arrays_equals_the_file_route(tmp_path):
     assert by_arrays["checkpoint"] == "<Wrapped>" and by_arrays["data"] == "<arrays>"
     # The caller's module is left as it was: training mode, dtype, no hooks.
     model.train()
-    analyze(model, (x, y), dtype="bfloat16", device="cpu")
+    left = survivors(lambda: analyze(model, (x, y), dtype="bfloat16", device="cpu"), *HOOKERS)
     assert model.training and next(model.parameters()).dtype == torch.float32
-    assert all(not m._forward_pre_hooks for m in model.modules())
+    assert left == [], f"a hook left on the model keeps {left} alive"
+    # Run as it is (no copy for another dtype), the caller's module is hooked and unhooked.
+    left = survivors(lambda: analyze(model, (x, y), device="cpu"), *HOOKERS)
+    assert model.training and left == [], f"a hook left on the model keeps {left} alive"
 
 
 def test_typed_options_reach_the_analysis_and_bad_ones_are_config_errors(tmp_path):
@@ -206,14 +228,19 @@ def test_hooks_are_removed_when_the_body_raises():
     monitor = CollapseMonitor(model)
     with pytest.raises(RuntimeError, match="boom"), monitor:
         assert monitor.hooked
-        assert any(m._forward_pre_hooks for m in model.modules())
+        assert monitor.order == []
         model(torch.randn(4, 6))
+        assert monitor.order == [w.name for w in monitor.layers]  # the model's hooks ran
         raise RuntimeError("boom")
     assert not monitor.hooked
-    assert all(not m._forward_pre_hooks for m in model.modules())
+    assert_fed_nothing(monitor, model, torch.randn(4, 6), torch.randn(4, 3))
     # Usable again afterwards, with nothing captured left over.
     x, y = _data(n=64, seed=15)
     assert _feed(monitor, model, x, y).compute().summary["n_samples"] == 64
+    # Neither exit left a hook on the model holding the monitor.
+    ref = weakref.ref(monitor)
+    del monitor
+    assert_collected(ref, "the monitor")
 
 
 def test_mismatched_updates_are_clear_errors_and_leave_the_state_unchanged():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import shlex
+import weakref
 from pathlib import Path
 
 import pytest
+from helpers import assert_collected, assert_fed_nothing
 from typer.testing import CliRunner
 
 from nrc_cli.cli import app
@@ -67,7 +69,12 @@ def test_training_loop_example_runs_and_draws_its_plot(monkeypatch, tmp_path):
     assert len(history) == 8
     last = [next(r["nrc1_noise"] for r in h.layers if r["layer"] == "4") for h in history]
     assert last[-1] < 0.5 * last[0]  # the README's reading of the figure
-    assert all(not m._forward_pre_hooks for m in namespace["model"].modules())
+    # No hook is left on the model: it runs without feeding the monitor, and nothing holds
+    # the monitor once the namespace lets it go.
+    model, x, y = namespace["model"], namespace["x"], namespace["y"]
+    assert_fed_nothing(namespace["monitor"], model, x[:16], y[:16])
+    ref = weakref.ref(namespace.pop("monitor"))
+    assert_collected(ref, "the README's monitor")
     png = tmp_path / "epochs.png"
     exec(
         compile(plot.replace("docs/img/monitor_epochs.png", str(png)), "README.md", "exec"),
