@@ -27,15 +27,22 @@ from torch import nn
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
-from nrc_cli.accumulate.classes import ClassSketch, NearestClassMean
 from nrc_cli.accumulate.labels import is_label_array
-from nrc_cli.accumulate.moments import Workspace
-from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.families import FAMILIES
+from nrc_cli.families import FAMILIES, SecondPass
+from nrc_cli.families.passes import (
+    as_targets,
+    check_finite,
+    first_accumulators,
+    layer_state,
+    load_layer_states,
+    paired_features,
+    plan_row,
+    single_pass_sketches,
+    sketched_size,
+)
 from nrc_cli.options import parse_size
-from nrc_cli.planning import NARROW_NOTE, make_plan
 from nrc_cli.results import Results
 
 __all__ = ["CollapseMonitor"]
@@ -189,18 +196,8 @@ class CollapseMonitor:
         self.reset()
 
     def _set_task(self, task: str) -> None:
-        checked = self._options
         self.task = task
-        self.family = FAMILIES[task](
-            rank=checked.rank,
-            svd=checked.svd,
-            oversample=checked.oversample,
-            power_iters=checked.power_iters,
-            seed=checked.seed,
-            rule=checked.rule(task),
-            output_key=checked.output_key,
-            precision=checked.precision,
-        )
+        self.family = FAMILIES[task].from_options(self._options)
         self._sse = self.family.prediction_accumulator()
 
     # -- hooks ------------------------------------------------------------------------------
@@ -263,8 +260,7 @@ class CollapseMonitor:
         self._has_prediction: bool | None = None
         self._sse = self.family.prediction_accumulator()
         self._accs: dict[str, dict[str, Accumulator]] = {}
-        self._second: dict[str, Accumulator] | None = None  # the second pass's, once begun
-        self._second_n = 0
+        self._second: SecondPass | None = None  # once begun
         self._order: list[str] = getattr(self, "_order", [])
         self._order.clear()
         self._pending: dict[str, torch.Tensor | PendingPool] = {}
@@ -319,42 +315,16 @@ class CollapseMonitor:
         if self._auto and self._n == 0 and isinstance(y, (np.ndarray, torch.Tensor)):
             self._set_task("classification" if is_label_array(y.dtype, y.shape) else "regression")
         if start is None:
-            start = self._second_n if self._second is not None else self._n
-        y = self.family.prepare_targets(self._targets(y), output, start)
+            start = self._second.n if self._second is not None else self._n
+        y = self.family.prepare_targets(as_targets(y), output, start)
         b = y.shape[0]
         pending, self._pending = self._pending, {}
-        if not pending:
-            if not self._order:
-                raise ConfigError(
-                    "none of the selected weight layers ran during the forward pass",
-                    hint="run the model inside 'with monitor:' before update(); check the "
-                    "layer selection",
-                )
-            raise DataError(
-                "update() found no captured features: run the model on the batch inside "
-                "'with monitor:' first",
-            )
-        features: dict[str, torch.Tensor] = {}
-        for name, z in pending.items():
-            if isinstance(z, PendingPool):
-                z = z.pool(mask)
-            if z.shape[0] != b:
-                raise DataError(
-                    f"layer '{name}': the forward pass captured features for {z.shape[0]} "
-                    f"samples, but y has {b} rows",
-                    hint="call update(y, output) once per forward pass, with that pass's targets",
-                )
-            features[name] = z
-        missing = [n for n in self._order if n in self.active and n not in features]
-        if missing and self._n:
-            raise DataError(
-                f"layer(s) {', '.join(missing)} ran in earlier batches but not in this one; "
-                "their statistics would cover different samples",
-                hint="exclude layers that do not run on every batch",
-            )
-        self._check_finite(features, start)
+        again = [n for n in self._order if n in self.active] if self._n else []
+        features = paired_features(pending, b, mask=mask, ran=self._order, again=again)
+        check_finite(features, start)
         if self._second is not None:
-            self._update_second(features, y, output, start)
+            pred = self.family.select_prediction(output, y) if output is not None else None
+            self._second.update(features, y, pred, start=start, limit=self._n)
             return
         device = next(iter(features.values())).device
         if self._device is None:
@@ -407,14 +377,7 @@ class CollapseMonitor:
             )
         if self._second is not None:
             raise ConfigError("the second pass was already begun")
-        with torch.inference_mode(False), torch.no_grad(), single_threaded():
-            try:
-                self._second = {
-                    name: self.family.second_accumulator(accs) for name, accs in self._accs.items()
-                }
-            except ValueError as exc:
-                raise DataError(str(exc)) from None
-        self._second_n = 0
+        self._second = SecondPass(self.family, self._accs)
         # Every accumulated layer is hooked now (a joined plan's monitor watched one pass's).
         self.active.update(self._accs)
         if self._capture is not None and self._capture.active is not None:
@@ -423,118 +386,21 @@ class CollapseMonitor:
     @property
     def second_pass_samples(self) -> int:
         """Samples the second pass has seen (0 before it begins)."""
-        return self._second_n
-
-    def _update_second(self, features, y: torch.Tensor, output, start: int) -> None:
-        assert self._second is not None
-        b = y.shape[0]
-        if self._second_n + b > self._n:
-            raise DataError(
-                f"the second pass has seen {self._second_n + b} samples, more than the "
-                f"{self._n} of the first",
-                hint="run the same data through the model again, once",
-            )
-        pred = self.family.select_prediction(output, y) if output is not None else None
-        labels = y[:, 0].to(torch.int64)
-        with torch.inference_mode(False), torch.no_grad():
-            for name, acc in self._second.items():
-                z = features.get(name)
-                if z is None:
-                    continue
-                try:
-                    nearest = self.family.assign_second(acc, z)
-                    assert isinstance(acc, NearestClassMean)  # the one second-pass accumulator
-                    acc.add(nearest, labels.to(z.device), pred, z=z, offset=start)
-                except ValueError as exc:
-                    raise DataError(
-                        f"second pass: {exc}",
-                        hint="the second pass must see the same data as the first",
-                    ) from None
-        self._second_n += b
-
-    def _targets(self, y) -> torch.Tensor:
-        if isinstance(y, np.ndarray):
-            y = torch.from_numpy(np.ascontiguousarray(y))
-        if not isinstance(y, torch.Tensor):
-            raise DataError(f"update(): expected y as a tensor or array, found {type(y).__name__}")
-        if y.ndim == 1:
-            y = y.reshape(-1, 1)
-        if y.ndim != 2:
-            raise DataError(f"update(): expected y of shape (b, t) or (b,), found {list(y.shape)}")
-        y = y.detach().to(torch.float64)
-        if not bool(torch.isfinite(y).all()):
-            raise DataError("update(): y has non-finite values (nan or inf)")
-        return y
-
-    def _check_finite(self, features: dict[str, torch.Tensor], start: int) -> None:
-        # One reduction per layer finds any nan/inf (they propagate into the sum; a float32 sum
-        # that merely overflows is taken again in float64), read together: on a GPU each read
-        # stalls the stream.
-        sums = {}
-        for name, z in features.items():
-            with single_threaded(z.device):
-                sums[name] = z.sum()
-        if bool(torch.isfinite(torch.stack([s.to(torch.float64) for s in sums.values()])).all()):
-            return
-        for name, z in features.items():
-            if bool(torch.isfinite(sums[name])):
-                continue
-            if z.dtype != torch.float64 and bool(torch.isfinite(z.sum(dtype=torch.float64))):
-                continue  # finite features whose float32 sum overflowed: float64 holds them
-            bad = ~torch.isfinite(z).all(dim=1)
-            row = int(bad.nonzero()[0]) if bool(bad.any()) else None
-            if row is None:
-                raise DataError(
-                    f"layer '{name}': features too large to sum in float64 in the batch "
-                    f"starting at sample {start}",
-                    hint="check the input scale",
-                )
-            raise DataError(
-                f"layer '{name}': non-finite features (nan or inf) at sample {start + row}",
-                hint="the model overflows on this input; check the input scale, "
-                "or use --dtype float32",
-            )
+        return self._second.n if self._second is not None else 0
 
     def _start(self, y: torch.Tensor) -> None:
         """First batch: the target width, the plan of this stream, fresh accumulators."""
-        t = y.shape[1]
-        b = y.shape[0]
+        t, b = y.shape[1], y.shape[0]
         self._t, self._batch = t, b
-        device = self._device
-        assert device is not None
-        names = [n for n in self._by_name if n in self.active]
+        assert self._device is not None
+        layers = [w for w in self.layers if w.name in self.active]
         if not self._sketch_given and self._budget is not None:
-            self.sketch = self._plan_sketches(names, t, b)
-        # One scratch buffer for every exact layer's per-batch temporaries, allocated before
-        # their states so that the two never interleave on the heap.
-        workspace = Workspace()
-        widths = [self._by_name[n].in_dim for n in names if n not in self.sketch]
-        if widths:
-            workspace.reserve_batches(b, max(widths), device, self.family.precision)
-        for name in names:
-            self._accs[name] = self.family.layer_accumulators(
-                self._by_name[name],
-                t,
-                sketch_size=self.sketch.get(name),
-                device=device,
-                workspace=workspace,
+            self.sketch = single_pass_sketches(
+                self.family, layers, t, b, self._budget, self.memory_budget
             )
-            self._pass_of[name] = 1
-        weight = self.layers[0].module.weight
-        self._dtype = str(weight.dtype).removeprefix("torch.")
-
-    def _plan_sketches(self, names: list[str], t: int, b: int) -> dict[str, int]:
-        needs = [self.family.layer_need(self._by_name[n], t, b) for n in names]
-        assert self._budget is not None
-        plan = make_plan(needs, self._budget)
-        if len(plan.passes) > 1:
-            raise ConfigError(
-                f"memory_budget {self.memory_budget}: the {len(names)} layers' states need "
-                f"{len(plan.passes)} passes over the data, and a monitor sees each batch once",
-                hint="raise memory_budget, monitor fewer layers (layers=...), or analyze a "
-                "saved checkpoint with nrc_cli.analyze, which makes several passes",
-            )
-        return dict(plan.sketch_size)
+        self._accs.update(first_accumulators(self.family, layers, t, b, self._device, self.sketch))
+        self._pass_of.update((w.name, 1) for w in layers)
+        self._dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
 
     # -- results ----------------------------------------------------------------------------
 
@@ -555,7 +421,7 @@ class CollapseMonitor:
             )
         t = self._t
         layers = [(self._by_name[n], self._accs[n]) for n in self._order if n in self._accs]
-        second = self._second if self._second is not None and self._second_n == self._n else None
+        second = self._second.accs if self._second and self._second.n == self._n else None
         with single_threaded():
             outcome = self.family.compute(
                 layers, t, self._sse if self._has_prediction else None, second
@@ -589,24 +455,20 @@ class CollapseMonitor:
 
     def _plan_doc(self, methods: dict[str, str]) -> dict:
         """How this monitor accumulated: the pass and accumulator of each layer, its memory."""
-        t = self._t or 1
-        rows = []
-        for name in sorted(self._accs, key=lambda n: (self._pass_of.get(n, 1), self._rank(n))):
-            need = self.family.layer_need(self._by_name[name], t, self._batch)
-            sketched = name in self.sketch
-            row = {
-                "layer": name,
-                "pass": self._pass_of.get(name, 1),
-                "accumulator": "sketch" if sketched else "exact",
-                "spectrum": methods.get(name),
-                "sketch_size": self.sketch.get(name),
-                "bytes": need.sketch_state + need.sketch_temp
-                if sketched
-                else need.exact_state + need.exact_temp,
-            }
-            if self.family.svd == "randomized" and methods.get(name) == "exact":
-                row["spectrum_note"] = NARROW_NOTE
-            rows.append(row)
+        names = list(self._by_name)
+        ordered = sorted(self._accs, key=lambda n: (self._pass_of.get(n, 1), names.index(n)))
+        rows = [
+            plan_row(
+                self.family,
+                self._by_name[name],
+                self._t or 1,
+                self._batch,
+                pass_index=self._pass_of.get(name, 1),
+                sketch_size=self.sketch.get(name),
+                spectrum=methods.get(name),
+            )
+            for name in ordered
+        ]
         doc: dict[str, Any] = {
             "memory_budget": self.memory_budget if self.memory_budget is not None else "none",
             "passes": self._passes,
@@ -616,9 +478,6 @@ class CollapseMonitor:
         if not_run:
             doc["not_run"] = not_run
         return doc
-
-    def _rank(self, name: str) -> int:
-        return list(self._by_name).index(name)
 
     # -- combining --------------------------------------------------------------------------
 
@@ -751,17 +610,10 @@ class CollapseMonitor:
             out[f"sse.{key}"] = value
         out["task"] = torch.tensor(list(FAMILIES).index(self.task), dtype=_I64)
         if self._second is not None:
-            out["second_n"] = torch.tensor(self._second_n, dtype=_I64)
-            for name, acc in self._second.items():
-                for key, value in acc.state_dict().items():
-                    out[f"second/{name}/{key}"] = value
+            out.update(self._second.state_dict())
         for name, accs in self._accs.items():
             out[f"pass/{name}"] = torch.tensor(self._pass_of.get(name, 1), dtype=_I64)
-            for kind, acc in accs.items():
-                if isinstance(acc, (CovarianceSketch, ClassSketch)):
-                    out[f"omega/{name}"] = acc.omega.detach().clone()
-                for key, value in acc.state_dict().items():
-                    out[f"layer/{name}/{kind}/{key}"] = value
+            out.update(layer_state(name, accs))
         return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -792,39 +644,20 @@ class CollapseMonitor:
         self._sse.load_state_dict(
             {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
         )
-        grouped: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
-        for key, value in state.items():
-            if key.startswith("layer/"):
-                _, rest = key.split("/", 1)
-                name, kind, field = rest.rsplit("/", 2)
-                if name not in self._by_name:
-                    raise ConfigError(f"state of layer '{name}', which this monitor does not watch")
-                grouped.setdefault(name, {}).setdefault(kind, {})[field] = value
-        for name, kinds in grouped.items():
-            accs = {}
-            for kind, fields in kinds.items():
-                device = next(iter(fields.values())).device
-                acc = self.family.empty_accumulator(kind, device, state.get(f"omega/{name}"))
-                acc.load_state_dict(fields)
-                accs[kind] = acc
-                if isinstance(acc, (CovarianceSketch, ClassSketch)):
-                    self.sketch[name] = int(acc.omega.shape[1])
-                if self._device is None:
-                    self._device = device
+        for name, accs in load_layer_states(self.family, state, self._by_name).items():
             self._accs[name] = accs
             self._pass_of[name] = int(state.get(f"pass/{name}", torch.tensor(1)))
-        if self._device is None:
-            self._device = torch.device("cpu")
+            size = sketched_size(accs)
+            if size is not None:
+                self.sketch[name] = size
+        # The device of the first layer's state (the CPU for a state without any).
+        first = next((v for k, v in state.items() if k.startswith("layer/")), None)
+        self._device = first.device if first is not None else torch.device("cpu")
         self._dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
         if "second_n" in state:
             self.begin_second_pass()
-            self._second_n = int(state["second_n"])
             assert self._second is not None
-            for name, acc in self._second.items():
-                prefix = f"second/{name}/"
-                acc.load_state_dict(
-                    {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-                )
+            self._second.load_state_dict(state)
 
     def to(self, device: torch.device | str) -> CollapseMonitor:
         """Move the accumulated state to ``device``; later features must come from there."""
@@ -832,8 +665,8 @@ class CollapseMonitor:
         for accs in self._accs.values():
             for acc in accs.values():
                 acc.to(device)
-        for acc in (self._second or {}).values():
-            acc.to(device)
+        if self._second is not None:
+            self._second.to(device)
         if self._accs:
             self._device = device
         return self

@@ -103,9 +103,6 @@ MAX_LINES = 700
 LONG_ALLOWED = {
     # Discovery, tables, the parts store and the worker pool: it becomes the audit/ package.
     "nrc_cli.audit": "to be split into audit/ (discover, store, runner)",
-    # The classification family's second pass (nearest class mean) runs through the monitor;
-    # it moves out with the pass logic the two families share.
-    "nrc_cli.monitor": "the second pass to move out to the families",
 }
 
 

@@ -1,0 +1,353 @@
+"""A pass over the data, whatever the family: what a monitor does with the batches it is fed.
+
+:class:`~nrc_cli.monitor.CollapseMonitor` owns the hooks and the bookkeeping of a stream
+(samples, forward order, merging); these are the steps of a pass it shares between families:
+
+* :func:`as_targets` and :func:`paired_features`: a batch's targets and the features its
+  forward pass captured, checked against each other (:func:`check_finite` for the features);
+* :func:`first_accumulators` (with :func:`single_pass_sketches` under a memory budget): each
+  layer's accumulators, made at the first batch, when the target width is known; and
+  :func:`plan_row`, how a layer was accumulated;
+* :func:`layer_state` and :func:`load_layer_states`: those accumulators in a monitor's flat
+  state dict, keyed ``layer/<layer>/<kind>/<state>`` (and ``omega/<layer>`` for a sketch);
+* :class:`SecondPass`: a second pass over the same data, for a family with one
+  (``second_pass``: the nearest-class-mean pass of a classifier), fed through the family's
+  ``second_accumulator`` and ``update_second``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from nrc_cli._threads import single_threaded
+from nrc_cli.accumulate.base import Accumulator
+from nrc_cli.accumulate.classes import ClassSketch
+from nrc_cli.accumulate.moments import Workspace
+from nrc_cli.accumulate.sketch import CovarianceSketch
+from nrc_cli.capture import PendingPool, WeightLayer
+from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.planning import NARROW_NOTE, make_plan
+
+if TYPE_CHECKING:
+    from nrc_cli.families.regression import RegressionFamily
+
+__all__ = [
+    "SecondPass",
+    "as_targets",
+    "check_finite",
+    "first_accumulators",
+    "layer_state",
+    "load_layer_states",
+    "paired_features",
+    "plan_row",
+    "single_pass_sketches",
+    "sketched_size",
+]
+
+_I64 = torch.int64
+
+# -- a batch ---------------------------------------------------------------------------------
+
+
+def as_targets(y) -> torch.Tensor:
+    """The targets ``y`` of ``update(y, ...)`` as a (b, t) float64 tensor, checked finite."""
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    if not isinstance(y, torch.Tensor):
+        raise DataError(f"update(): expected y as a tensor or array, found {type(y).__name__}")
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2:
+        raise DataError(f"update(): expected y of shape (b, t) or (b,), found {list(y.shape)}")
+    y = y.detach().to(torch.float64)
+    if not bool(torch.isfinite(y).all()):
+        raise DataError("update(): y has non-finite values (nan or inf)")
+    return y
+
+
+def paired_features(
+    pending: Mapping[str, torch.Tensor | PendingPool],
+    b: int,
+    *,
+    mask: torch.Tensor | None = None,
+    ran: Sequence[str] = (),
+    again: Sequence[str] = (),
+) -> dict[str, torch.Tensor]:
+    """The features one forward pass captured, pooled, each with the ``b`` rows of the targets.
+
+    ``pending`` holds what the hooks captured (a :class:`PendingPool` is pooled with ``mask``);
+    ``ran`` the layers that ran in any forward pass so far; ``again`` those that ran in earlier
+    batches and so must run in this one too.
+    """
+    if not pending:
+        if not ran:
+            raise ConfigError(
+                "none of the selected weight layers ran during the forward pass",
+                hint="run the model inside 'with monitor:' before update(); check the "
+                "layer selection",
+            )
+        raise DataError(
+            "update() found no captured features: run the model on the batch inside "
+            "'with monitor:' first",
+        )
+    features: dict[str, torch.Tensor] = {}
+    for name, z in pending.items():
+        if isinstance(z, PendingPool):
+            z = z.pool(mask)
+        if z.shape[0] != b:
+            raise DataError(
+                f"layer '{name}': the forward pass captured features for {z.shape[0]} "
+                f"samples, but y has {b} rows",
+                hint="call update(y, output) once per forward pass, with that pass's targets",
+            )
+        features[name] = z
+    missing = [n for n in again if n not in features]
+    if missing:
+        raise DataError(
+            f"layer(s) {', '.join(missing)} ran in earlier batches but not in this one; "
+            "their statistics would cover different samples",
+            hint="exclude layers that do not run on every batch",
+        )
+    return features
+
+
+def check_finite(features: Mapping[str, torch.Tensor], start: int) -> None:
+    """Refuse features with a nan or inf (``start``: the batch's first sample, for messages)."""
+    # One reduction per layer finds any nan/inf (they propagate into the sum; a float32 sum
+    # that merely overflows is taken again in float64), read together: on a GPU each read
+    # stalls the stream.
+    sums = {}
+    for name, z in features.items():
+        with single_threaded(z.device):
+            sums[name] = z.sum()
+    if bool(torch.isfinite(torch.stack([s.to(torch.float64) for s in sums.values()])).all()):
+        return
+    for name, z in features.items():
+        if bool(torch.isfinite(sums[name])):
+            continue
+        if z.dtype != torch.float64 and bool(torch.isfinite(z.sum(dtype=torch.float64))):
+            continue  # finite features whose float32 sum overflowed: float64 holds them
+        bad = ~torch.isfinite(z).all(dim=1)
+        row = int(bad.nonzero()[0]) if bool(bad.any()) else None
+        if row is None:
+            raise DataError(
+                f"layer '{name}': features too large to sum in float64 in the batch "
+                f"starting at sample {start}",
+                hint="check the input scale",
+            )
+        raise DataError(
+            f"layer '{name}': non-finite features (nan or inf) at sample {start + row}",
+            hint="the model overflows on this input; check the input scale, or use --dtype float32",
+        )
+
+
+# -- the accumulators of a pass --------------------------------------------------------------
+
+
+def first_accumulators(
+    family: RegressionFamily,
+    layers: Sequence[WeightLayer],
+    t: int,
+    b: int,
+    device: torch.device,
+    sketch: Mapping[str, int],
+) -> dict[str, dict[str, Accumulator]]:
+    """Fresh accumulators of ``layers`` (``sketch``: those sketched, with their sizes), made at
+    the first batch of a stream: ``t`` target columns, ``b`` rows."""
+    # One scratch buffer for every exact layer's per-batch temporaries, allocated before
+    # their states so that the two never interleave on the heap.
+    workspace = Workspace()
+    widths = [w.in_dim for w in layers if w.name not in sketch]
+    if widths:
+        workspace.reserve_batches(b, max(widths), device, family.precision)
+    return {
+        w.name: family.layer_accumulators(
+            w, t, sketch_size=sketch.get(w.name), device=device, workspace=workspace
+        )
+        for w in layers
+    }
+
+
+def single_pass_sketches(
+    family: RegressionFamily,
+    layers: Sequence[WeightLayer],
+    t: int,
+    b: int,
+    budget: int,
+    label: object,
+) -> dict[str, int]:
+    """The layers to sketch, with their sizes, for ``layers`` to fit ``budget`` bytes in one
+    pass (``label``: the budget as the caller gave it, for messages)."""
+    plan = make_plan([family.layer_need(w, t, b) for w in layers], budget)
+    if len(plan.passes) > 1:
+        raise ConfigError(
+            f"memory_budget {label}: the {len(layers)} layers' states need "
+            f"{len(plan.passes)} passes over the data, and a monitor sees each batch once",
+            hint="raise memory_budget, monitor fewer layers (layers=...), or analyze a "
+            "saved checkpoint with nrc_cli.analyze, which makes several passes",
+        )
+    return dict(plan.sketch_size)
+
+
+def plan_row(
+    family: RegressionFamily,
+    layer: WeightLayer,
+    t: int,
+    batch: int,
+    *,
+    pass_index: int,
+    sketch_size: int | None,
+    spectrum: str | None,
+) -> dict:
+    """How one layer was accumulated, for ``Results.plan``: its pass, its accumulator (a
+    sketch of ``sketch_size``, or exact), its spectrum method and the bytes it needs."""
+    need = family.layer_need(layer, t, batch)
+    sketched = sketch_size is not None
+    row = {
+        "layer": layer.name,
+        "pass": pass_index,
+        "accumulator": "sketch" if sketched else "exact",
+        "spectrum": spectrum,
+        "sketch_size": sketch_size,
+        "bytes": need.sketch_state + need.sketch_temp
+        if sketched
+        else need.exact_state + need.exact_temp,
+    }
+    if family.svd == "randomized" and spectrum == "exact":
+        row["spectrum_note"] = NARROW_NOTE
+    return row
+
+
+def sketched_size(accs: Mapping[str, Accumulator]) -> int | None:
+    """The sketch size of a layer whose accumulators include a sketch; None for an exact one."""
+    for acc in accs.values():
+        if isinstance(acc, (CovarianceSketch, ClassSketch)):
+            return int(acc.omega.shape[1])
+    return None
+
+
+# -- state dicts -----------------------------------------------------------------------------
+
+
+def layer_state(name: str, accs: Mapping[str, Accumulator]) -> dict[str, torch.Tensor]:
+    """One layer's accumulators as ``layer/<name>/<kind>/<state>`` (and ``omega/<name>``)."""
+    out: dict[str, torch.Tensor] = {}
+    for kind, acc in accs.items():
+        if isinstance(acc, (CovarianceSketch, ClassSketch)):
+            out[f"omega/{name}"] = acc.omega.detach().clone()
+        for key, value in acc.state_dict().items():
+            out[f"layer/{name}/{kind}/{key}"] = value
+    return out
+
+
+def load_layer_states(
+    family: RegressionFamily, state: Mapping[str, torch.Tensor], names: Collection[str]
+) -> dict[str, dict[str, Accumulator]]:
+    """The accumulators of every layer in ``state`` (:func:`layer_state`'s keys), each of
+    them one of ``names``, on the device of its state."""
+    grouped: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+    for key, value in state.items():
+        if key.startswith("layer/"):
+            _, rest = key.split("/", 1)
+            name, kind, field = rest.rsplit("/", 2)
+            if name not in names:
+                raise ConfigError(f"state of layer '{name}', which this monitor does not watch")
+            grouped.setdefault(name, {}).setdefault(kind, {})[field] = value
+    layers = {}
+    for name, kinds in grouped.items():
+        accs = {}
+        for kind, fields in kinds.items():
+            device = next(iter(fields.values())).device
+            acc = family.empty_accumulator(kind, device, state.get(f"omega/{name}"))
+            acc.load_state_dict(fields)
+            accs[kind] = acc
+        layers[name] = accs
+    return layers
+
+
+# -- a second pass ---------------------------------------------------------------------------
+
+
+class SecondPass:
+    """A second pass over the same data, for a family with one (``family.second_pass``).
+
+    One accumulator per layer, made by ``family.second_accumulator`` from that layer's
+    first-pass state ``first``, and fed each batch's features with ``family.update_second``;
+    ``n`` counts the samples seen. The pass is complete once it has seen the first pass's.
+
+    Raises
+    ------
+    DataError
+        When the first-pass state cannot start a second pass.
+    """
+
+    def __init__(
+        self, family: RegressionFamily, first: Mapping[str, dict[str, Accumulator]]
+    ) -> None:
+        self.family = family
+        with torch.inference_mode(False), torch.no_grad(), single_threaded():
+            try:
+                self.accs = {name: family.second_accumulator(a) for name, a in first.items()}
+            except ValueError as exc:
+                raise DataError(str(exc)) from None
+        self.n = 0
+
+    def update(
+        self,
+        features: Mapping[str, torch.Tensor],
+        y: torch.Tensor,
+        pred: torch.Tensor | None,
+        *,
+        start: int,
+        limit: int,
+    ) -> None:
+        """Fold one batch in: ``features`` by layer, the targets ``y`` (b, t), the model's
+        prediction (or None); ``start`` is the batch's first sample, ``limit`` the samples of
+        the first pass."""
+        b = y.shape[0]
+        if self.n + b > limit:
+            raise DataError(
+                f"the second pass has seen {self.n + b} samples, more than the "
+                f"{limit} of the first",
+                hint="run the same data through the model again, once",
+            )
+        with torch.inference_mode(False), torch.no_grad():
+            for name, acc in self.accs.items():
+                z = features.get(name)
+                if z is None:
+                    continue
+                try:
+                    self.family.update_second(acc, z, y, pred, start)
+                except ValueError as exc:
+                    raise DataError(
+                        f"second pass: {exc}",
+                        hint="the second pass must see the same data as the first",
+                    ) from None
+        self.n += b
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``second_n`` and ``second/<layer>/<state>``, for a monitor's state dict."""
+        out = {"second_n": torch.tensor(self.n, dtype=_I64)}
+        for name, acc in self.accs.items():
+            for key, value in acc.state_dict().items():
+                out[f"second/{name}/{key}"] = value
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load the keys :meth:`state_dict` wrote (a monitor's whole state dict will do)."""
+        self.n = int(state["second_n"])
+        for name, acc in self.accs.items():
+            prefix = f"second/{name}/"
+            acc.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
+
+    def to(self, device: torch.device) -> SecondPass:
+        """Move the state to ``device``; return self."""
+        for acc in self.accs.values():
+            acc.to(device)
+        return self
