@@ -4,7 +4,9 @@ The monitor is the in-memory core of ``nrc``: it owns the forward hooks on a mod
 layers, one set of streaming float64 accumulators per layer and the analysis options, and turns
 the accumulated state into the same :class:`~nrc_cli.results.Results` that ``nrc analyze``
 prints. Checkpoints, data files and multi-pass plans are the pipeline's concern
-(:mod:`nrc_cli.pipeline`), which feeds monitors.
+(:mod:`nrc_cli.pipeline`), which feeds monitors. The accumulated state is a
+:class:`~nrc_cli.families.FirstPass` (and a :class:`~nrc_cli.families.SecondPass` once one
+begins); the steps of a pass that every family shares are in :mod:`nrc_cli.families.passes`.
 
 Where multi-pass plans and sketches live
 ----------------------------------------
@@ -26,17 +28,13 @@ import torch
 from torch import nn
 
 from nrc_cli._threads import single_threaded
-from nrc_cli.accumulate.base import Accumulator
 from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.families import FAMILIES, SecondPass
+from nrc_cli.families import FAMILIES, FirstPass, SecondPass
 from nrc_cli.families.passes import (
     as_targets,
     check_finite,
-    first_accumulators,
-    layer_state,
-    load_layer_states,
     paired_features,
     plan_row,
     single_pass_sketches,
@@ -198,7 +196,7 @@ class CollapseMonitor:
     def _set_task(self, task: str) -> None:
         self.task = task
         self.family = FAMILIES[task].from_options(self._options)
-        self._sse = self.family.prediction_accumulator()
+        self._first = FirstPass(self.family)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -251,28 +249,18 @@ class CollapseMonitor:
 
     def reset(self) -> None:
         """Forget every sample (the hooks stay as they are)."""
-        self._n = 0
-        self._world_size = 1  # processes whose samples are in the state (see all_reduce)
-        self._t: int | None = None
-        self._batch = 0  # rows of the first batch (for the memory accounting of the plan)
-        self._passes = 1
-        self._pass_of: dict[str, int] = {}
-        self._has_prediction: bool | None = None
-        self._sse = self.family.prediction_accumulator()
-        self._accs: dict[str, dict[str, Accumulator]] = {}
+        self._first = FirstPass(self.family)
         self._second: SecondPass | None = None  # once begun
         self._order: list[str] = getattr(self, "_order", [])
         self._order.clear()
         self._pending: dict[str, torch.Tensor | PendingPool] = {}
-        self._device: torch.device | None = None
-        self._dtype: str | None = None
         if not self._sketch_given:
             self.sketch = {}
 
     @property
     def n_samples(self) -> int:
         """Samples folded in so far."""
-        return self._n
+        return self._first.n
 
     @property
     def order(self) -> list[str]:
@@ -312,45 +300,33 @@ class CollapseMonitor:
             No features captured, features whose rows do not match ``y``, non-finite
             features, or a prediction of the wrong shape. The state is then unchanged.
         """
-        if self._auto and self._n == 0 and isinstance(y, (np.ndarray, torch.Tensor)):
+        first = self._first
+        if self._auto and first.n == 0 and isinstance(y, (np.ndarray, torch.Tensor)):
             self._set_task("classification" if is_label_array(y.dtype, y.shape) else "regression")
+            first = self._first
         if start is None:
-            start = self._second.n if self._second is not None else self._n
+            start = self._second.n if self._second is not None else first.n
         y = self.family.prepare_targets(as_targets(y), output, start)
         b = y.shape[0]
         pending, self._pending = self._pending, {}
-        again = [n for n in self._order if n in self.active] if self._n else []
+        again = [n for n in self._order if n in self.active] if first.n else []
         features = paired_features(pending, b, mask=mask, ran=self._order, again=again)
         check_finite(features, start)
         if self._second is not None:
             pred = self.family.select_prediction(output, y) if output is not None else None
-            self._second.update(features, y, pred, start=start, limit=self._n)
+            self._second.update(features, y, pred, start=start, limit=first.n)
             return
-        device = next(iter(features.values())).device
-        if self._device is None:
-            self._device = device
-        y = y.to(device=self._device)
-        if self._t is not None and y.shape[1] != self._t:
-            raise DataError(f"y has {y.shape[1]} target column(s), earlier batches had {self._t}")
-        has_prediction = output is not None
-        if self._has_prediction is not None and self._n and has_prediction != self._has_prediction:
-            raise DataError(
-                "update() got a model output for some batches and none for others",
-                hint="pass the output for every batch, or for none (then model_mse is null)",
-            )
-        pred = self.family.select_prediction(output, y) if has_prediction else None
+        if first.device is None:
+            first.device = next(iter(features.values())).device
+        y = y.to(device=first.device)
+        first.check(y, output is not None)
+        pred = self.family.select_prediction(output, y) if output is not None else None
         # The state is made of normal tensors even when the forward pass ran under
         # inference_mode, so that merge() and load_state_dict() may change it in place later.
         with torch.inference_mode(False), torch.no_grad():
-            if self._t is None:
+            if first.t is None:
                 self._start(y)
-            for name in self._by_name:
-                if name in features and name in self._accs:
-                    self.family.update_layer(self._accs[name], features[name], y)
-            if pred is not None:
-                self.family.update_prediction(self._sse, pred, y)
-        self._has_prediction = has_prediction
-        self._n += b
+            first.update(features, y, pred)
 
     # -- the second pass (classification) ---------------------------------------------------
 
@@ -370,18 +346,19 @@ class CollapseMonitor:
         """
         if not self.family.second_pass:
             raise ConfigError(f"task {self.task} has no second pass")
-        if self._n == 0:
+        if self._first.n == 0:
             raise ConfigError(
                 "begin_second_pass(): no samples yet",
                 hint="feed the whole data set once with update(labels, output) first",
             )
         if self._second is not None:
             raise ConfigError("the second pass was already begun")
-        self._second = SecondPass(self.family, self._accs)
+        accs = self._first.accs
+        self._second = SecondPass(self.family, accs)
         # Every accumulated layer is hooked now (a joined plan's monitor watched one pass's).
-        self.active.update(self._accs)
+        self.active.update(accs)
         if self._capture is not None and self._capture.active is not None:
-            self._capture.active.update(self._accs)
+            self._capture.active.update(accs)
 
     @property
     def second_pass_samples(self) -> int:
@@ -389,18 +366,15 @@ class CollapseMonitor:
         return self._second.n if self._second is not None else 0
 
     def _start(self, y: torch.Tensor) -> None:
-        """First batch: the target width, the plan of this stream, fresh accumulators."""
-        t, b = y.shape[1], y.shape[0]
-        self._t, self._batch = t, b
-        assert self._device is not None
+        """First batch: the plan of this stream, fresh accumulators."""
         layers = [w for w in self.layers if w.name in self.active]
         if not self._sketch_given and self._budget is not None:
+            b, t = y.shape
             self.sketch = single_pass_sketches(
                 self.family, layers, t, b, self._budget, self.memory_budget
             )
-        self._accs.update(first_accumulators(self.family, layers, t, b, self._device, self.sketch))
-        self._pass_of.update((w.name, 1) for w in layers)
-        self._dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
+        self._first.start(layers, y, self.sketch)
+        self._first.dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
 
     # -- results ----------------------------------------------------------------------------
 
@@ -414,35 +388,37 @@ class CollapseMonitor:
         ConfigError
             When no sample has been accumulated yet.
         """
-        if self._n == 0 or self._t is None:
+        first = self._first
+        if first.n == 0 or first.t is None:
             raise ConfigError(
                 "CollapseMonitor.compute(): no samples yet",
                 hint="run the model inside 'with monitor:' and call update(y, output)",
             )
-        t = self._t
-        layers = [(self._by_name[n], self._accs[n]) for n in self._order if n in self._accs]
-        second = self._second.accs if self._second and self._second.n == self._n else None
+        t = first.t
+        layers = [(self._by_name[n], first.accs[n]) for n in self._order if n in first.accs]
+        second = None
+        if self._second is not None and self._second.n == first.n:
+            second = self._second.accs
+        predictions = first.predictions if first.has_prediction else None
         with single_threaded():
-            outcome = self.family.compute(
-                layers, t, self._sse if self._has_prediction else None, second
-            )
+            outcome = self.family.compute(layers, t, predictions, second)
         methods = {
             w.name: self.family.spectrum_method(w, t, w.name in self.sketch) for w in self.layers
         }
         used = sorted(set(methods.values()))
         family = self.family
         summary = {
-            "n_samples": self._n,
+            "n_samples": first.n,
             **outcome.summary,
-            "prediction": family.prediction_label(bool(self._has_prediction)),
+            "prediction": family.prediction_label(bool(first.has_prediction)),
             "svd": used[0] if len(used) == 1 else "mixed",
             "oversample": family.oversample,
             "power_iters": family.power_iters,
             "seed": family.seed,
-            "passes": self._passes + (self._second is not None),
-            "device": str(self._device),
-            "world_size": self._world_size,
-            "dtype": self._dtype,
+            "passes": first.passes + (self._second is not None),
+            "device": str(first.device),
+            "world_size": first.world_size,
+            "dtype": first.dtype,
             "precision": self.family.precision,
         }
         return Results(
@@ -455,15 +431,15 @@ class CollapseMonitor:
 
     def _plan_doc(self, methods: dict[str, str]) -> dict:
         """How this monitor accumulated: the pass and accumulator of each layer, its memory."""
-        names = list(self._by_name)
-        ordered = sorted(self._accs, key=lambda n: (self._pass_of.get(n, 1), names.index(n)))
+        first, names = self._first, list(self._by_name)
+        ordered = sorted(first.accs, key=lambda n: (first.pass_of.get(n, 1), names.index(n)))
         rows = [
             plan_row(
                 self.family,
                 self._by_name[name],
-                self._t or 1,
-                self._batch,
-                pass_index=self._pass_of.get(name, 1),
+                first.t or 1,
+                first.batch,
+                pass_index=first.pass_of.get(name, 1),
                 sketch_size=self.sketch.get(name),
                 spectrum=methods.get(name),
             )
@@ -471,7 +447,7 @@ class CollapseMonitor:
         ]
         doc: dict[str, Any] = {
             "memory_budget": self.memory_budget if self.memory_budget is not None else "none",
-            "passes": self._passes,
+            "passes": first.passes,
             "layers": rows,
         }
         not_run = [w.name for w in self.layers if w.name not in self._order]
@@ -485,33 +461,20 @@ class CollapseMonitor:
         """Fold another monitor's state (the same model and options, other samples) into
         this one; the result is that of one monitor fed both streams. Returns self."""
         self._check_compatible(other)
-        if other._n == 0:
+        if other.n_samples == 0:
             return self
-        if self._n == 0:
+        if self.n_samples == 0:
             self.load_state_dict(other.state_dict())
             return self
-        if other._t != self._t:
-            raise DataError(f"cannot merge: target widths differ ({self._t} and {other._t})")
-        if other._has_prediction != self._has_prediction:
-            raise DataError(
-                "cannot merge a monitor fed model outputs with one fed none",
-            )
-        for name, theirs in other._accs.items():
-            mine = self._accs.get(name)
-            if mine is None:
-                raise DataError(f"cannot merge: layer '{name}' is accumulated in one monitor only")
-            for kind, acc in theirs.items():
-                mine[kind].merge(acc)
         if self._second is not None or other._second is not None:
             raise DataError(
                 "cannot merge a monitor in its second pass: merge monitors before their second "
                 "pass, then run the second pass on the merged one",
             )
+        self._first.merge(other._first)
         for name in other._order:
             if name not in self._order:
                 self._order.append(name)
-        self._sse.merge(other._sse)
-        self._n += other._n
         return self
 
     def all_reduce(self, group) -> CollapseMonitor:
@@ -527,7 +490,7 @@ class CollapseMonitor:
         group : nrc_cli.distributed.Group
             This rank's handle on the process group (:func:`nrc_cli.distributed.process_group`).
         """
-        if self._t is None:
+        if self._first.t is None:
             raise ConfigError(
                 f"rank {group.rank}: CollapseMonitor.all_reduce() before any batch",
                 hint="give every rank at least one batch",
@@ -539,12 +502,7 @@ class CollapseMonitor:
                 "different samples",
                 hint="exclude layers that do not run on every batch",
             )
-        for name in [w.name for w in self.layers]:  # the same order on every rank
-            for kind in sorted(self._accs.get(name, {})):
-                group.reduce(self._accs[name][kind])
-        group.reduce(self._sse)
-        self._n = group.agree(self._n, "sum")
-        self._world_size = group.world_size
+        self._first.reduce(group, [w.name for w in self.layers])
         return self
 
     def join(self, other: CollapseMonitor) -> CollapseMonitor:
@@ -557,19 +515,8 @@ class CollapseMonitor:
         self._check_compatible(other)
         if self._second is not None or other._second is not None:
             raise DataError("cannot join monitors once their second pass has begun")
-        overlap = set(self._accs) & set(other._accs)
-        if overlap:
-            raise DataError(f"cannot join: layer(s) {', '.join(sorted(overlap))} in both")
-        if other._n != self._n or other._t != self._t:
-            raise DataError(
-                f"cannot join: the passes saw different data ({self._n} and {other._n} samples)"
-            )
-        for name, accs in other._accs.items():
-            self._accs[name] = accs
-            self._pass_of[name] = self._passes + other._pass_of.get(name, 1)
-            if name in other.sketch:
-                self.sketch[name] = other.sketch[name]
-        self._passes += other._passes
+        self._first.join(other._first)
+        self.sketch.update((n, other.sketch[n]) for n in other._first.accs if n in other.sketch)
         return self
 
     def _check_compatible(self, other: CollapseMonitor) -> None:
@@ -596,24 +543,11 @@ class CollapseMonitor:
         ``layer/<layer>/<kind>/<state>``.
         """
         names = [w.name for w in self.layers]
-        out: dict[str, torch.Tensor] = {
-            "n": torch.tensor(self._n, dtype=_I64),
-            "target_dim": torch.tensor(self._t or 0, dtype=_I64),
-            "batch": torch.tensor(self._batch, dtype=_I64),
-            "passes": torch.tensor(self._passes, dtype=_I64),
-            "prediction": torch.tensor(
-                -1 if self._has_prediction is None else int(self._has_prediction), dtype=_I64
-            ),
-            "order": torch.tensor([names.index(n) for n in self._order], dtype=_I64),
-        }
-        for key, value in self._sse.state_dict().items():
-            out[f"sse.{key}"] = value
+        out = self._first.state_dict()
+        out["order"] = torch.tensor([names.index(n) for n in self._order], dtype=_I64)
         out["task"] = torch.tensor(list(FAMILIES).index(self.task), dtype=_I64)
         if self._second is not None:
             out.update(self._second.state_dict())
-        for name, accs in self._accs.items():
-            out[f"pass/{name}"] = torch.tensor(self._pass_of.get(name, 1), dtype=_I64)
-            out.update(layer_state(name, accs))
         return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -621,7 +555,7 @@ class CollapseMonitor:
         names = [w.name for w in self.layers]
         try:
             order = [names[int(i)] for i in state["order"].tolist()]
-            n, t = int(state["n"]), int(state["target_dim"])
+            _ = int(state["n"]), int(state["target_dim"])  # there, before anything is reset
         except (KeyError, IndexError) as exc:
             raise ConfigError(
                 f"not a CollapseMonitor state for this model's layers ({exc})",
@@ -635,25 +569,14 @@ class CollapseMonitor:
                     )
                 self._set_task(task)
         self.reset()
-        self._n, self._t = n, (t or None)
-        self._batch = int(state.get("batch", torch.tensor(0)))
-        self._passes = int(state.get("passes", torch.tensor(1)))
-        pred = int(state.get("prediction", torch.tensor(-1)))
-        self._has_prediction = None if pred < 0 else bool(pred)
         self._order.extend(order)
-        self._sse.load_state_dict(
-            {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
-        )
-        for name, accs in load_layer_states(self.family, state, self._by_name).items():
-            self._accs[name] = accs
-            self._pass_of[name] = int(state.get(f"pass/{name}", torch.tensor(1)))
+        first = self._first
+        first.load_state_dict(state, self._by_name)
+        first.dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
+        for name, accs in first.accs.items():
             size = sketched_size(accs)
             if size is not None:
                 self.sketch[name] = size
-        # The device of the first layer's state (the CPU for a state without any).
-        first = next((v for k, v in state.items() if k.startswith("layer/")), None)
-        self._device = first.device if first is not None else torch.device("cpu")
-        self._dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
         if "second_n" in state:
             self.begin_second_pass()
             assert self._second is not None
@@ -662,11 +585,7 @@ class CollapseMonitor:
     def to(self, device: torch.device | str) -> CollapseMonitor:
         """Move the accumulated state to ``device``; later features must come from there."""
         device = torch.device(device)
-        for accs in self._accs.values():
-            for acc in accs.values():
-                acc.to(device)
+        self._first.to(device)
         if self._second is not None:
             self._second.to(device)
-        if self._accs:
-            self._device = device
         return self

@@ -12,6 +12,7 @@ from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families import (
     FAMILIES,
     ClassificationFamily,
+    FirstPass,
     LayerOutcome,
     RegressionFamily,
     SecondPass,
@@ -131,3 +132,32 @@ def test_only_a_family_with_a_second_pass_begins_one():
     family = RegressionFamily.from_options(AnalysisOptions())
     with pytest.raises(NotImplementedError, match="regression family has no second pass"):
         SecondPass(family, {"0": {}})
+
+
+def test_a_first_pass_round_trips_through_its_state_dict_and_merges_only_like_passes():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    layers = weight_layers(model)
+    family = RegressionFamily.from_options(AnalysisOptions())
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(16, 2, generator=g, dtype=torch.float64)
+    features = {w.name: torch.randn(16, w.in_dim, generator=g, dtype=torch.float64) for w in layers}
+    first = FirstPass(family)
+    first.device = torch.device("cpu")
+    first.start(layers, y, {})
+    first.update(features, y, y + 0.1)
+    assert (first.n, first.t, first.batch, first.has_prediction) == (16, 2, 16, True)
+    again = FirstPass(family)
+    again.load_state_dict(first.state_dict(), ["0", "2"])
+    assert (again.n, again.t, again.pass_of) == (16, 2, {"0": 1, "2": 1})
+    assert again.predictions.compute() == first.predictions.compute()
+    with pytest.raises(DataError, match="target widths differ"):
+        again.merge(FirstPass(family))
+    first.check(y, has_prediction=True)
+    with pytest.raises(DataError, match="a model output for some batches and none for others"):
+        first.check(y, has_prediction=False)
+    with pytest.raises(DataError, match="y has 1 target column"):
+        first.check(y[:, :1], has_prediction=True)
+    again.merge(first)
+    assert again.n == 32 and again.state_dict()["layer/0/moments/n"] == 32
+    with pytest.raises(DataError, match="cannot join: layer"):
+        again.join(first)

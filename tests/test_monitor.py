@@ -130,6 +130,19 @@ def test_two_halves_merged_equal_one_monitor_over_all():
     assert_same_metrics(again.compute().to_dict(), first.compute().to_dict(), 0.0)
 
 
+def test_a_refused_merge_leaves_the_state_unchanged():
+    x, y = _data(n=128, seed=3)
+    model = Wrapped(mlp((6, 12, 3), seed=2))
+    one = _feed(CollapseMonitor(model, active=["net.0"]), model, x[:64], y[:64])
+    both = _feed(CollapseMonitor(model), model, x[64:], y[64:])
+    before = one.state_dict()
+    with pytest.raises(DataError, match=r"layer 'net\.2' is accumulated in one monitor only"):
+        one.merge(both)
+    after = one.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in after)
+
+
 def test_state_dict_through_torch_save_and_safetensors_gives_identical_results():
     x, y = _data(seed=4)
     model = Wrapped(mlp((6, 10, 3), seed=5))

@@ -26,12 +26,13 @@ monitors.
 from __future__ import annotations
 
 from nrc_cli.families.classification import ClassificationFamily
-from nrc_cli.families.passes import SecondPass
+from nrc_cli.families.passes import FirstPass, SecondPass
 from nrc_cli.families.regression import LayerOutcome, RegressionFamily
 
 __all__ = [
     "FAMILIES",
     "ClassificationFamily",
+    "FirstPass",
     "LayerOutcome",
     "RegressionFamily",
     "SecondPass",

@@ -10,6 +10,8 @@
   :func:`plan_row`, how a layer was accumulated;
 * :func:`layer_state` and :func:`load_layer_states`: those accumulators in a monitor's flat
   state dict, keyed ``layer/<layer>/<kind>/<state>`` (and ``omega/<layer>`` for a sketch);
+* :class:`FirstPass`: the state of the first pass (every layer's accumulators, the
+  prediction's, the samples), which merges, joins and reduces across ranks;
 * :class:`SecondPass`: a second pass over the same data, for a family with one
   (``second_pass``: the nearest-class-mean pass of a classifier), fed through the family's
   ``second_accumulator`` and ``update_second``.
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from nrc_cli.families.regression import RegressionFamily
 
 __all__ = [
+    "FirstPass",
     "SecondPass",
     "as_targets",
     "check_finite",
@@ -267,6 +270,182 @@ def load_layer_states(
             accs[kind] = acc
         layers[name] = accs
     return layers
+
+
+# -- the first pass --------------------------------------------------------------------------
+
+
+class FirstPass:
+    """The first pass over the data, whatever the family: each layer's accumulators and the
+    prediction's, and what the stream has seen.
+
+    A monitor holds one. A plan of several passes over the same samples feeds one monitor
+    per pass and joins their first passes (:meth:`join`); each layer keeps the pass it came
+    from.
+
+    Attributes
+    ----------
+    n : int
+        Samples folded in.
+    t : int or None
+        Target columns (None before the first batch).
+    batch : int
+        Rows of the first batch (for the memory accounting of the plan).
+    passes : int
+        Passes over the data joined into this one.
+    pass_of : dict of str to int
+        The pass of each accumulated layer.
+    has_prediction : bool or None
+        Whether the batches carried the model's prediction (None before the first).
+    predictions : Accumulator
+        What the model's predictions are summed into (``family.prediction_accumulator``).
+    accs : dict of str to dict of str to Accumulator
+        Each accumulated layer's accumulators, by kind.
+    device : torch.device or None
+        Where the state lives: the device of the first batch's features.
+    dtype : str or None
+        The model's weight dtype when the pass began.
+    world_size : int
+        Processes whose samples are in the state (:meth:`reduce`).
+    """
+
+    def __init__(self, family: RegressionFamily) -> None:
+        self.family = family
+        self.n = 0
+        self.t: int | None = None
+        self.batch = 0
+        self.passes = 1
+        self.pass_of: dict[str, int] = {}
+        self.has_prediction: bool | None = None
+        self.predictions = family.prediction_accumulator()
+        self.accs: dict[str, dict[str, Accumulator]] = {}
+        self.device: torch.device | None = None
+        self.dtype: str | None = None
+        self.world_size = 1
+
+    def start(
+        self, layers: Sequence[WeightLayer], y: torch.Tensor, sketch: Mapping[str, int]
+    ) -> None:
+        """At the first batch (targets ``y``, on :attr:`device`): fresh accumulators for
+        ``layers`` (``sketch``: those sketched, with their sizes)."""
+        assert self.device is not None
+        self.batch, self.t = y.shape
+        self.accs.update(
+            first_accumulators(self.family, layers, self.t, self.batch, self.device, sketch)
+        )
+        self.pass_of.update((w.name, 1) for w in layers)
+
+    def check(self, y: torch.Tensor, has_prediction: bool) -> None:
+        """Refuse a batch whose targets ``y`` are not as wide as the earlier ones', or that
+        carries the model's prediction when the earlier ones did not (or the reverse)."""
+        if self.t is not None and y.shape[1] != self.t:
+            raise DataError(f"y has {y.shape[1]} target column(s), earlier batches had {self.t}")
+        if self.has_prediction is not None and self.n and has_prediction != self.has_prediction:
+            raise DataError(
+                "update() got a model output for some batches and none for others",
+                hint="pass the output for every batch, or for none (then model_mse is null)",
+            )
+
+    def update(
+        self, features: Mapping[str, torch.Tensor], y: torch.Tensor, pred: torch.Tensor | None
+    ) -> None:
+        """Fold one batch in: each layer's ``features``, the targets ``y`` (b, t), the model's
+        prediction (or None)."""
+        for name, accs in self.accs.items():
+            if name in features:
+                self.family.update_layer(accs, features[name], y)
+        if pred is not None:
+            self.family.update_prediction(self.predictions, pred, y)
+        self.has_prediction = pred is not None
+        self.n += y.shape[0]
+
+    def merge(self, other: FirstPass) -> None:
+        """Fold in ``other``, the same layers' pass over other samples (both non-empty)."""
+        if other.t != self.t:
+            raise DataError(f"cannot merge: target widths differ ({self.t} and {other.t})")
+        if other.has_prediction != self.has_prediction:
+            raise DataError("cannot merge a monitor fed model outputs with one fed none")
+        for name in other.accs:
+            if name not in self.accs:
+                raise DataError(f"cannot merge: layer '{name}' is accumulated in one monitor only")
+        for name, theirs in other.accs.items():
+            for kind, acc in theirs.items():
+                self.accs[name][kind].merge(acc)
+        self.predictions.merge(other.predictions)
+        self.n += other.n
+
+    def join(self, other: FirstPass) -> None:
+        """Take over the layers of ``other``, a later pass over the same samples."""
+        overlap = set(self.accs) & set(other.accs)
+        if overlap:
+            raise DataError(f"cannot join: layer(s) {', '.join(sorted(overlap))} in both")
+        if other.n != self.n or other.t != self.t:
+            raise DataError(
+                f"cannot join: the passes saw different data ({self.n} and {other.n} samples)"
+            )
+        for name, accs in other.accs.items():
+            self.accs[name] = accs
+            self.pass_of[name] = self.passes + other.pass_of.get(name, 1)
+        self.passes += other.passes
+
+    def reduce(self, group, names: Sequence[str]) -> None:
+        """Sum the passes of every rank of a data-parallel run in place (``group``: a
+        :class:`nrc_cli.distributed.Group`); ``names``, every watched layer, in the same
+        order on every rank."""
+        for name in names:
+            for kind in sorted(self.accs.get(name, {})):
+                group.reduce(self.accs[name][kind])
+        group.reduce(self.predictions)
+        self.n = group.agree(self.n, "sum")
+        self.world_size = group.world_size
+
+    def to(self, device: torch.device) -> None:
+        """Move the accumulated state to ``device``."""
+        for accs in self.accs.values():
+            for acc in accs.values():
+                acc.to(device)
+        if self.accs:
+            self.device = device
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``n``, ``target_dim``, ``batch``, ``passes``, ``prediction`` (-1 unknown, 0, 1),
+        ``sse.*`` (the predictions'), and per layer ``pass/<layer>`` and :func:`layer_state`."""
+        pred = -1 if self.has_prediction is None else int(self.has_prediction)
+        out = {
+            key: torch.tensor(value, dtype=_I64)
+            for key, value in (
+                ("n", self.n),
+                ("target_dim", self.t or 0),
+                ("batch", self.batch),
+                ("passes", self.passes),
+                ("prediction", pred),
+            )
+        }
+        for key, value in self.predictions.state_dict().items():
+            out[f"sse.{key}"] = value
+        for name, accs in self.accs.items():
+            out[f"pass/{name}"] = torch.tensor(self.pass_of.get(name, 1), dtype=_I64)
+            out.update(layer_state(name, accs))
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], names: Collection[str]) -> None:
+        """Load what :meth:`state_dict` wrote into this empty pass (``names``: the layers
+        that may be in it)."""
+        self.n, t = int(state["n"]), int(state["target_dim"])
+        self.t = t or None
+        self.batch = int(state.get("batch", torch.tensor(0)))
+        self.passes = int(state.get("passes", torch.tensor(1)))
+        pred = int(state.get("prediction", torch.tensor(-1)))
+        self.has_prediction = None if pred < 0 else bool(pred)
+        self.predictions.load_state_dict(
+            {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
+        )
+        for name, accs in load_layer_states(self.family, state, names).items():
+            self.accs[name] = accs
+            self.pass_of[name] = int(state.get(f"pass/{name}", torch.tensor(1)))
+        # The device of the first layer's state (the CPU for a state without any).
+        first = next((v for k, v in state.items() if k.startswith("layer/")), None)
+        self.device = first.device if first is not None else torch.device("cpu")
 
 
 # -- a second pass ---------------------------------------------------------------------------
