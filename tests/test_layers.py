@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nrc_cli"
 LAYERS = [
     ("_version", "_threads", "_memory"),
     ("errors",),
-    ("options",),
     ("results",),
+    ("grammar",),
+    ("options",),
     ("io",),
     ("model",),
     ("capture",),

@@ -15,6 +15,8 @@ from __future__ import annotations
 from nrc_cli.gates.check import Case, CheckReport, run_check
 from nrc_cli.gates.diff import (
     COMPARE_COLUMNS,
+    DEFAULT_TOLERANCE,
+    METRIC_COLUMNS,
     BaselineResult,
     ColumnCheck,
     CompareRow,
@@ -27,13 +29,12 @@ from nrc_cli.gates.diff import (
 )
 from nrc_cli.gates.evaluate import LayerValue, RequirementResult, evaluate
 from nrc_cli.gates.files import GateFile, load_gate_file, load_report
-from nrc_cli.gates.grammar import (
-    DEFAULT_TOLERANCE,
+from nrc_cli.grammar import (
     GATE_LAYER_COLUMNS,
     GATE_SUMMARY_FIELDS,
     GRAMMAR,
-    METRIC_COLUMNS,
     OPERATORS,
+    ExpressionError,
     Requirement,
     Selector,
     expression_error,
@@ -55,6 +56,7 @@ __all__ = [
     "CompareRow",
     "Comparison",
     "Drift",
+    "ExpressionError",
     "GateFile",
     "LayerValue",
     "Requirement",

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from nrc_cli._version import __version__
 from nrc_cli.gates.diff import BaselineResult, Tolerances, compare_baseline
-from nrc_cli.gates.evaluate import RequirementResult, evaluate
-from nrc_cli.gates.grammar import Requirement, num_repr
+from nrc_cli.gates.evaluate import RequirementResult, evaluate, num_repr
+from nrc_cli.grammar import Requirement
 from nrc_cli.results import (
     Results,
 )

@@ -8,12 +8,17 @@ import math
 from dataclasses import dataclass, field
 
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.gates.evaluate import number
-from nrc_cli.gates.grammar import DEFAULT_TOLERANCE, METRIC_COLUMNS, num, plural
+from nrc_cli.gates.evaluate import number, plural
+from nrc_cli.grammar import num
 from nrc_cli.results import (
+    TASKS,
     Results,
     metric_columns,
 )
+
+DEFAULT_TOLERANCE = 0.02
+# What a tolerance or comparison may name: every metric column of either task.
+METRIC_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for t in TASKS for c in metric_columns(t)))
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ import numbers
 from dataclasses import dataclass
 
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.gates.grammar import (
+from nrc_cli.grammar import (
     COMPARE,
     SUMMARY_ALIASES,
     SUMMARY_KEYS,
     Requirement,
     expression_error,
     num,
-    plural,
 )
 from nrc_cli.results import (
     TASKS,
@@ -238,3 +237,11 @@ def number(value, where: str) -> float | None:
         value = float(value)
         return value if math.isfinite(value) else None
     raise DataError(f"report: {where}: expected a number or null, found {value!r}")
+
+
+def plural(n: int, noun: str) -> str:
+    return noun if n == 1 else f"{noun}s"
+
+
+def num_repr(value: float | None) -> str:
+    return "null" if value is None else repr(value)

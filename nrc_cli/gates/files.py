@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.gates.diff import Tolerances, check_tolerance_column, tolerance_value
-from nrc_cli.gates.grammar import DEFAULT_TOLERANCE, Requirement, parse_requirement
+from nrc_cli.gates.diff import (
+    DEFAULT_TOLERANCE,
+    Tolerances,
+    check_tolerance_column,
+    tolerance_value,
+)
+from nrc_cli.grammar import Requirement, parse_requirement
 from nrc_cli.io.files import require_regular, toml_module
 from nrc_cli.results import (
     Results,

@@ -1,5 +1,11 @@
-"""The requirement grammar: ``COLUMN[LAYERS] OP NUMBER`` and ``FIELD OP NUMBER``, parsed with
-messages that point at the offending character."""
+"""The comparison grammar: ``COLUMN[LAYERS] OP NUMBER`` and ``FIELD OP NUMBER``, parsed with
+messages that point at the offending character.
+
+Two readers share one scanner: :func:`parse_requirement` reads a gate's requirement (``nrc check
+--require``, a gates file), :func:`parse_term` one term of a collapse rule (``COLUMN OP NUMBER``
+over a given set of per-layer columns and operators, without a selector). Only the report's
+schema (:mod:`nrc_cli.results`) is needed to know the columns, so the options can use it too.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import fnmatch
 import math
 import operator
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -15,7 +22,6 @@ from nrc_cli.errors import ConfigError
 from nrc_cli.results import (
     TASKS,
     layer_columns,
-    metric_columns,
     summary_fields,
 )
 
@@ -40,8 +46,6 @@ GATE_SUMMARY_FIELDS: tuple[str, ...] = tuple(
         if kind in ("int", "float")
     )
 )
-# What a requirement, tolerance or comparison may name: every column of either task.
-METRIC_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for t in TASKS for c in metric_columns(t)))
 SUMMARY_KEYS = {alias: name for name, alias in SUMMARY_ALIASES.items()}
 
 OPERATORS = ("<=", ">=", "==", "!=", "<", ">")
@@ -53,7 +57,6 @@ COMPARE = {
     "<": operator.lt,
     ">": operator.gt,
 }
-DEFAULT_TOLERANCE = 0.02
 GRAMMAR = "COLUMN[LAYERS] OP NUMBER or FIELD OP NUMBER, e.g. 'nrc1_noise[-1] <= 0.05'"
 # Width of the "hint: " prefix the command line puts before a hint, so a caret on the hint's
 # second line sits under the offending character of the expression on its first line.
@@ -62,8 +65,51 @@ HINT_PREFIX = len("hint: ")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INT = re.compile(r"[+-]?\d+")
+# What stands where a number should: up to the next space or comma (empty at the end).
+_TOKEN = re.compile(r"[^\s,]*")
 # Characters of an unquoted layer name or glob: module paths are dotted identifiers and digits.
 _NAME_CHAR = re.compile(r"[\w.*?\[\]!/-]")
+
+
+class ExpressionError(ConfigError):
+    """A malformed or unknown expression, with what is wrong and where.
+
+    The message and hint are what the user sees; the attributes let a caller that embeds the
+    grammar (the collapse rule) say it in its own words.
+
+    Attributes
+    ----------
+    expression : str
+        The expression as parsed (stripped).
+    what : str
+        What is wrong, naming the 1-based position.
+    position : int
+        0-based position of the offending character (``len(expression)`` for "the end").
+    kind : str
+        ``syntax``; ``column`` for a name that is not a column the expression may test;
+        ``number`` where a number was expected and is missing, malformed or not finite.
+    token : str
+        For ``column``, the name; for ``number``, the text found where the number should be
+        (``""`` at the end of the expression).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        expression: str = "",
+        what: str = "",
+        position: int = 0,
+        kind: str = "syntax",
+        token: str = "",
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.expression = expression
+        self.what = what or message
+        self.position = position
+        self.kind = kind
+        self.token = token
 
 
 @dataclass(frozen=True)
@@ -170,16 +216,37 @@ class Requirement:
 
 
 class _Parser:
-    """A one-pass scanner over one expression; every error points at a character."""
+    """A one-pass scanner over one expression; every error points at a character.
 
-    def __init__(self, text: str, source: str) -> None:
+    ``operators`` are the ones the caller accepts (a subset of :data:`OPERATORS`); ``noun`` names
+    the expression in messages (``requirement``, ``term``).
+    """
+
+    def __init__(
+        self,
+        text: str,
+        source: str,
+        *,
+        operators: tuple[str, ...] = OPERATORS,
+        noun: str = "requirement",
+    ) -> None:
         self.text = text
         self.source = source
+        self.operators = operators
+        self.noun = noun
         self.pos = 0
 
-    def fail(self, what: str, pos: int | None = None, *, fix: str | None = None) -> NoReturn:
+    def fail(
+        self,
+        what: str,
+        pos: int | None = None,
+        *,
+        fix: str | None = None,
+        kind: str = "syntax",
+        token: str = "",
+    ) -> NoReturn:
         pos = self.pos if pos is None else pos
-        raise expression_error(self.text, self.source, what, pos, fix=fix)
+        raise expression_error(self.text, self.source, what, pos, fix=fix, kind=kind, token=token)
 
     def unexpected(self, expected: str) -> str:
         """``unexpected '<' at position 12: expected …`` (or ``… found the end``)."""
@@ -194,10 +261,10 @@ class _Parser:
     def at_end(self) -> bool:
         return self.pos >= len(self.text)
 
-    def ident(self) -> tuple[str, int]:
+    def ident(self, expected: str = "a column or summary field name") -> tuple[str, int]:
         m = _IDENT.match(self.text, self.pos)
         if m is None:
-            self.fail(self.unexpected("expected a column or summary field name"))
+            self.fail(self.unexpected(f"expected {expected}"))
         self.pos = m.end()
         return m.group(), m.start()
 
@@ -298,26 +365,49 @@ class _Parser:
         return Selector(body, "slice", start=lo, stop=hi, position=start)
 
     def operator(self) -> str:
-        for op in OPERATORS:
+        allowed = " ".join(self.operators)
+        for op in OPERATORS:  # longest first: '<=' before '<'
             if self.text.startswith(op, self.pos):
+                if op not in self.operators:
+                    self.fail(
+                        f"the operator '{op}' at position {self.pos + 1} is not allowed in a "
+                        f"{self.noun}: expected one of {allowed}"
+                    )
                 self.pos += len(op)
                 return op
-        self.fail(self.unexpected(f"expected an operator, one of {' '.join(OPERATORS)}"))
+        self.fail(self.unexpected(f"expected an operator, one of {allowed}"))
 
     def number(self) -> float:
         m = _NUMBER.match(self.text, self.pos)
         if m is None:
-            self.fail(self.unexpected("expected a number"))
+            found = _TOKEN.match(self.text, self.pos)
+            token = found.group() if found else ""
+            self.fail(self.unexpected("expected a number"), kind="number", token=token)
         value = float(m.group())
         if not math.isfinite(value):
-            self.fail(f"the number {m.group()!r} is not finite")
+            self.fail(f"the number {m.group()!r} is not finite", kind="number", token=m.group())
         self.pos = m.end()
         return value
 
+    def end(self, fix: str | None = None) -> None:
+        """Nothing but whitespace may follow the number."""
+        self.skip_ws()
+        if not self.at_end():
+            self.fail(
+                self.unexpected(f"expected the end of the {self.noun} after the number"), fix=fix
+            )
+
 
 def expression_error(
-    text: str, source: str, what: str, pos: int, *, fix: str | None = None
-) -> ConfigError:
+    text: str,
+    source: str,
+    what: str,
+    pos: int,
+    *,
+    fix: str | None = None,
+    kind: str = "syntax",
+    token: str = "",
+) -> ExpressionError:
     """The error for a bad expression: one self-contained line, then the expression and a caret.
 
     Parameters
@@ -332,16 +422,26 @@ def expression_error(
         0-based position of the offending character (``len(text)`` for "the end").
     fix : str, optional
         How to fix it; defaults to the grammar.
+    kind, token : str
+        See :class:`ExpressionError`.
 
     Returns
     -------
-    ConfigError
+    ExpressionError
         Its hint is two lines: the expression, and a caret under the offending character.
     """
     if "position" not in what:
         what = f"{what} (position {pos + 1})"
     caret = " " * (HINT_PREFIX + pos) + "^ " + (fix or f"expected {GRAMMAR}")
-    return ConfigError(f"{source} '{text}': {what}", hint=f"{text}\n{caret}")
+    return ExpressionError(
+        f"{source} '{text}': {what}",
+        hint=f"{text}\n{caret}",
+        expression=text,
+        what=what,
+        position=pos,
+        kind=kind,
+        token=token,
+    )
 
 
 def parse_requirement(text: str, *, source: str = "--require") -> Requirement:
@@ -360,7 +460,7 @@ def parse_requirement(text: str, *, source: str = "--require") -> Requirement:
 
     Raises
     ------
-    ConfigError
+    ExpressionError
         For a malformed expression (the message names the offending character and its 1-based
         position), an unknown column (the message lists the valid ones), a text column, or a
         layer selector on a summary field.
@@ -369,7 +469,6 @@ def parse_requirement(text: str, *, source: str = "--require") -> Requirement:
     p = _Parser(expr, source)
     if not expr:
         p.fail("empty requirement", 0)
-    p.skip_ws()
     column, col_pos = p.ident()
     p.skip_ws()
     selector = Selector()
@@ -378,15 +477,8 @@ def parse_requirement(text: str, *, source: str = "--require") -> Requirement:
         sel_pos = p.pos
         selector = p.selector()
         p.skip_ws()
-    op = p.operator()
-    p.skip_ws()
-    bound = p.number()
-    p.skip_ws()
-    if not p.at_end():
-        p.fail(
-            p.unexpected("expected the end of the requirement after the number"),
-            fix="one requirement per --require; repeat the option for more",
-        )
+    op, bound = _right_hand_side(p)
+    p.end(fix="one requirement per --require; repeat the option for more")
     scope = _scope(column, p, col_pos)
     if scope == "summary" and sel_pos is not None:
         p.fail(
@@ -395,6 +487,71 @@ def parse_requirement(text: str, *, source: str = "--require") -> Requirement:
             fix=f"write {column} {op} {num(bound)}",
         )
     return Requirement(expr, source, column, scope, selector, op, bound)
+
+
+def parse_term(
+    text: str,
+    *,
+    columns: Sequence[str],
+    operators: tuple[str, ...] = OPERATORS,
+    source: str = "--collapse-rule",
+) -> Requirement:
+    """Parse ``COLUMN OP NUMBER``: a requirement without a selector, on one of ``columns``.
+
+    Parameters
+    ----------
+    text : str
+        The term; whitespace between tokens is allowed.
+    columns : sequence of str
+        The per-layer columns the term may test.
+    operators : tuple of str
+        The operators it may use, a subset of :data:`OPERATORS`.
+    source : str
+        Where it came from, for messages.
+
+    Returns
+    -------
+    Requirement
+        With scope ``layer`` and the selector of every layer.
+
+    Raises
+    ------
+    ExpressionError
+        For a malformed term, an operator not in ``operators`` (``kind`` ``syntax``), a number
+        that is missing, malformed or not finite (``number``), or a name not in ``columns``
+        (``column``).
+    """
+    expr = text.strip()
+    p = _Parser(expr, source, operators=operators, noun="term")
+    if not expr:
+        p.fail("empty term", 0)
+    column, col_pos = p.ident("a column name")
+    p.skip_ws()
+    if not p.at_end() and p.text[p.pos] == "[":
+        p.fail(
+            f"unexpected '[' at position {p.pos + 1}: a term takes no [LAYERS] selector; it is "
+            "tested on each layer"
+        )
+    op, bound = _right_hand_side(p)
+    p.end()
+    if column not in columns:
+        close = difflib.get_close_matches(column, columns, n=1)
+        p.fail(
+            f"unknown column '{column}' at position {col_pos + 1}; expected one of "
+            f"{', '.join(columns)}",
+            col_pos,
+            fix=f"did you mean '{close[0]}'?" if close else None,
+            kind="column",
+            token=column,
+        )
+    return Requirement(expr, source, column, "layer", Selector(), op, bound)
+
+
+def _right_hand_side(p: _Parser) -> tuple[str, float]:
+    """``OP NUMBER`` (whitespace around the operator allowed)."""
+    op = p.operator()
+    p.skip_ws()
+    return op, p.number()
 
 
 def _scope(column: str, p: _Parser, pos: int) -> str:
@@ -409,6 +566,8 @@ def _scope(column: str, p: _Parser, pos: int) -> str:
             f"'{column}' at position {pos + 1} holds text; requirements compare numbers",
             pos,
             fix=f"numeric columns: {', '.join(GATE_LAYER_COLUMNS)}",
+            kind="column",
+            token=column,
         )
     close = difflib.get_close_matches(column, GATE_LAYER_COLUMNS + GATE_SUMMARY_FIELDS, n=1)
     p.fail(
@@ -417,6 +576,8 @@ def _scope(column: str, p: _Parser, pos: int) -> str:
         f"summary fields: {', '.join(GATE_SUMMARY_FIELDS)}",
         pos,
         fix=f"did you mean '{close[0]}'?" if close else f"expected {GRAMMAR}",
+        kind="column",
+        token=column,
     )
 
 
@@ -431,11 +592,3 @@ def num(value: float | None, other: float | None = None) -> str:
         if other is None or value == other or text != f"{other:.{digits}g}":
             return text
     return repr(value)
-
-
-def plural(n: int, noun: str) -> str:
-    return noun if n == 1 else f"{noun}s"
-
-
-def num_repr(value: float | None) -> str:
-    return "null" if value is None else repr(value)
