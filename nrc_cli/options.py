@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from nrc_cli.errors import ConfigError
+from nrc_cli.grammar import COMPARE, ExpressionError, parse_term
 
 # -- value types with their own parsing ----------------------------------------------------------
 
@@ -74,7 +75,12 @@ TASK_DEFAULT_RULES = {
     "regression": DEFAULT_COLLAPSE_RULE,
     "classification": DEFAULT_CLASSIFICATION_RULE,
 }
-_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([^\s,]+)\s*$")
+# A collapse rule's terms bound a column from one side, inclusively (docs/metrics.md).
+RULE_OPERATORS = ("<=", ">=")
+_RULE_FIX = (
+    "write COLUMN<=NUMBER or COLUMN>=NUMBER terms separated by commas, e.g. "
+    "--collapse-rule 'nrc1_noise<=0.2,nrc3_alignment>=0.9'"
+)
 
 
 @dataclass(frozen=True)
@@ -87,43 +93,29 @@ class CollapseRule:
     def parse(cls, text: str, task: str | None = "regression") -> CollapseRule:
         """Parse ``--collapse-rule`` text such as ``nrc1_noise<=0.2,nrc3_alignment>=0.9``.
 
-        ``task`` names whose per-layer columns the rule may test (``regression`` or
-        ``classification``); None accepts the columns of either (before the task is known).
+        Each comma-separated term is read by the requirement grammar
+        (:func:`nrc_cli.grammar.parse_term`): ``COLUMN OP NUMBER`` without a layer selector, with
+        ``OP`` one of :data:`RULE_OPERATORS`. ``task`` names whose per-layer columns the rule may
+        test (``regression`` or ``classification``); None accepts the columns of either (before
+        the task is known).
         """
         if task is None:
             columns = tuple(dict.fromkeys(RULE_COLUMNS + CLASSIFICATION_RULE_COLUMNS))
         else:
             columns = TASK_RULE_COLUMNS[task]
-        terms = []
         if not text or not text.strip():
             raise ConfigError(
                 "--collapse-rule: expected terms like 'nrc1_noise<=0.2', found an empty rule"
             )
+        terms = []
         for raw in text.split(","):
-            m = _TERM.match(raw)
-            if m is None:
-                raise ConfigError(
-                    f"--collapse-rule: cannot parse term '{raw.strip()}' in '{text}': expected "
-                    "COLUMN<=NUMBER or COLUMN>=NUMBER",
-                    hint="e.g. --collapse-rule 'nrc1_noise<=0.2,nrc3_alignment>=0.9'",
-                )
-            col, op, num = m.groups()
-            if col not in columns:
-                what = f"a {task} report's" if task is not None else "a"
-                raise ConfigError(
-                    f"--collapse-rule: unknown column '{col}' in '{text}' (not {what} "
-                    "per-layer column)",
-                    hint=f"columns: {', '.join(columns)}",
-                )
             try:
-                value = float(num)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise ConfigError(
-                    f"--collapse-rule: '{num}' in term '{raw.strip()}' is not a finite number",
+                term = parse_term(
+                    raw, columns=columns, operators=RULE_OPERATORS, source="--collapse-rule"
                 )
-            terms.append((col, op, value))
+            except ExpressionError as err:
+                raise _rule_error(err, text, task, columns) from None
+            terms.append((term.column, term.op, term.bound))
         return cls(tuple(terms))
 
     @property
@@ -136,11 +128,31 @@ class CollapseRule:
             x = row.get(col)
             if x is None or (isinstance(x, float) and math.isnan(x)):
                 return False
-            if op == "<=" and not x <= value:
-                return False
-            if op == ">=" and not x >= value:
+            if not COMPARE[op](x, value):
                 return False
         return True
+
+
+def _rule_error(
+    err: ExpressionError, text: str, task: str | None, columns: tuple[str, ...]
+) -> ConfigError:
+    """The grammar's error on one term, said of the whole rule (one line and one hint)."""
+    term = err.expression
+    if err.kind == "column":
+        what = f"a {task} report's" if task is not None else "a"
+        return ConfigError(
+            f"--collapse-rule: unknown column '{err.token}' in '{text}' (not {what} "
+            "per-layer column)",
+            hint=f"columns: {', '.join(columns)}",
+        )
+    if err.kind == "number" and err.token:
+        return ConfigError(
+            f"--collapse-rule: '{err.token}' in term '{term}' is not a finite number",
+            hint=_RULE_FIX,
+        )
+    return ConfigError(
+        f"--collapse-rule: cannot parse term '{term}' in '{text}': {err.what}", hint=_RULE_FIX
+    )
 
 
 def _num(v: float) -> str:
