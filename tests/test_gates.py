@@ -20,6 +20,7 @@ from nrc_cli.gates import (
     Tolerances,
     compare_baseline,
     compare_reports,
+    diff_reports,
     evaluate,
     load_gate_file,
     load_report,
@@ -345,6 +346,84 @@ def test_tolerances_merge_file_then_command_line():
     assert merged.default == 0.05
     assert merged.per_column == {"nrc1_noise": 0.01, "nrc4_ratio": 2.0}
     assert file_tol.merged(Tolerances(0.3), other_has_default=True).default == 0.3
+
+
+# --------------------------------------------------------------------------- the diff engine
+
+
+def test_diff_reports_matches_layers_by_name_and_gives_b_minus_a():
+    a = make_results(names=("net.0", "net.2", "net.4", "net.6"))
+    b = make_results(names=("net.2", "head", "net.0", "net.4"), noise=(0.5, 0.0, 0.7, 0.1))
+    diff = diff_reports(a, b, Tolerances(0.05), names=("a.json", "b.json"))
+    assert diff.task == "regression" and diff.columns == tuple(METRIC_COLUMNS)
+    assert diff.matched == ["net.0", "net.2", "net.4"]  # in A's order
+    assert (diff.only_in_a, diff.only_in_b) == (["net.6"], ["head"])
+    # Matched layers first, then A's, then B's; one value per column within a layer.
+    n = len(METRIC_COLUMNS)
+    assert [v.layer for v in diff.values[::n]] == ["net.0", "net.2", "net.4", "net.6", "head"]
+    assert [v.status for v in diff.values[::n]] == ["both"] * 3 + ["only_a", "only_b"]
+    assert [v.metric for v in diff.values[:n]] == list(METRIC_COLUMNS)
+    noise = {v.layer: v for v in diff.values if v.metric == "nrc1_noise"}
+    assert (noise["net.0"].a, noise["net.0"].b) == (0.8, 0.7)
+    assert noise["net.0"].diff == 0.7 - 0.8 and noise["net.0"].beyond
+    assert (noise["net.2"].index_a, noise["net.2"].index_b) == (2, 1)
+    assert not noise["net.4"].beyond and noise["net.4"].diff == 0.0
+    # A layer of one report has its value on one side, no difference, and is never beyond.
+    assert (noise["net.6"].a, noise["net.6"].b, noise["net.6"].diff) == (0.05, None, None)
+    assert (noise["head"].index_a, noise["head"].index_b) == (None, 2)
+    assert not noise["net.6"].beyond and not noise["head"].beyond
+    # B's layer order on request; the values follow it.
+    by_b = diff_reports(a, b, order="b")
+    assert by_b.matched == ["net.2", "net.0", "net.4"]
+    assert [v.layer for v in by_b.column("nrc2_cka")] == ["net.2", "net.0", "net.4"]
+
+
+def test_diff_reports_tolerances_and_nulls():
+    a = make_results(noise=(0.8, None, None, 0.05))
+    b = make_results(noise=(0.81, None, 0.1, 0.3))
+    diff = diff_reports(a, b, Tolerances(0.02, {"nrc1_noise": 0.1}))
+    noise = {v.layer: v for v in diff.column("nrc1_noise")}
+    assert noise["net.0"].tolerance == 0.1 and not noise["net.0"].beyond
+    assert not noise["net.2"].beyond and noise["net.2"].diff is None  # null on both sides
+    assert noise["net.4"].beyond and noise["net.4"].diff is None  # null on one side
+    assert noise["net.6"].beyond and noise["net.6"].diff == pytest.approx(0.25)
+    assert {v.tolerance for v in diff.column("nrc2_cka")} == {0.02}
+    assert diff_reports(a, a).tolerances == Tolerances()  # the default tolerances
+    assert not any(v.beyond for v in diff_reports(a, a, Tolerances(0.0)).values)
+
+
+def test_diff_reports_refuses_what_it_cannot_match():
+    regression = make_results()
+    classifier = Results("m", "d", summary={"task": "classification"}, layers=[])
+    with pytest.raises(DataError, match=r"a\.json is a regression report and b\.json a classi"):
+        diff_reports(regression, classifier, names=("a.json", "b.json"))
+    twice = make_results(names=("net.0", "net.0", "a", "b"))
+    with pytest.raises(DataError, match=r"^b\.json: layer name 'net\.0' appears twice"):
+        diff_reports(regression, twice, names=("a.json", "b.json"))
+    bad = make_results()
+    bad.layers[3]["nrc2_cka"] = "high"
+    with pytest.raises(DataError, match=r"b\.json: layer 'net\.6', column 'nrc2_cka': expected a"):
+        diff_reports(regression, bad, names=("a.json", "b.json"))
+    with pytest.raises(DataError, match=r"report: baseline layer 'net\.6', column 'nrc2_cka'"):
+        diff_reports(bad, regression, cells=("baseline ", ""))
+
+
+def test_baseline_and_compare_are_views_of_one_diff():
+    base = make_results()
+    cur = make_results(names=("net.0", "net.2", "net.4", "head"), noise=(0.8, 0.45, 0.1, 0.3))
+    tol = Tolerances(0.02)
+    diff = diff_reports(base, cur, tol, order="b")
+    assert compare_reports(base, cur, tol).rows == diff_reports(base, cur, tol).values
+    res = compare_baseline(cur, base, tol)
+    assert (res.matched, res.only_in_baseline, res.only_in_current) == (
+        diff.matched,
+        diff.only_in_a,
+        diff.only_in_b,
+    )
+    for check in res.columns:
+        values = diff.column(check.column)
+        assert [d.layer for d in check.moved] == [v.layer for v in values if v.beyond]
+        assert check.max_abs_diff == max(abs(v.diff) for v in values if v.diff is not None)
 
 
 # --------------------------------------------------------------------------- baseline

@@ -1,5 +1,7 @@
-"""Two reports compared: drift against a baseline within tolerances, and the side-by-side
-comparison of ``nrc compare``."""
+"""Two reports compared: one engine, :func:`diff_reports`, matches their layers by name and
+their metric columns, and gives every value of both with its difference; the baseline check of
+``nrc check --baseline`` (:func:`compare_baseline`) and the side-by-side table of ``nrc compare``
+(:func:`compare_reports`) are two views of it."""
 
 from __future__ import annotations
 
@@ -103,6 +105,190 @@ def tolerance_value(text, where: str) -> float:
             hint="tolerances are absolute differences, e.g. 0.02",
         )
     return value
+
+
+# -- the engine -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValueDiff:
+    """One metric of one layer in reports A and B; ``diff`` = B − A.
+
+    Attributes
+    ----------
+    layer : str
+    index_a, index_b : int or None
+        The layer's ``index`` in each report (None on the side that lacks the layer).
+    metric : str
+    a, b : float or None
+        The values (null when missing, null or not finite; a boolean counts as 0 or 1).
+    diff : float or None
+        B − A, null unless both values are numbers.
+    tolerance : float
+        The column's tolerance.
+    beyond : bool
+        For a layer of both reports: |B − A| exceeds the tolerance, or the value is null on one
+        side only. Always false for a layer of one report.
+    status : str
+        ``both``, ``only_a`` or ``only_b``.
+    """
+
+    layer: str
+    index_a: int | None
+    index_b: int | None
+    metric: str
+    a: float | None
+    b: float | None
+    diff: float | None
+    tolerance: float
+    beyond: bool
+    status: str
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer,
+            "index_a": self.index_a,
+            "index_b": self.index_b,
+            "metric": self.metric,
+            "a": self.a,
+            "b": self.b,
+            "diff": self.diff,
+            "tolerance": self.tolerance,
+            "beyond_tolerance": self.beyond,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class ReportDiff:
+    """Reports A and B matched layer by layer and column by column.
+
+    Attributes
+    ----------
+    task : str
+        The task of both reports.
+    tolerances : Tolerances
+    columns : tuple of str
+        The metric columns of the task, in schema order.
+    matched : list of str
+        Layer names present in both.
+    only_in_a, only_in_b : list of str
+        Layers of one report only, each in its report's order.
+    values : list of ValueDiff
+        The matched layers' values (status ``both``, in the order of ``matched``), then those of
+        the layers only in A, then only in B; within a layer, one per column of ``columns``.
+    """
+
+    task: str
+    tolerances: Tolerances
+    columns: tuple[str, ...]
+    matched: list[str]
+    only_in_a: list[str]
+    only_in_b: list[str]
+    values: list[ValueDiff]
+
+    def column(self, metric: str) -> list[ValueDiff]:
+        """The matched layers' values of one column, in the order of ``matched``."""
+        return [v for v in self.values if v.status == "both" and v.metric == metric]
+
+
+def diff_reports(
+    a: Results,
+    b: Results,
+    tolerances: Tolerances | None = None,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    cells: tuple[str, str] | None = None,
+    order: str = "a",
+) -> ReportDiff:
+    """Match two reports' layers by name and give every metric value of both, B − A.
+
+    Parameters
+    ----------
+    a, b : Results
+        Reports of the same task.
+    tolerances : Tolerances, optional
+        Per column; a matched value is beyond tolerance when |B − A| exceeds it, or when it is
+        null on one side only (null on both sides is equal).
+    names : (str, str)
+        How messages name each report (its file, ``report``).
+    cells : (str, str), optional
+        How messages about one value begin, before ``layer 'x', column 'y'``; by default
+        ``"{name}: "`` for each report.
+    order : str
+        ``a`` or ``b``: the report whose layer order ``matched`` follows.
+
+    Returns
+    -------
+    ReportDiff
+
+    Raises
+    ------
+    DataError
+        When the tasks differ, a report names a layer twice, or a value is not a number or null.
+    """
+    if a.task != b.task:
+        raise DataError(
+            f"{names[0]} is a {a.task} report and {names[1]} a {b.task} report; their columns "
+            "differ",
+            hint="compare reports of the same task",
+        )
+    tolerances = tolerances or Tolerances()
+    cell_a, cell_b = cells or (f"{names[0]}: ", f"{names[1]}: ")
+    rows_a, rows_b = by_name(a, names[0]), by_name(b, names[1])
+    columns = metric_columns(a.task)
+    leading, other = (rows_a, rows_b) if order == "a" else (rows_b, rows_a)
+    matched = [name for name in leading if name in other]
+    only_a = [name for name in rows_a if name not in rows_b]
+    only_b = [name for name in rows_b if name not in rows_a]
+
+    def value(row: dict | None, cell: str, name: str, metric: str) -> float | None:
+        if row is None:
+            return None
+        return number(row.get(metric), f"{cell}layer '{name}', column '{metric}'")
+
+    values = []
+    for status, layers in (("both", matched), ("only_a", only_a), ("only_b", only_b)):
+        for name in layers:
+            ra, rb = rows_a.get(name), rows_b.get(name)
+            for metric in columns:
+                va = value(ra, cell_a, name, metric)
+                vb = value(rb, cell_b, name, metric)
+                diff = None if va is None or vb is None else vb - va
+                tol = tolerances.for_column(metric)
+                beyond = status == "both" and (
+                    (va is None) != (vb is None) or (diff is not None and abs(diff) > tol)
+                )
+                values.append(
+                    ValueDiff(
+                        name,
+                        None if ra is None else ra.get("index"),
+                        None if rb is None else rb.get("index"),
+                        metric,
+                        va,
+                        vb,
+                        diff,
+                        tol,
+                        beyond,
+                        status,
+                    )
+                )
+    return ReportDiff(a.task, tolerances, columns, matched, only_a, only_b, values)
+
+
+def by_name(results: Results, what: str) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    for row in results.layers:
+        name = str(row.get("layer"))
+        if name in rows:
+            raise DataError(
+                f"{what}: layer name '{name}' appears twice; layers are matched by name",
+            )
+        rows[name] = row
+    return rows
+
+
+# -- the baseline check (nrc check --baseline) --------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -271,79 +457,34 @@ def compare_baseline(
             "their columns differ",
             hint="compare against a baseline of the same task",
         )
-    cur = by_name(current, "report")
-    base = by_name(baseline, f"baseline '{path}'")
-    matched = [name for name in cur if name in base]
-    columns = []
-    for column in metric_columns(current.task):
-        tol = tolerances.for_column(column)
-        moved, worst, worst_diff, null_change = [], None, None, None
-        for name in matched:
-            b = number(base[name].get(column), f"baseline layer '{name}', column '{column}'")
-            c = number(cur[name].get(column), f"layer '{name}', column '{column}'")
-            if b is None and c is None:
-                continue
-            if b is None or c is None:
-                moved.append(Drift(name, b, c, None))
-                null_change = null_change or name
-                continue
-            diff = c - b
-            if worst_diff is None or abs(diff) > worst_diff:
-                worst, worst_diff = name, abs(diff)
-            if abs(diff) > tol:
-                moved.append(Drift(name, b, c, diff))
-        columns.append(ColumnCheck(column, tol, worst_diff, worst or null_change, moved))
+    diff = diff_reports(
+        baseline,
+        current,
+        tolerances,
+        names=(f"baseline '{path}'", "report"),
+        cells=("baseline ", ""),
+        order="b",
+    )
     return BaselineResult(
         path=path,
         tolerances=tolerances,
-        matched=matched,
-        only_in_baseline=[n for n in base if n not in cur],
-        only_in_current=[n for n in cur if n not in base],
-        columns=columns,
+        matched=diff.matched,
+        only_in_baseline=diff.only_in_a,
+        only_in_current=diff.only_in_b,
+        columns=[_column_check(c, tolerances, diff.column(c)) for c in diff.columns],
     )
 
 
-def by_name(results: Results, what: str) -> dict[str, dict]:
-    rows: dict[str, dict] = {}
-    for row in results.layers:
-        name = str(row.get("layer"))
-        if name in rows:
-            raise DataError(
-                f"{what}: layer name '{name}' appears twice; layers are matched by name",
-            )
-        rows[name] = row
-    return rows
+def _column_check(column: str, tolerances: Tolerances, values: list[ValueDiff]) -> ColumnCheck:
+    """One column of the matched layers, the baseline as A and the current report as B."""
+    moved = [Drift(v.layer, v.a, v.b, v.diff) for v in values if v.beyond]
+    changes = [(abs(v.diff), v.layer) for v in values if v.diff is not None]
+    largest, worst = max(changes, key=lambda c: c[0], default=(None, None))
+    null_change = next((v.layer for v in values if (v.a is None) != (v.b is None)), None)
+    return ColumnCheck(column, tolerances.for_column(column), largest, worst or null_change, moved)
 
 
-@dataclass(frozen=True)
-class CompareRow:
-    """One (layer, metric) of two reports; ``diff`` = B − A."""
-
-    layer: str
-    index_a: int | None
-    index_b: int | None
-    metric: str
-    a: float | None
-    b: float | None
-    diff: float | None
-    tolerance: float
-    beyond: bool
-    status: str
-
-    def to_dict(self) -> dict:
-        return {
-            "layer": self.layer,
-            "index_a": self.index_a,
-            "index_b": self.index_b,
-            "metric": self.metric,
-            "a": self.a,
-            "b": self.b,
-            "diff": self.diff,
-            "tolerance": self.tolerance,
-            "beyond_tolerance": self.beyond,
-            "status": self.status,
-        }
-
+# -- the side-by-side comparison (nrc compare) ------------------------------------------------
 
 COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("layer", "str"),
@@ -369,9 +510,9 @@ class Comparison:
         The reports as the user named them.
     a, b : Results
     tolerances : Tolerances
-    rows : list of CompareRow
+    rows : list of ValueDiff
         Matched layers (status ``both``, in A's order) then unmatched ones (``only_a``,
-        ``only_b``), one row per metric of ``METRIC_COLUMNS``.
+        ``only_b``), one row per metric of the task.
     only_in_a, only_in_b : list of str
     """
 
@@ -380,7 +521,7 @@ class Comparison:
     a: Results
     b: Results
     tolerances: Tolerances
-    rows: list[CompareRow]
+    rows: list[ValueDiff]
     only_in_a: list[str]
     only_in_b: list[str]
 
@@ -429,64 +570,14 @@ def compare_reports(
     -------
     Comparison
     """
-    tolerances = tolerances or Tolerances()
-    if a.task != b.task:
-        raise DataError(
-            f"{a_path} is a {a.task} report and {b_path} a {b.task} report; their columns differ",
-            hint="compare reports of the same task",
-        )
-    metrics = metric_columns(a.task)
-    rows_a, rows_b = by_name(a, a_path), by_name(b, b_path)
-    rows = []
-    for name, ra in rows_a.items():
-        rb = rows_b.get(name)
-        for metric in metrics:
-            va = number(ra.get(metric), f"{a_path}: layer '{name}', column '{metric}'")
-            tol = tolerances.for_column(metric)
-            if rb is None:
-                rows.append(
-                    CompareRow(
-                        name, ra.get("index"), None, metric, va, None, None, tol, False, "only_a"
-                    )
-                )
-                continue
-            vb = number(rb.get(metric), f"{b_path}: layer '{name}', column '{metric}'")
-            diff = None if va is None or vb is None else vb - va
-            beyond = (va is None) != (vb is None) or (diff is not None and abs(diff) > tol)
-            rows.append(
-                CompareRow(
-                    name,
-                    ra.get("index"),
-                    rb.get("index"),
-                    metric,
-                    va,
-                    vb,
-                    diff,
-                    tol,
-                    beyond,
-                    "both",
-                )
-            )
-    # Matched rows first, in A's order; then what only one side has.
-    rows.sort(key=lambda r: r.status != "both")
-    for name, rb in rows_b.items():
-        if name in rows_a:
-            continue
-        for metric in metrics:
-            vb = number(rb.get(metric), f"{b_path}: layer '{name}', column '{metric}'")
-            tol = tolerances.for_column(metric)
-            rows.append(
-                CompareRow(
-                    name, None, rb.get("index"), metric, None, vb, None, tol, False, "only_b"
-                )
-            )
+    diff = diff_reports(a, b, tolerances, names=(a_path, b_path))
     return Comparison(
         a_path=a_path,
         b_path=b_path,
         a=a,
         b=b,
-        tolerances=tolerances,
-        rows=rows,
-        only_in_a=[n for n in rows_a if n not in rows_b],
-        only_in_b=[n for n in rows_b if n not in rows_a],
+        tolerances=diff.tolerances,
+        rows=diff.values,
+        only_in_a=diff.only_in_a,
+        only_in_b=diff.only_in_b,
     )
