@@ -13,7 +13,8 @@ such); what is typed is the schema: every column has a kind (``str``, ``int``, `
 ``bool``), :func:`plain` is the one place where NaN, infinities, pandas' NA and numpy scalars
 become JSON values, and :func:`cell` turns a table cell back into its column's kind.
 :meth:`Results.to_dict` / :meth:`Results.tidy_rows` write the schema; :meth:`Results.from_dict`,
-:meth:`Results.from_tidy` and :meth:`Results.load` read it back.
+:meth:`Results.from_tidy` and :meth:`Results.load` read it back, and :meth:`Results.from_json` is
+the one reader of a JSON report's text.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ _SUMMARY_FIELDS = {"regression": SUMMARY_FIELDS, "classification": CLASSIFICATIO
 _METRIC_COLUMNS = {"regression": METRIC_COLUMNS, "classification": CLASSIFICATION_METRIC_COLUMNS}
 # Summary fields renamed in tidy tables to avoid clashing with per-layer columns.
 TIDY_RENAMES = {"rank": "requested_rank"}
+# What a JSON report is, for the messages about a file that is not one.
+JSON_REPORT = "a JSON object with 'summary' and 'layers', as written by nrc analyze --format json"
 
 
 def _task(task: str) -> str:
@@ -294,6 +297,72 @@ class Results:
         )
 
     @classmethod
+    def from_json(
+        cls,
+        text: str,
+        where: str,
+        *,
+        hint: str | None = None,
+        expected: str = JSON_REPORT,
+    ) -> Results:
+        """Read the JSON document of :meth:`to_dict`, checked enough to name what is wrong.
+
+        The one reader of JSON reports: ``nrc check``, ``nrc compare``, ``nrc plot`` and
+        :meth:`load` read theirs with it.
+
+        Parameters
+        ----------
+        text : str
+            The file's text.
+        where : str
+            How messages name the file (``--report 'run.json'``).
+        hint : str, optional
+            How to make a report, for the messages about a file that is not one.
+        expected : str
+            What the file should have been, for the message when it is not.
+
+        Raises
+        ------
+        DataError
+            When the text is not JSON, or not a report: no ``summary`` object, or no ``layers``
+            list of objects with a ``layer`` name and an integer ``index``.
+        """
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{where}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                hint=hint,
+            ) from exc
+        except RecursionError as exc:
+            raise DataError(
+                f"{where}: not a report: its JSON is nested too deeply", hint=hint
+            ) from exc
+        if not isinstance(doc, dict):
+            raise DataError(f"{where}: expected {expected}, found a JSON {type(doc).__name__}")
+        missing = [k for k in ("summary", "layers") if k not in doc]
+        if missing:
+            raise DataError(
+                f"{where}: expected {expected}, found keys {sorted(doc)} (missing "
+                f"{', '.join(repr(k) for k in missing)})",
+                hint=hint,
+            )
+        if not isinstance(doc["summary"], dict):
+            raise DataError(f"{where}: 'summary' should be an object, found {type(doc['summary'])}")
+        layers = doc["layers"]
+        if not isinstance(layers, list):
+            raise DataError(f"{where}: 'layers' should be a list, found {type(layers).__name__}")
+        for i, row in enumerate(layers):
+            if not isinstance(row, dict) or not isinstance(row.get("layer"), str):
+                raise DataError(f"{where}: layers[{i}] should be an object with a 'layer' name")
+            if not isinstance(row.get("index"), int) or isinstance(row.get("index"), bool):
+                raise DataError(
+                    f"{where}: layers[{i}] ('{row['layer']}') should have an integer 'index', "
+                    f"found {row.get('index')!r}"
+                )
+        return cls.from_dict(doc)
+
+    @classmethod
     def from_tidy(cls, records: Sequence[Mapping[str, Any]]) -> Results:
         """Rebuild results from the rows of a tidy table of one checkpoint (any order).
 
@@ -334,12 +403,11 @@ class Results:
         suffix = p.suffix.lower()
         if not p.is_file():
             raise DataError(f"'{p}': no such file")
+        make = "write one with: nrc analyze CHECKPOINT --data DATA --output run.json"
         try:
             if suffix == ".json":
-                doc = json.loads(p.read_text(encoding="utf-8"))
-                if not isinstance(doc, dict) or "summary" not in doc or "layers" not in doc:
-                    raise ValueError("expected a JSON object with 'summary' and 'layers'")
-                return cls.from_dict(doc)
+                text = p.read_text(encoding="utf-8")
+                return cls.from_json(text, f"'{p}': not a report of nrc analyze", hint=make)
             import pandas as pd
 
             if suffix == ".parquet":
@@ -354,10 +422,7 @@ class Results:
                 raise ValueError(f"the table holds {len(names)} checkpoints, expected one")
             return cls.from_tidy(records)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(
-                f"'{p}': not a report of nrc analyze: {exc}",
-                hint="write one with: nrc analyze CHECKPOINT --data DATA --output run.json",
-            ) from exc
+            raise DataError(f"'{p}': not a report of nrc analyze: {exc}", hint=make) from exc
 
     def tidy_rows(self) -> list[dict]:
         """One dict per layer with the tidy columns (see :func:`tidy_columns`)."""

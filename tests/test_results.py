@@ -11,7 +11,14 @@ import pytest
 
 from nrc_cli.errors import DataError
 from nrc_cli.report.writers import csv_text, json_text, parquet_bytes
-from nrc_cli.results import LAYER_COLUMNS, SUMMARY_FIELDS, Results, cell, plain
+from nrc_cli.results import (
+    JSON_REPORT,
+    LAYER_COLUMNS,
+    SUMMARY_FIELDS,
+    Results,
+    cell,
+    plain,
+)
 
 
 def _results() -> Results:
@@ -105,6 +112,25 @@ def test_results_load_reads_json_csv_and_parquet_back(tmp_path):
         for key, _ in SUMMARY_FIELDS:
             assert back.summary[key] == want.summary[key], (name, key)
         assert back.layers[2]["layer"] == "10"  # a digit name stays text
+
+
+def test_from_json_is_the_one_reader_of_a_json_report():
+    results = _results()
+    back = Results.from_json(json_text(results.to_dict()), "r.json")
+    assert back.to_dict() == results.to_dict()
+    cases = [
+        ("{", "r.json: not valid JSON: Expecting property name enclosed in double quotes at line"),
+        ("[" * 100_000, "r.json: not a report: its JSON is nested too deeply"),
+        ("[]", f"r.json: expected {JSON_REPORT}, found a JSON list"),
+        ('{"layers": []}', f"r.json: expected {JSON_REPORT}, found keys ['layers'] (missing"),
+        ('{"summary": {}, "layers": [{"layer": 3}]}', "r.json: layers[0] should be an object"),
+    ]
+    for text, message in cases:
+        with pytest.raises(DataError) as info:
+            Results.from_json(text, "r.json", hint="make one")
+        assert info.value.message.startswith(message), info.value.message
+    with pytest.raises(DataError, match=r"^r\.json: expected a report, found a JSON int$"):
+        Results.from_json("3", "r.json", expected="a report")
 
 
 def test_results_load_refuses_what_is_not_a_report(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,8 @@ import typer
 
 from nrc_cli.cli import _options as o
 from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.gates import load_report
+from nrc_cli.results import Results
 
 Input = Annotated[
     str,
@@ -131,35 +132,15 @@ def plot(
         sys.stderr.write(f"wrote {output}: {what}\n")
 
 
-def _read_report(path: str):
-    """A JSON report of ``nrc analyze``, checked enough to name what is wrong."""
-    from nrc_cli.results import Results
+def _read_report(path: str) -> Results:
+    """A JSON report of ``nrc analyze``, read by the one report reader (``load_report``)."""
+    if not Path(path).expanduser().exists():
+        raise DataError(f"REPORT '{path}': report not found", hint="check the path")
+    return load_report(path, option="REPORT", expected=_EXPECTED)
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"'{path}': report not found", hint="check the path")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"'{path}': not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise DataError(f"'{path}': not a report: its JSON is nested too deeply") from exc
-    if not isinstance(doc, dict) or "layers" not in doc or "summary" not in doc:
-        raise DataError(
-            f"'{path}': expected a report with 'summary' and 'layers' "
-            "(nrc analyze --format json), found "
-            + (f"keys {', '.join(sorted(doc)[:8])}" if isinstance(doc, dict) else "no object"),
-            hint="write one with: nrc analyze MODEL --data DATA --output run.json",
-        )
-    layers = doc["layers"]
-    if not isinstance(layers, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("index"), int) for r in layers
-    ):
-        raise DataError(
-            f"'{path}': 'layers' must be a list of objects with an integer 'index'",
-            hint="write the report with: nrc analyze MODEL --data DATA --output run.json",
-        )
-    return Results.from_dict(doc)
+
+# What REPORT should have been, when it is a JSON file but not a report.
+_EXPECTED = "a report with 'summary' and 'layers' (nrc analyze --format json)"
 
 
 def register(app: typer.Typer) -> None:

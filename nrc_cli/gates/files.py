@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +14,11 @@ from nrc_cli.gates.diff import (
 )
 from nrc_cli.grammar import Requirement, parse_requirement
 from nrc_cli.io.files import require_regular, toml_module
-from nrc_cli.results import (
-    Results,
-)
+from nrc_cli.results import JSON_REPORT, Results
 
 
-def load_report(path: str, *, option: str = "--report") -> Results:
-    """Read a report written by ``nrc analyze --format json``.
+def load_report(path: str, *, option: str = "--report", expected: str = JSON_REPORT) -> Results:
+    """Read a report written by ``nrc analyze --format json`` (:meth:`Results.from_json`).
 
     Parameters
     ----------
@@ -29,6 +26,8 @@ def load_report(path: str, *, option: str = "--report") -> Results:
         The JSON file.
     option : str
         How the user named it (``--report``, ``--baseline``, ``A``), for messages.
+    expected : str
+        What the file should have been, for the message when it is not a report.
 
     Returns
     -------
@@ -52,39 +51,7 @@ def load_report(path: str, *, option: str = "--report") -> Results:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{where}: cannot read it: {exc}") from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{where}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-            hint=make,
-        ) from exc
-    except RecursionError as exc:
-        raise DataError(f"{where}: not a report: its JSON is nested too deeply", hint=make) from exc
-    expected = "a JSON object with 'summary' and 'layers', as written by nrc analyze --format json"
-    if not isinstance(doc, dict):
-        raise DataError(f"{where}: expected {expected}, found a JSON {type(doc).__name__}")
-    missing = [k for k in ("summary", "layers") if k not in doc]
-    if missing:
-        raise DataError(
-            f"{where}: expected {expected}, found keys {sorted(doc)} (missing "
-            f"{', '.join(repr(k) for k in missing)})",
-            hint=make,
-        )
-    if not isinstance(doc["summary"], dict):
-        raise DataError(f"{where}: 'summary' should be an object, found {type(doc['summary'])}")
-    layers = doc["layers"]
-    if not isinstance(layers, list):
-        raise DataError(f"{where}: 'layers' should be a list, found {type(layers).__name__}")
-    for i, row in enumerate(layers):
-        if not isinstance(row, dict) or not isinstance(row.get("layer"), str):
-            raise DataError(f"{where}: layers[{i}] should be an object with a 'layer' name")
-        if not isinstance(row.get("index"), int) or isinstance(row.get("index"), bool):
-            raise DataError(
-                f"{where}: layers[{i}] ('{row['layer']}') should have an integer 'index', "
-                f"found {row.get('index')!r}"
-            )
-    return Results.from_dict(doc)
+    return Results.from_json(text, where, hint=make, expected=expected)
 
 
 @dataclass(frozen=True)
