@@ -227,6 +227,8 @@ def diff_reports(
     DataError
         When the tasks differ, a report names a layer twice, or a value is not a number or null.
     """
+    if order not in ("a", "b"):
+        raise ValueError(f"order: expected 'a' or 'b', found {order!r}")
     if a.task != b.task:
         raise DataError(
             f"{names[0]} is a {a.task} report and {names[1]} a {b.task} report; their columns "
