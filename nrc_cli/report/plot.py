@@ -342,7 +342,7 @@ def metric_series(
     frame : pandas.DataFrame
         An audit (or any tidy) table.
     x, metric : str
-        Exact column names (see ``nrc_cli.audit.resolve_column`` for ``weight_decay`` ->
+        Exact column names (see ``nrc_cli.results.tables.resolve_column`` for ``weight_decay`` ->
         ``meta.weight_decay``); ``metric`` must be numeric.
     hue : str, optional
         Split lines by this column's values instead of by layer.

@@ -1,0 +1,447 @@
+"""Running an audit: every checkpoint analyzed with the same options, one table out.
+
+:func:`run_audit` analyzes the checkpoints in this process, in worker processes (``jobs``) or
+on the ranks of a distributed run, commits each analyzed checkpoint to the parts store
+(:mod:`nrc_cli.audit.store`) and rebuilds the table from the parts from time to time and at
+the end. A checkpoint that cannot be analyzed becomes a row of a separate errors table, and
+the audit goes on; so does a worker process that dies (the checkpoints in flight fail, the
+pool restarts). The table is a function of the set of parts alone, sorted by checkpoint path
+and layer index, so a resumed run, ``jobs=2`` and merged shards give exactly the table of one
+uninterrupted run.
+
+Nothing here prints; progress is reported through a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nrc_cli.audit.discover import select_shard
+from nrc_cli.audit.store import Store, file_key, fingerprint, new_part, rows_of
+from nrc_cli.errors import CheckpointError, ConfigError, NrcError
+from nrc_cli.options import AnalysisOptions
+from nrc_cli.pipeline import resolve_device, run
+from nrc_cli.results.tables import audit_frame, errors_frame, table_format, write_table
+
+if TYPE_CHECKING:
+    from nrc_cli.distributed import Group
+
+__all__ = ["AuditProgress", "AuditResult", "run_audit"]
+
+# progress(done, total, checkpoint, status): once before the first checkpoint (0, total, "",
+# "start"), then after each checkpoint this run analyzes, with status "ok" or "failed";
+# ``total`` counts only the checkpoints to analyze (not the skipped).
+AuditProgress = Callable[[int, int, str, str], None]
+
+
+@dataclass
+class AuditResult:
+    """The outcome of :func:`run_audit`.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        The audit table (every checkpoint of the selection that has been analyzed, this run or
+        an earlier one).
+    errors : pandas.DataFrame
+        One row per checkpoint that failed in this run (see :data:`ERROR_COLUMNS`).
+    checkpoints : list of str
+        The selection (after sharding), sorted.
+    analyzed, skipped, failed : int
+        Checkpoints analyzed now, found already done (resumed), and failed.
+    """
+
+    frame: object
+    errors: object
+    checkpoints: list[str]
+    analyzed: int
+    skipped: int
+    failed: int
+
+    @property
+    def total(self) -> int:
+        return len(self.checkpoints)
+
+
+def _check_once(data: str, config: AnalysisOptions) -> None:
+    """Refuse, before any checkpoint runs, what would make every checkpoint fail the same way."""
+    from nrc_cli.io import data as data_io
+    from nrc_cli.model.build import load_factory
+
+    resolve_device(config.device)
+    if config.arch is not None:
+        load_factory(config.arch)
+    # Opened as the pipeline opens it: an .npz, or a .toml data spec where io/data.py reads
+    # those; keyword inputs change which arrays must exist.
+    opener = getattr(data_io, "open_dataset", None)
+    if opener is not None:
+        opener(data, x_key=config.x_key, y_key=config.y_key, inputs=config.inputs).close()
+    else:
+        data_io.NpzDataset(data, x_key=config.x_key, y_key=config.y_key).close()
+
+
+def run_audit(
+    checkpoints: Sequence[str],
+    data: str,
+    options: AnalysisOptions,
+    *,
+    output: str | os.PathLike | None = None,
+    fmt: str | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+    fresh: bool = False,
+    flush_every: float = 5.0,
+    progress: AuditProgress | None = None,
+    group: Group | None = None,
+) -> AuditResult:
+    """Analyze every checkpoint on ``data`` with ``options``; failures become error rows.
+
+    Parameters
+    ----------
+    checkpoints : sequence of str
+        Checkpoint paths (see :func:`discover` and :func:`select_shard`).
+    data : str
+        The data set every checkpoint is analyzed on.
+    options : AnalysisOptions
+        Options for every analysis.
+    output : path, optional
+        The audit table (``.parquet`` or ``.csv``). Its parts folder makes the audit resumable;
+        without it everything stays in memory.
+    fmt : str, optional
+        ``csv`` or ``parquet``; from the suffix of ``output`` by default.
+    jobs : int
+        Worker processes (``spawn``ed); 1 runs in this process.
+    threads : int, optional
+        torch threads per worker (default 1 with several workers, torch's default with one).
+    fresh : bool
+        Discard committed parts and start over.
+    flush_every : float
+        Seconds between rewrites of ``output`` while the audit runs (0: after each checkpoint);
+        it is always rewritten at the end.
+    progress : callable(done, total, checkpoint, status), optional
+    group : nrc_cli.distributed.Group, optional
+        Under torchrun: this rank audits the ``RANK+1/WORLD_SIZE`` shard of ``checkpoints``
+        (one checkpoint at a time, in lockstep with the other ranks, so that an error on one
+        rank ends them all), committing parts to the shared ``OUTPUT.parts/``; rank 0 then
+        writes the one table of every rank's rows and returns the whole result, the other
+        ranks return their own. ``jobs`` must be 1 (the ranks are the workers).
+
+    Returns
+    -------
+    AuditResult
+    """
+    if group is not None:
+        return _run_ranked(
+            checkpoints,
+            data,
+            options,
+            group,
+            output=output,
+            fmt=fmt,
+            jobs=jobs,
+            threads=threads,
+            fresh=fresh,
+            progress=progress,
+        )
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected an integer >= 1, found {jobs}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
+    if output is not None:
+        fmt = table_format(output, fmt)
+    labels = sorted(dict.fromkeys(str(c) for c in checkpoints))
+    _check_once(data, options)
+    settings_key = fingerprint(data, options)
+    store = Store(output, settings_key, fresh=fresh) if output is not None else None
+    try:
+        result, _ = _audit(
+            labels, (data, options), store, output, fmt, jobs, threads, flush_every, progress
+        )
+        return result
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _run_ranked(checkpoints, data, options, group, *, output, fmt, jobs, threads, fresh, progress):
+    """One rank's part of a distributed audit (see :func:`run_audit`)."""
+    from nrc_cli.distributed import rank_device
+
+    store = None
+    try:
+        try:
+            if jobs != 1:
+                raise ConfigError(
+                    f"--jobs {jobs}: under torchrun the ranks are the workers",
+                    hint="drop --jobs and start more ranks: torchrun --nproc-per-node N",
+                )
+            if threads is not None and threads < 1:
+                raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
+            if output is not None:
+                fmt = table_format(output, fmt)
+            every = sorted(dict.fromkeys(str(c) for c in checkpoints))
+            labels = select_shard(every, (group.rank + 1, group.world_size))
+            _check_once(data, options)
+            settings_key = fingerprint(data, options)
+            # Rank 0 takes the output's lock (another audit writing there is an error for
+            # all); the other ranks commit their parts under it, after rank 0 has it.
+            if output is not None and group.rank == 0:
+                store = Store(output, settings_key, fresh=fresh)
+        except Exception as exc:
+            group.check(exc)
+            raise
+        group.check()
+        try:
+            if output is not None and group.rank != 0:
+                store = Store(output, settings_key, fresh=False, lock=False)
+        except Exception as exc:
+            group.check(exc)
+            raise
+        group.check()
+        # Each rank on its own device; the parts' key (the fingerprint) keeps the option as
+        # given, so that a rerun on another number of ranks resumes them.
+        mine = dataclasses.replace(options, device=rank_device(options.device, group.launch))
+        result, rows = _audit(
+            labels, (data, mine), store, None, fmt, 1, threads, 0.0, progress, group=group
+        )
+    finally:
+        if store is not None:
+            store.close()
+    everyone = group.gather(
+        {
+            "rows": rows,
+            "errors": result.errors.to_dict("records"),
+            "counts": (result.analyzed, result.skipped, result.failed),
+        }
+    )
+    group.finish()
+    if everyone is None:
+        return result
+    rows = [r for part in everyone for r in part["rows"]]
+    errors = sorted((e for part in everyone for e in part["errors"]), key=lambda e: e["checkpoint"])
+    frame = audit_frame(rows)
+    if output is not None:
+        write_table(frame, output, fmt)
+    analyzed, skipped, failed = (sum(part["counts"][i] for part in everyone) for i in range(3))
+    return AuditResult(
+        frame=frame,
+        errors=errors_frame(errors),
+        checkpoints=every,
+        analyzed=analyzed,
+        skipped=skipped,
+        failed=failed,
+    )
+
+
+def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, progress, group=None):
+    done: dict[str, list[dict]] = {}
+    errors: dict[str, dict] = {}
+    todo: list[tuple[str, dict]] = []
+    for label in labels:
+        try:
+            size, mtime_ns = file_key(label)
+        except OSError as exc:
+            err = CheckpointError(f"{label}: cannot read: {exc}")
+            errors[label] = {"checkpoint": label, **_error_fields(err)}
+            continue
+        key = {"size": size, "mtime_ns": mtime_ns, "settings": store.fingerprint if store else ""}
+        part = store.load(label, key) if store is not None else None
+        if part is not None:
+            done[label] = rows_of(part)
+        else:
+            todo.append((label, key))
+    skipped = len(done)
+    analyzed = 0
+    last_flush = time.monotonic()
+
+    def write() -> None:
+        if output is not None:
+            write_table(audit_frame([r for rows in done.values() for r in rows]), output, fmt)
+
+    def finish(label: str, key: dict, outcome: dict, count: int) -> None:
+        nonlocal analyzed, last_flush
+        if outcome["ok"]:
+            part = new_part(label, key, outcome["report"], outcome["metadata"])
+            if store is not None:
+                store.commit(part)
+            done[label] = rows_of(part)
+            analyzed += 1
+        else:
+            if store is not None:
+                store.drop(label)  # an older part of a file that has changed since
+            fields = ("error_type", "message", "hint")
+            errors[label] = {"checkpoint": label, **{k: outcome.get(k) for k in fields}}
+        if output is not None and time.monotonic() - last_flush >= flush_every:
+            write()
+            last_flush = time.monotonic()
+        if progress is not None:
+            progress(count, len(todo), label, "ok" if outcome["ok"] else "failed")
+
+    configs = [(label, key, (label, *settings)) for label, key in todo]
+    if progress is not None:
+        progress(0, len(todo), "", "start")
+    if group is not None:
+        # Lockstep: every rank meets the others after each checkpoint (see Group.each).
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        count = iter(range(1, len(configs) + 1))
+        group.each(
+            configs,
+            group.agree(len(configs)),
+            lambda item: finish(item[0], item[1], _analyze_one(item[2]), next(count)),
+        )
+    elif jobs == 1 or len(configs) <= 1:
+        _run_here(configs, threads, finish)
+    else:
+        _run_pool(configs, min(jobs, len(configs)), threads or 1, finish)
+    write()
+    frame = audit_frame([r for rows in done.values() for r in rows])
+    result = AuditResult(
+        frame=frame,
+        errors=errors_frame(list(errors.values())),
+        checkpoints=list(labels),
+        analyzed=analyzed,
+        skipped=skipped,
+        failed=len(errors),
+    )
+    return result, [r for rows in done.values() for r in rows]
+
+
+def _error_fields(err: NrcError) -> dict:
+    return {"error_type": type(err).__name__, "message": err.message, "hint": err.hint}
+
+
+def _run_here(configs, threads, finish) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    for count, (label, key, cfg) in enumerate(configs, start=1):
+        finish(label, key, _analyze_one(cfg), count)
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes
+# ------------------------------------------------------------------------------------------------
+
+
+def _analyze_one(job: tuple[str, str, AnalysisOptions]) -> dict:
+    """Analyze one (checkpoint, data, options); any failure comes back as data instead of an
+    exception."""
+    try:
+        results = run(*job)
+    except NrcError as err:
+        return {"ok": False, **_error_fields(err)}
+    except Exception as exc:  # a bug or an exotic model: record it, keep auditing
+        return {
+            "ok": False,
+            "error_type": type(exc).__name__,
+            "message": f"internal error: {type(exc).__name__}: {exc}",
+            "hint": "this may be a bug in nrc; run nrc analyze on this checkpoint with "
+            "NRC_DEBUG=1 for the traceback",
+        }
+    assert results is not None  # one process (no group): always a result
+    return {"ok": True, "report": results.to_dict(), "metadata": dict(results.metadata)}
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """Worker set-up: one torch thread each (N workers share the cores), and exit when the
+    parent is gone, so a killed audit never leaves orphans computing for nobody."""
+    import torch
+
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself, and a
+    # worker must not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="nrc-parent-watch", daemon=True).start()
+
+
+def _run_pool(configs, jobs: int, threads: int, finish) -> None:
+    """Run in ``jobs`` spawned workers with at most ``jobs`` checkpoints in flight.
+
+    Keeping the pipeline shallow bounds the damage when a worker dies (out of memory, a
+    segfault in an extension): only the checkpoints in flight are recorded as failed, the pool
+    is restarted and the audit goes on.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    # fork after torch has started its thread pools can deadlock; spawn starts clean.
+    context = multiprocessing.get_context("spawn")
+    queue = list(configs)
+    count = 0
+    while queue:
+        executor = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(threads, os.getpid()),
+        )
+        in_flight: dict = {}
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < jobs:
+                    label, key, cfg = queue.pop(0)
+                    in_flight[executor.submit(_analyze_one, cfg)] = (label, key)
+                ready, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                broken = False
+                for future in sorted(ready, key=lambda f: in_flight[f][0]):
+                    label, key = in_flight.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        outcome = _died()
+                    count += 1
+                    finish(label, key, outcome, count)
+                if broken:
+                    for label, key in sorted(in_flight.values()):
+                        count += 1
+                        finish(label, key, _died(), count)
+                    in_flight.clear()
+                    break
+        except BaseException:
+            _terminate(executor)
+            raise
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _died() -> dict:
+    return {
+        "ok": False,
+        "error_type": "WorkerDied",
+        "message": "the worker process analyzing this checkpoint died (out of memory, or "
+        "killed); checkpoints in flight with it are recorded too",
+        "hint": "rerun the same command: failed checkpoints are retried; or use fewer --jobs",
+    }
+
+
+def _terminate(executor) -> None:
+    """Stop the workers now (on SIGTERM or Ctrl-C), not after their current checkpoint."""
+    stop = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            stop()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
