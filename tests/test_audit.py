@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +36,7 @@ from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import run
 
+REPO = Path(__file__).resolve().parents[1]
 IN, OUT = 6, 2
 
 
@@ -444,6 +448,33 @@ def test_two_audits_cannot_write_one_output_at_once(zoo):
         run_audit(found[:1], *config(max_samples=32), output="out.parquet", progress=progress)
     # The lock goes with the audit that held it.
     assert run_audit(found, *config(max_samples=32), output="out.parquet").total == 6
+
+
+# Another process holds the store of out.parquet, as a running audit does, until it is killed.
+_HOLD = """
+import sys, time
+from nrc_cli.audit.store import Store
+store = Store(sys.argv[1], "settings", fresh=False)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_audit_in_another_process_holds_the_output_until_it_dies(zoo):
+    found = discover(["zoo"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, "out.parquet"], stdout=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(ConfigError, match="another nrc audit is writing to it now"):
+            run_audit(found, *config(max_samples=32), output="out.parquet")
+        assert not Path("out.parquet").exists()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs; the operating system drops the lock
+        holder.communicate()
+    assert run_audit(found, *config(max_samples=32), output="out.parquet").analyzed == 6
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+
+from filelock import FileLock, Timeout
 
 from nrc_cli._atomic import atomic_write
 from nrc_cli._version import __version__
@@ -146,7 +147,7 @@ class Store:
                 f"{exc.strerror or exc}",
                 hint="write the output to a folder you can write to",
             ) from exc
-        self._lock = _lock(self.folder, output) if lock else None
+        self._lock: FileLock | None = _lock(self.folder, output) if lock else None
         if not lock:
             return  # a rank writing under another process's lock: that one cleans up
         for tmp in self.folder.glob(".*.tmp"):  # left by a job killed mid-write
@@ -158,7 +159,7 @@ class Store:
     def close(self) -> None:
         """Release the lock (once the audit is done with the store)."""
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def load(self, label: str, key: dict) -> dict | None:
@@ -179,20 +180,16 @@ class Store:
         (self.folder / _part_name(label)).unlink(missing_ok=True)
 
 
-def _lock(folder: Path, output) -> TextIO | None:
-    """Hold an exclusive lock on the store for this process's life (released even on SIGKILL)."""
+def _lock(folder: Path, output: str | os.PathLike) -> FileLock:
+    """Hold an exclusive lock on the store until :meth:`Store.close` (an advisory file lock:
+    the operating system releases it when the process ends, even on SIGKILL)."""
+    path = folder / _LOCK_NAME
+    lock = FileLock(path)
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one writer per output is on the user
-        return None
-    handle = (folder / _LOCK_NAME).open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
+        lock.acquire(timeout=0)
+    except Timeout as exc:
         raise ConfigError(
-            f"--output '{output}': another nrc audit is writing to it now "
-            f"(lock on '{folder / _LOCK_NAME}')",
+            f"--output '{output}': another nrc audit is writing to it now (lock on '{path}')",
             hint="wait for it to finish, or write to another --output",
         ) from exc
-    return handle
+    return lock
