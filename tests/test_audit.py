@@ -317,6 +317,40 @@ def test_failures_become_error_rows_and_the_audit_goes_on(zoo):
     assert [c[3] for c in calls].count("failed") == 2
 
 
+# A model factory whose first model, in whichever worker builds it, kills its process (as the
+# kernel's out-of-memory killer would); the O_EXCL marker makes it exactly one.
+_DIES_ONCE = """
+import os, signal
+from pathlib import Path
+from torch import nn
+
+def net():
+    try:
+        os.close(os.open(Path(__file__).with_suffix(".died"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                             nn.Linear(16, 2))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_that_dies_fails_its_checkpoint_and_the_audit_goes_on(zoo):
+    (zoo / "dies.py").write_text(_DIES_ONCE)
+    found = discover(["zoo"])
+    data, options = config(max_samples=32, arch=f"{zoo / 'dies.py'}:net")
+    result = run_audit(found, data, options, output="out.parquet", jobs=2)
+    assert (result.analyzed, result.failed) == (5, 1)
+    (died,) = result.errors.to_dict("records")
+    assert died["error_type"] == "WorkerDied" and died["checkpoint"] in found
+    assert "died" in died["message"] and "rerun the same command" in died["hint"]
+    assert died["checkpoint"] not in set(result.frame["checkpoint"])
+    # Rerun: only the failed checkpoint runs, and the table is that of one process.
+    again = run_audit(found, data, options, output="out.parquet", jobs=2)
+    assert (again.analyzed, again.skipped, again.failed) == (1, 5, 0)
+    alone = run_audit(found, data, options)
+    assert_frame_equal(read_table("out.parquet"), alone.frame, check_exact=True)
+
+
 def test_problems_common_to_every_checkpoint_are_refused_before_any_runs(zoo):
     with pytest.raises(DataError, match=r"missing\.npz"):
         run_audit(discover(["zoo"]), "missing.npz", AnalysisOptions())

@@ -185,6 +185,71 @@ def test_a_killed_audit_resumes_to_the_uninterrupted_table(tmp_path, monkeypatch
     assert_frame_equal(resumed, expected, check_exact=True)
 
 
+# A model whose forward pass records the worker's pid, then takes long: interrupted there, an
+# audit must stop its workers at once instead of waiting for their checkpoints.
+_SLOW = """
+import os, time
+from pathlib import Path
+from torch import nn
+
+class Slow(nn.Sequential):
+    def forward(self, x):
+        (Path(__file__).parent / "running" / str(os.getpid())).touch()
+        time.sleep(60)
+        return super().forward(x)
+
+def net():
+    return Slow(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie left for an init that never reaps is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_audit_stops_its_workers_at_once(zoo, sig):
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to see the workers")
+    (zoo / "slow.py").write_text(_SLOW)
+    (zoo / "running").mkdir()
+    args = ["zoo", "--data", "data.npz", "--arch", f"{zoo / 'slow.py'}:net", "--jobs", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nrc_cli", "audit", *args, "--output", "out.parquet"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
+    deadline = time.monotonic() + 120
+    while len(list(Path("running").iterdir())) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the workers never started analyzing"
+        time.sleep(0.01)
+    workers = [int(p.name) for p in Path("running").iterdir()]
+    sent = time.monotonic()
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C: the whole foreground process group gets it
+    else:
+        proc.send_signal(sig)  # a scheduler's stop: the audit's own process
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 20, "the audit waited for its workers' checkpoints"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and stderr == "error: interrupted\n"
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert not any(_alive(pid) for pid in workers)
+    assert not Path("out.parquet").exists()
+    assert not list(zoo.glob(".out.parquet.*"))  # no temporary file of the table
+    assert _count_parts(Path("out.parquet.parts")) == 0
+    assert not list(Path("out.parquet.parts").glob(".*.tmp"))
+
+
 # ------------------------------------------------------------------------------------------------
 # Shards, merge, workers
 # ------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
 on the ranks of a distributed run, commits each analyzed checkpoint to the parts store
 (:mod:`nrc_cli.audit.store`) and rebuilds the table from the parts from time to time and at
 the end. A checkpoint that cannot be analyzed becomes a row of a separate errors table, and
-the audit goes on; so does a worker process that dies (the checkpoints in flight fail, the
-pool restarts). The table is a function of the set of parts alone, sorted by checkpoint path
+the audit goes on; so does a worker process that dies (its checkpoint fails, a fresh worker
+takes its place). The table is a function of the set of parts alone, sorted by checkpoint path
 and layer index, so a resumed run, ``jobs=2`` and merged shards give exactly the table of one
 uninterrupted run.
 
@@ -21,8 +21,10 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from typing import TYPE_CHECKING
 
 from nrc_cli.audit.discover import select_shard
@@ -374,74 +376,139 @@ def _init_worker(threads: int, parent: int) -> None:
     threading.Thread(target=watch, name="nrc-parent-watch", daemon=True).start()
 
 
+def _serve(conn, threads: int, parent: int) -> None:
+    """A worker process's life: analyze each job received on ``conn`` and send back its
+    outcome, until None comes (or the parent's end of the pipe closes)."""
+    if hasattr(signal, "pthread_sigmask"):  # started with both blocked: see _Worker.start
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _init_worker(threads, parent)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        try:
+            conn.send(_analyze_one(job))
+        except OSError:  # the parent is gone
+            return
+
+
+class _Worker:
+    """One worker process this audit owns, with its end of the pipe and the checkpoint it is
+    analyzing (``job``: (label, key), None while idle)."""
+
+    def __init__(self, context, threads: int) -> None:
+        self.conn, self._theirs = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(self._theirs, threads, os.getpid()), name="nrc-audit-worker"
+        )
+        self.job: tuple[str, dict] | None = None
+
+    def start(self) -> None:
+        """Start the process with SIGINT and SIGTERM blocked (the new interpreter inherits the
+        mask). In the worker, SIGINT stays blocked: a Ctrl-C reaches the whole process group,
+        the parent stops the workers, and a worker still importing torch must not print a
+        traceback of its own. In the parent, a signal that comes meanwhile waits until the
+        process has started, so that an interrupt never leaves a worker nobody stops."""
+        block = getattr(signal, "pthread_sigmask", None)  # not on Windows
+        previous = block(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if block else None
+        try:
+            self.process.start()
+        finally:
+            self._theirs.close()
+            if block is not None and previous is not None:
+                block(signal.SIG_SETMASK, previous)
+
+    @property
+    def label(self) -> str:
+        return self.job[0] if self.job is not None else ""
+
+    def give(self, label: str, key: dict, cfg: tuple) -> None:
+        """Send a job (a worker that has died meanwhile shows as such: see :meth:`outcome`)."""
+        self.job = (label, key)
+        with contextlib.suppress(OSError):
+            self.conn.send(cfg)
+
+    def take(self) -> tuple[str, dict]:
+        """The job in flight, now done (or lost): the worker is idle again."""
+        assert self.job is not None
+        job, self.job = self.job, None
+        return job
+
+    def outcome(self) -> dict | None:
+        """The outcome of the job once ready; None when the worker died before sending it."""
+        try:
+            if self.conn.poll():
+                outcome = self.conn.recv()
+                return outcome if isinstance(outcome, dict) else None
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def stop(self, *, now: bool) -> None:
+        """Let the worker exit, or (``now``) kill it whatever it is doing; then reap it."""
+        if not now:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+        self.conn.close()
+        if self.process.pid is None:  # never started
+            return
+        if now:
+            self.process.kill()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
 def _run_pool(configs, jobs: int, threads: int, finish) -> None:
-    """Run in ``jobs`` spawned workers with at most ``jobs`` checkpoints in flight.
+    """Run in ``jobs`` spawned worker processes, one checkpoint in flight per worker.
 
-    Keeping the pipeline shallow bounds the damage when a worker dies (out of memory, a
-    segfault in an extension): only the checkpoints in flight are recorded as failed, the pool
-    is restarted and the audit goes on.
+    A worker that dies (out of memory, a segfault in an extension, killed) fails only the
+    checkpoint it was analyzing: an error row (see :func:`_died`); a fresh worker takes its
+    place and the audit goes on. When this is interrupted (Ctrl-C, or SIGTERM turned into an
+    exit by the command line), every worker is killed at once, not after its checkpoint.
     """
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
     # fork after torch has started its thread pools can deadlock; spawn starts clean.
     context = multiprocessing.get_context("spawn")
-    queue = list(configs)
+    queue = deque(configs)
+    workers: list[_Worker] = []
     count = 0
-    while queue:
-        executor = ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(threads, os.getpid()),
-        )
-        in_flight: dict = {}
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < jobs:
-                    label, key, cfg = queue.pop(0)
-                    in_flight[executor.submit(_analyze_one, cfg)] = (label, key)
-                ready, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                broken = False
-                for future in sorted(ready, key=lambda f: in_flight[f][0]):
-                    label, key = in_flight.pop(future)
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        outcome = _died()
-                    count += 1
-                    finish(label, key, outcome, count)
-                if broken:
-                    for label, key in sorted(in_flight.values()):
-                        count += 1
-                        finish(label, key, _died(), count)
-                    in_flight.clear()
-                    break
-        except BaseException:
-            _terminate(executor)
-            raise
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+    interrupted = True
+    try:
+        while queue or any(w.job is not None for w in workers):
+            for gone in [w for w in workers if w.job is None and not w.process.is_alive()]:
+                gone.stop(now=True)  # died between two checkpoints: replaced below
+                workers.remove(gone)
+            while queue and len(workers) < jobs:
+                workers.append(_Worker(context, threads))
+                workers[-1].start()  # listed first: stopped below whatever happens
+            for worker in workers:
+                if worker.job is None and queue:
+                    worker.give(*queue.popleft())
+            busy = [w for w in workers if w.job is not None]
+            ready = set(wait([h for w in busy for h in (w.conn, w.process.sentinel)]))
+            done = [w for w in busy if w.conn in ready or w.process.sentinel in ready]
+            for worker in sorted(done, key=lambda w: w.label):
+                label, key = worker.take()
+                outcome = worker.outcome()
+                if outcome is None or not worker.process.is_alive():
+                    worker.stop(now=True)
+                    workers.remove(worker)
+                count += 1
+                finish(label, key, _died() if outcome is None else outcome, count)
+        interrupted = False
+    finally:
+        for worker in workers:
+            worker.stop(now=interrupted)
 
 
 def _died() -> dict:
     return {
         "ok": False,
         "error_type": "WorkerDied",
-        "message": "the worker process analyzing this checkpoint died (out of memory, or "
-        "killed); checkpoints in flight with it are recorded too",
+        "message": "the worker process analyzing this checkpoint died (out of memory, or killed)",
         "hint": "rerun the same command: failed checkpoints are retried; or use fewer --jobs",
     }
-
-
-def _terminate(executor) -> None:
-    """Stop the workers now (on SIGTERM or Ctrl-C), not after their current checkpoint."""
-    stop = getattr(executor, "terminate_workers", None)  # Python >= 3.14
-    if stop is not None:
-        with contextlib.suppress(Exception):
-            stop()
-        return
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            process.terminate()
