@@ -34,7 +34,8 @@ def _complete(words: str) -> subprocess.CompletedProcess:
         "PYTHONPATH": str(ROOT),
         "_NRC_COMPLETE": "complete_bash",
         "COMP_WORDS": words,
-        "COMP_CWORD": str(len(words.split()) - 1),
+        # the word being completed: the last, or a new one after a trailing space
+        "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
     }
     return subprocess.run(
         [sys.executable, "-m", "nrc_cli"], env=env, capture_output=True, text=True, timeout=120
@@ -49,3 +50,18 @@ def test_bash_completion_completes_commands_and_options():
     done = _complete("nrc analyze --sv")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["--svd"]
+
+
+def test_bash_completion_of_the_audit_group():
+    # 'nrc audit <TAB>' offers the commands; arguments of the default command complete as run's.
+    done = _complete("nrc audit ")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["run", "merge"]
+    for words, expected in [
+        ("nrc audit zoo --sh", ["--shard"]),
+        ("nrc audit run --fr", ["--fresh"]),
+        ("nrc audit merge --fo", ["--format"]),
+    ]:
+        done = _complete(words)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == expected, words

@@ -408,6 +408,69 @@ def test_merge_refuses_overlapping_shards(zoo):
 
 
 # ------------------------------------------------------------------------------------------------
+# The command group: run (the default) and merge
+# ------------------------------------------------------------------------------------------------
+
+
+def test_audit_help_lists_run_and_merge_and_says_run_is_the_default():
+    result = invoke(["audit", "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "Usage: nrc audit [OPTIONS] [run|merge] ARGS..." in text
+    commands = result.stdout[result.stdout.index("Commands:") :].split()
+    assert "run" in commands and "merge" in commands
+    assert "'nrc audit PATH... [OPTIONS]' means 'nrc audit run PATH... [OPTIONS]'" in text
+    assert "nrc audit run ./merge" in text
+    merge = invoke(["audit", "merge", "--help"], env={"COLUMNS": "100"})
+    assert merge.exit_code == 0 and "Usage: nrc audit merge [OPTIONS] OUT IN..." in merge.stdout
+    assert "--jobs" not in merge.stdout and "--output" not in merge.stdout
+    run = invoke(["audit", "run", "--help"], env={"COLUMNS": "100"})
+    assert run.exit_code == 0 and "Usage: nrc audit run [OPTIONS] {PATH}..." in run.stdout
+    assert "--jobs" in run.stdout and "--shard" in run.stdout
+
+
+def test_audit_run_is_what_audit_alone_runs(zoo):
+    common = ["zoo", "--data", "data.npz", "--max-samples", "32"]
+    plain = audit(*common, "--format", "csv")
+    named = audit("run", *common, "--format", "csv")
+    options_first = audit("--data", "data.npz", "--max-samples", "32", "zoo", "-f", "csv")
+    for result in (plain, named, options_first):
+        assert result.exit_code == 0, result.stderr
+    assert named.stdout == plain.stdout == options_first.stdout
+    assert len(plain.stdout.splitlines()) == 1 + 6 * 3
+    assert summary_line(named.stderr) == summary_line(plain.stderr)
+
+
+def test_a_checkpoint_folder_named_like_a_command_is_reached_through_run(zoo):
+    shutil.move("zoo", "merge")
+    common = ["--data", "data.npz", "--max-samples", "32", "-f", "csv"]
+    for args in (["run", "merge", *common], ["./merge", *common]):
+        result = audit(*args)
+        assert result.exit_code == 0, (args, result.stderr)
+        assert "6 analyzed" in summary_line(result.stderr)
+    # Taken for the command, 'merge' says what a merge expects.
+    line = error_line(audit("merge", *common))
+    assert "option(s) --data, --max-samples apply to an audit, not to a merge" in line
+
+
+def test_audit_merge_names_every_option_of_a_run_it_was_given(zoo):
+    line = error_line(audit("merge", "o.csv", "a.csv", "-d", "data.npz", "--fresh", "-j2"))
+    assert "option(s) --data, --jobs, --fresh apply to an audit, not to a merge" in line
+    line = error_line(audit("merge", "o.csv", "a.csv", "--bogus"))
+    assert "No such option: --bogus" in line
+    line = error_line(audit("merge"))
+    assert "expected OUT and at least one IN table, found 0 path(s)" in line
+    line = error_line(audit("merge", "o.csv", "a.csv", "--output", "b.csv"))
+    assert "the output is the first argument, found --output too" in line
+
+
+def test_audit_alone_is_a_run_without_paths():
+    result = invoke(["audit"])
+    assert error_line(result) == "error: Missing argument 'PATH'."
+    assert "nrc audit run --help" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
 # The README section "Auditing a model zoo", run as written
 # ------------------------------------------------------------------------------------------------
 

@@ -55,6 +55,13 @@ class _Interrupted(Exception):
 class _NrcGroup(TyperGroup):
     """Runs a command and turns whatever it raises into one stderr line and an exit code."""
 
+    # The commands in the order of the help, whether a command or a group of commands.
+    order: tuple[str, ...] = ()
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.order.index(n) if n in self.order else len(names))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -131,8 +138,10 @@ def _root(
 def _register() -> None:
     from nrc_cli.cli import analyze, audit, check, compare, inspect, plot
 
-    for command in (analyze, inspect, check, compare, audit, plot):
+    modules = (analyze, inspect, check, compare, audit, plot)
+    for command in modules:
         command.register(app)
+    _NrcGroup.order = tuple(m.__name__.rpartition(".")[2] for m in modules)
 
 
 _register()

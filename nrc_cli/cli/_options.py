@@ -90,11 +90,6 @@ ArchKwargs = _single("arch_kwargs")
 Activation = _single("activation")
 
 
-def analysis_parameter_names() -> tuple[str, ...]:
-    """The command parameters :func:`analysis_options` adds (``no_prediction``, ``x_key``, …)."""
-    return tuple(spec.param for _, spec, _ in AnalysisOptions.cli_specs())
-
-
 def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give ``command`` every analysis option, in place of its ``options`` parameter.
 

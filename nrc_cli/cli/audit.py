@@ -1,4 +1,6 @@
-"""``nrc audit``: many checkpoints, one table; and ``nrc audit merge OUT IN...`` for shards."""
+"""``nrc audit``: a command group. ``nrc audit run PATH...``: many checkpoints, one table;
+``nrc audit merge OUT IN...``: the tables of shards, combined. ``run`` is the default command:
+``nrc audit PATH...`` is ``nrc audit run PATH...``."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import (
@@ -17,19 +20,87 @@ from nrc_cli.cli._console import (
     stdout_console,
     stdout_to_stderr,
 )
+from nrc_cli.cli._errors import ClickException
 from nrc_cli.cli._output import emit
 from nrc_cli.cli.analyze import print_precision_hint
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
 from nrc_cli.results import plain
+from nrc_cli.results.tables import (
+    META_PREFIX,
+    checkpoint_summary,
+    merge_tables,
+    table_format,
+    write_table,
+)
+
+_RUN, _MERGE = "run", "merge"
+_HELP = f"""Analyze many checkpoints into one table ({_RUN}), or combine the tables of shards
+({_MERGE}).
+
+'nrc audit PATH... [OPTIONS]' means 'nrc audit {_RUN} PATH... [OPTIONS]': {_RUN} is the default
+command. A checkpoint or folder named {_RUN} or {_MERGE} is taken for the command; name the
+command first, or the path with ./ (nrc audit {_RUN} ./{_MERGE}).
+"""
+
+
+class _AuditGroup(TyperGroup):
+    """A group with a default command: arguments that do not start with the name of a
+    command (or with --help) are those of ``run``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        explicit = bool(args) and (args[0] in self.commands or args[0] in ctx.help_option_names)
+        # Completing 'nrc audit <TAB>' offers the commands; running 'nrc audit' alone is a run
+        # without paths, refused as one.
+        if not explicit and (args or not ctx.resilient_parsing):
+            args = [_RUN, *args]
+        return super().parse_args(ctx, args)
+
+
+class _MergeCommand(TyperCommand):
+    """``merge``, which names an option of ``run`` given to it as such."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return ["[OPTIONS]", "OUT", "IN..."]
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given_args = list(args)  # the parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except ClickException:
+            given = _run_only_options(ctx, given_args, own={p.name for p in self.params})
+            if given:
+                raise ConfigError(
+                    f"nrc audit merge: option(s) {', '.join(given)} apply to an audit, not to "
+                    "a merge",
+                    hint="nrc audit merge OUT.parquet SHARD1.parquet SHARD2.parquet ...",
+                ) from None
+            raise
+
+
+def _run_only_options(ctx: Any, args: list[str], own: set[str | None]) -> list[str]:
+    """The options of ``run`` that ``merge`` lacks among ``args``, as --long names, in the
+    order of run's signature."""
+    run = ctx.parent.command.get_command(ctx.parent, _RUN) if ctx.parent is not None else None
+    if run is None:
+        return []
+    tokens = args[: args.index("--")] if "--" in args else args
+    flags = {t.split("=", 1)[0] for t in tokens if t.startswith("--")}
+    flags |= {t[:2] for t in tokens if t.startswith("-") and not t.startswith("--")}
+    return [
+        f"--{param.name.replace('_', '-')}"
+        for param in run.params
+        if param.name not in own
+        and flags & {*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())}
+    ]
+
 
 # Options of this command only (the shared ones live in _options.py).
 Paths = Annotated[
     list[str],
     typer.Argument(
-        help="Checkpoints, folders (searched recursively) or quoted globs. "
-        "'merge OUT IN...' combines audit tables instead.",
+        help="Checkpoints, folders (searched recursively) or quoted globs.",
         metavar="PATH",
         show_default=False,
     ),
@@ -66,25 +137,27 @@ Fresh = Annotated[
     typer.Option("--fresh", help="Ignore earlier progress in OUTPUT.parts/ and start over."),
 ]
 
-_MERGE = "merge"
+MergePaths = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="The merged table to write, then the tables to merge (.parquet or .csv).",
+        metavar="OUT IN...",
+        show_default=False,
+    ),
+]
+MergeFormat = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help="csv or parquet (default: from the suffix of OUT)."),
+]
+# Accepted only to say that OUT is the first argument.
+MergeOutput = Annotated[str | None, typer.Option("--output", "-o", hidden=True)]
+
 _MAX_LISTED = 20
 _MAX_META = 3  # metadata columns shown in the terminal table
-# Every option of an audit (none applies to a merge), in signature order.
-_AUDIT_ONLY = (
-    "data",
-    "errors",
-    "jobs",
-    "shard",
-    "fail_on_error",
-    "fresh",
-    *o.analysis_parameter_names(),
-    "threads",
-)
 
 
 @o.analysis_options
-def audit(
-    ctx: typer.Context,
+def run(
     paths: Paths,
     data: AuditData = None,
     output: o.Output = None,
@@ -104,12 +177,9 @@ def audit(
 
     Resumable: rerunning the same command analyzes only what is not in OUTPUT yet (progress is
     kept in OUTPUT.parts/). Failed checkpoints go to --errors and the audit goes on.
-    'nrc audit merge OUT IN...' combines the outputs of --shard runs.
+    'nrc audit merge OUT IN...' combines the outputs of --shard runs. 'nrc audit PATH...' is
+    the same command.
     """
-    if paths and paths[0] == _MERGE:
-        _refuse_audit_options(ctx)
-        _merge(paths[1:], format=format, output=output, quiet=quiet)
-        return
     from nrc_cli import distributed
 
     launch = distributed.launch_from_env()
@@ -144,7 +214,7 @@ def _audit(o: dict, group) -> None:
     check_output_path(output)
     check_output_path(errors)
     if errors is not None:
-        lib.table_format(errors)
+        table_format(errors)
     check_not_input(errors, {"--output": output, "--data": data}, flag="--errors")
     check_not_input(output, {"--data": data}, flag="--output")
     if not quiet and lead:
@@ -181,7 +251,7 @@ def _audit(o: dict, group) -> None:
     if not lead:
         return
     if errors is not None:
-        lib.write_table(result.errors, errors)
+        write_table(result.errors, errors)
     if output is None:
         _emit_stdout(result.frame, fmt)
     shard_label = f"{chosen[0]}/{chosen[1]}" if chosen else None
@@ -194,23 +264,17 @@ def _audit(o: dict, group) -> None:
         )
 
 
-def _refuse_audit_options(ctx: typer.Context) -> None:
-    # Compared by name: typer may carry its own copy of click's ParameterSource enum.
-    given = [
-        f"--{name.replace('_', '-')}"
-        for name in _AUDIT_ONLY
-        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-    ]
-    if given:
-        raise ConfigError(
-            f"nrc audit merge: option(s) {', '.join(given)} apply to an audit, not to a merge",
-            hint="nrc audit merge OUT.parquet SHARD1.parquet SHARD2.parquet ...",
-        )
-
-
-def _merge(args: list[str], *, format: str | None, output: str | None, quiet: bool) -> None:
-    from nrc_cli import audit as lib
-
+def merge(
+    paths: MergePaths = None,
+    format: MergeFormat = None,
+    output: MergeOutput = None,
+    quiet: o.Quiet = False,
+    debug: o.Debug = False,
+) -> None:
+    """Combine audit tables (the outputs of --shard runs) into OUT: exactly the table of one
+    audit of every checkpoint. A checkpoint in two inputs, or a table given twice, is
+    refused."""
+    args = paths or []
     if output is not None:
         raise ConfigError(
             "nrc audit merge: the output is the first argument, found --output too",
@@ -222,11 +286,11 @@ def _merge(args: list[str], *, format: str | None, output: str | None, quiet: bo
             hint="nrc audit merge OUT.parquet IN1.parquet IN2.parquet ...",
         )
     out, inputs = args[0], args[1:]
-    fmt = lib.table_format(out, format)
+    fmt = table_format(out, format)
     check_output_path(out)
     check_not_input(out, {f"the input '{path}'": path for path in inputs}, flag="OUT")
-    frame = lib.merge_tables(inputs)
-    lib.write_table(frame, out, fmt)
+    frame = merge_tables(inputs)
+    write_table(frame, out, fmt)
     if not quiet:
         n = frame["checkpoint"].nunique() if len(frame) else 0
         sys.stderr.write(
@@ -285,12 +349,10 @@ def _progress(quiet: bool, total: int):
 
 
 def _emit_stdout(frame, fmt: str) -> None:
-    from nrc_cli import audit as lib
-
     if fmt == "csv":
         emit("csv", None, text=lambda: csv_text(frame))
         return
-    stdout_console().print(_summary_table(lib.checkpoint_summary(frame)))
+    stdout_console().print(_summary_table(checkpoint_summary(frame)))
 
 
 def _summary_table(summary):
@@ -299,7 +361,6 @@ def _summary_table(summary):
     from rich.markup import escape
     from rich.table import Table
 
-    from nrc_cli.audit import META_PREFIX
     from nrc_cli.report.table import fmt
 
     labels = [str(c) for c in summary["checkpoint"]]
@@ -379,5 +440,14 @@ def _report(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``nrc audit`` (with its ``merge`` mode) to the app."""
-    app.command("audit")(audit)
+    """Add the ``nrc audit`` group (``run``, the default, and ``merge``) to the app."""
+    group = typer.Typer(
+        name="audit",
+        cls=_AuditGroup,
+        help=_HELP,
+        subcommand_metavar=f"[{_RUN}|{_MERGE}] ARGS...",
+        rich_markup_mode=None,
+    )
+    group.command(_RUN)(run)
+    group.command(_MERGE, cls=_MergeCommand)(merge)
+    app.add_typer(group, name="audit")

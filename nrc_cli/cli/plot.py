@@ -97,9 +97,9 @@ def plot(
         shown = draw.plot_profile(_read_report(report), output, fmt=format, title=title)
         what = f"layer profile of {len(shown.layers)} layers"
     elif suffix in (".parquet", ".csv"):
-        from nrc_cli import audit as lib
+        from nrc_cli.results.tables import read_table, resolve_column
 
-        frame = lib.read_table(report)
+        frame = read_table(report)
         if x is None:
             if hue is not None or layer is not None:
                 raise ConfigError("--hue and --layer go with --x COLUMN", hint="add --x COLUMN")
@@ -107,9 +107,9 @@ def plot(
             shown = draw.plot_profile(results, output, fmt=format, title=title)
             what = f"layer profile of {len(shown.layers)} layers"
         else:
-            x_col = lib.resolve_column(frame, x, flag="--x")
-            metric_col = lib.resolve_column(frame, metric, flag="--metric")
-            hue_col = lib.resolve_column(frame, hue, flag="--hue") if hue else None
+            x_col = resolve_column(frame, x, flag="--x")
+            metric_col = resolve_column(frame, metric, flag="--metric")
+            hue_col = resolve_column(frame, hue, flag="--hue") if hue else None
             lines = draw.plot_metric(
                 frame,
                 output,
