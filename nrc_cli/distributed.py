@@ -18,7 +18,10 @@ NCCL for CUDA tensors on ``cuda:LOCAL_RANK``) and does its share of the work:
   :meth:`merge` would combine them (:meth:`Group.reduce`). The exact accumulators sum about a
   shift (their first batch's mean), which differs between ranks; so the ranks first agree on
   one shift, the global mean (one all-reduce of p + t + 1 numbers), re-express their sums
-  about it, then add them: p² + p·t + t² + p + t numbers per layer, once per pass.
+  about it, then add them: p² + p·t + t² + p + t numbers per layer, once per pass. A
+  classifier's per-class sums agree on one shift per class (its global mean) the same way,
+  then add p² + L·(p + 1) numbers per layer (L label values); the counts of its second pass
+  (the nearest class means) are plain sums.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import TypeVar
 
 import torch
 
-from nrc_cli.accumulate.base import Accumulator, ShiftedSums
+from nrc_cli.accumulate.base import Accumulator
 from nrc_cli.errors import ConfigError, DataError, NrcError
 
 __all__ = [
@@ -278,9 +281,14 @@ class Group:
         """Sum ``acc``'s state over the ranks, in place and in float64, exactly as a merge of
         every rank's state would; every rank ends with the total. Returns ``acc``.
 
-        Every state declared ``reduce="sum"`` is summed. A shift-based accumulator
-        (:class:`ShiftedSums`) first agrees on one shift, the global mean (one all-reduce of
-        p + t + 1 numbers), and re-expresses its sums about it (``reshift_``). An accumulator
+        Every state declared ``reduce="sum"`` is summed, once the ranks have brought their
+        states to one form (:meth:`Accumulator.align_`): a shift-based accumulator
+        (:class:`ShiftedSums`) agrees on one shift, the global mean (one all-reduce of
+        p + t + 1 numbers), and re-expresses its sums about it (``reshift_``); the per-class
+        sums of a classifier (:class:`~nrc_cli.accumulate.classes.ClassMoments`,
+        ``ClassSketch``) agree on the number of label values and on one shift per class, the
+        class's global mean (an all-reduce of L·(p + 1) numbers), so that a class that some
+        ranks never saw adds nothing there. An accumulator
         empty on every rank (a layer that did not run) stays empty; one empty on some ranks
         only is an error (their statistics would cover different samples).
         """
@@ -292,23 +300,11 @@ class Group:
                 f"rank {self.rank}: a layer ran on the samples of some ranks only",
                 hint="exclude layers that do not run on every batch",
             )
-        if isinstance(acc, ShiftedSums):
-            p, t = acc.cz.shape[0], acc.cy.shape[0]
-            # Σz and Σy of this rank (n·c + Σ(z − c)); with N, the global means.
-            sums = torch.cat(
-                [
-                    torch.tensor([float(acc.n)], dtype=_F64, device=acc.cz.device),
-                    acc.n * acc.cz + acc.sz,
-                    acc.n * acc.cy + acc.sy,
-                ]
-            )
-            self._all_reduce(sums)
-            n = float(sums[0])
-            acc.reshift_(sums[1 : 1 + p] / n, sums[1 + p : 1 + p + t] / n)
+        acc.align_(self)
         numbers = [name for name in acc.summed_states if not torch.is_tensor(getattr(acc, name))]
         if numbers:  # counts and float sums: one float64 vector (counts exact below 2^53)
             values = torch.tensor([float(getattr(acc, k)) for k in numbers], dtype=_F64)
-            self._all_reduce(values)
+            self.sum_(values)
             for name, value in zip(numbers, values.tolist(), strict=True):
                 setattr(acc, name, round(value) if isinstance(getattr(acc, name), int) else value)
         for name in acc.summed_states:
@@ -317,10 +313,11 @@ class Group:
                 if not value.is_contiguous():
                     value = value.contiguous()
                     setattr(acc, name, value)
-                self._all_reduce(value)
+                self.sum_(value)
         return acc
 
-    def _all_reduce(self, tensor: torch.Tensor) -> None:
+    def sum_(self, tensor: torch.Tensor) -> None:
+        """Replace ``tensor`` (contiguous) by its sum over the ranks, in place."""
         if not tensor.is_contiguous():
             raise ValueError("all_reduce needs a contiguous tensor")
         self._collective(lambda: torch.distributed.all_reduce(tensor))

@@ -587,13 +587,22 @@ def check_accumulator_contract(
     # (what a data-parallel all_reduce(SUM) does).
     halves = [_stream(case, arrays, 37, 0, n // 2), _stream(case, arrays, 53, n // 2, n)]
     if hasattr(halves[0], "reshift_"):
-        cz, cy = halves[0].cz.clone(), halves[0].cy.clone()
-        for h in halves:
-            h.reshift_(cz, cy)
+        if hasattr(halves[0], "cz"):
+            cz, cy = halves[0].cz.clone(), halves[0].cy.clone()
+            for h in halves:
+                h.reshift_(cz, cy)
+        else:  # per-class sums: one shift per class, over the label values of either half
+            size = max(len(h.counts) for h in halves)
+            shift = torch.zeros(size, halves[0].width, dtype=torch.float64)
+            for h in reversed(halves):  # the first half's shift where it saw the class
+                seen = h.counts > 0
+                shift[: len(seen)][seen] = h.shift[seen]
+            for h in halves:
+                h.reshift_(shift)
         summed = case.make()
         summed.load_state_dict(halves[0].state_dict())
         for name, value in halves[1].state_dict().items():
-            if name not in ("cz", "cy"):
+            if name not in ("cz", "cy", "shift"):
                 summed.load_state_dict({**summed.state_dict(), name: getattr(summed, name) + value})
         assert_results_close(case.result(summed), whole, rtol, "reshifted sum")
 

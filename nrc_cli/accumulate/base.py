@@ -11,7 +11,11 @@ is known only then; until then the state is None). Every accumulator then has
   other state's sums about this one's shifts;
 * ``to(device)``: every tensor state moved;
 * ``state_dict()`` / ``load_state_dict(sd)``: a flat ``{name: Tensor}`` with plain numbers as
-  0-d tensors, so that it saves with ``torch.save`` or safetensors and sums across processes.
+  0-d tensors, so that it saves with ``torch.save`` or safetensors and sums across processes;
+* ``align_(collective)``: before a data-parallel sum (:meth:`nrc_cli.distributed.Group.reduce`),
+  bring every process's state to a common form (the same shifts, the same shape), after which
+  adding every state declared ``reduce="sum"`` over the processes is exactly a merge. Plain
+  sums need nothing; :class:`ShiftedSums` agrees on one shift.
 
 Kernels raise ``ValueError`` (bad shapes, empty state); the boundaries above them turn what a user
 can cause into :class:`nrc_cli.errors.NrcError`.
@@ -19,11 +23,25 @@ can cause into :class:`nrc_cli.errors.NrcError`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 _F64 = torch.float64
+
+
+class Collective(Protocol):
+    """What :meth:`Accumulator.align_` asks of a process group
+    (:class:`nrc_cli.distributed.Group` is one). Both are collectives: every process calls
+    them, in the same order."""
+
+    def agree(self, value: int, op: str = "max") -> int:
+        """``value`` combined over the processes (``max``, ``min`` or ``sum``)."""
+        ...
+
+    def sum_(self, tensor: torch.Tensor) -> None:
+        """Replace ``tensor`` (contiguous) by its sum over the processes, in place."""
+        ...
 
 
 class Accumulator:
@@ -50,6 +68,11 @@ class Accumulator:
     def compute(self) -> Any:
         """The statistic so far; pure (subclasses)."""
         raise NotImplementedError
+
+    def align_(self, collective: Collective) -> None:
+        """Before a data-parallel sum: bring this process's state, not empty, to the common
+        form in which adding every summed state over the processes is exactly a merge. Every
+        process calls it (a collective); plain sums need nothing, which is the default."""
 
     def add_state(self, name: str, default: int | float | None, *, reduce: str | None = "sum"):
         """Declare a state: a plain number, or a tensor created by the first update (None).
@@ -190,8 +213,9 @@ class ShiftedSums(Accumulator):
     merge re-expresses the other state about this one's shifts, then adds.
 
     For a data-parallel reduction without gathering states, every process can
-    :meth:`reshift_` its sums about one common shift (e.g. rank 0's, broadcast), after which
-    summing every summed state across processes (``all_reduce(SUM)``) is exactly a merge.
+    :meth:`reshift_` its sums about one common shift, after which summing every summed state
+    across processes (``all_reduce(SUM)``) is exactly a merge; :meth:`align_` takes the
+    global mean as that shift.
     """
 
     # Tensor states are None until the first batch (see add_state).
@@ -252,6 +276,22 @@ class ShiftedSums(Accumulator):
             setattr(self, name, value)
         self.cz = cz.to(device=self.cz.device, dtype=_F64).clone()
         self.cy = cy.to(device=self.cy.device, dtype=_F64).clone()
+
+    def align_(self, collective: Collective) -> None:
+        """Re-express the sums about the global means of z and y over the processes (one sum
+        of p + t + 1 numbers), the shift every process then shares."""
+        p, t = self.cz.shape[0], self.cy.shape[0]
+        # Σz and Σy of this process (n·c + Σ(z − c)); with N, the global means.
+        sums = torch.cat(
+            [
+                torch.tensor([float(self.n)], dtype=_F64, device=self.cz.device),
+                self.n * self.cz + self.sz,
+                self.n * self.cy + self.sy,
+            ]
+        )
+        collective.sum_(sums)
+        n = float(sums[0])
+        self.reshift_(sums[1 : 1 + p] / n, sums[1 + p : 1 + p + t] / n)
 
     def _merge_nonempty(self, other: Accumulator) -> None:
         assert isinstance(other, ShiftedSums)

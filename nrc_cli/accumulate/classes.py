@@ -21,18 +21,21 @@ pass feeds :class:`NearestClassMean` with the means the first one gave.
 Every accumulator here declares its state with :mod:`nrc_cli.accumulate.base` (``add_state``), from
 which ``reset``, ``to(device)`` and the state dicts follow; ``update(batch)`` only changes
 state, ``compute()`` is pure, ``merge(other)`` folds in a partial state computed on other
-samples (re-shifting the per-class sums where needed).
+samples (re-shifting the per-class sums where needed), and ``align_`` readies a data-parallel
+sum: the processes agree on the label values and on one shift per class, the class's global
+mean, after which counts, sums and second-order sums add up to the merge.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from nrc_cli._threads import single_threaded
-from nrc_cli.accumulate.base import Accumulator
+from nrc_cli.accumulate.base import Accumulator, Collective
 from nrc_cli.accumulate.labels import show_values
 from nrc_cli.accumulate.moments import Workspace, add_gram_, symmetric
 
@@ -128,8 +131,9 @@ class _ClassSums(Accumulator):
 
     Per label value: the count, the shift c_c (the class's mean in the first batch that held
     it) and Σ_{i in c} (z_i − c_c). Subclasses declare second-order sums of the shifted rows
-    u_i = z_i − c_{c_i}, fold a batch into them in :meth:`_add_second` and re-express another
-    state's about new shifts in :meth:`_shift_second`.
+    u_i = z_i − c_{c_i} (``reduce="sum"``), fold a batch into them in :meth:`_add_second`, add
+    another state's in :meth:`_take_second` and move them to new shifts in
+    :meth:`_correct_second`.
     """
 
     # Tensor states are None until the first batch (see add_state).
@@ -144,11 +148,12 @@ class _ClassSums(Accumulator):
         self.device = torch.device(device) if device is not None else None
         self.workspace = workspace
         self.add_state("n", 0)
-        # The per-class states grow with the largest label seen, so merging is the class's
-        # own (_merge_nonempty), not a plain sum.
+        # The per-class states grow with the largest label seen and sum about per-class
+        # shifts, so merging is the class's own (_merge_nonempty); across processes they add
+        # up once aligned (align_: the same label values and shifts everywhere).
         self.add_state("shift", None, reduce=None)  # (L, p): c_c, valid where counts > 0
-        self.add_state("counts", None, reduce=None)  # (L,) int64
-        self.add_state("sums", None, reduce=None)  # (L, p): Σ_{i in c} (z_i − c_c)
+        self.add_state("counts", None)  # (L,) int64
+        self.add_state("sums", None)  # (L, p): Σ_{i in c} (z_i − c_c)
 
     @property
     def width(self) -> int | None:
@@ -173,10 +178,14 @@ class _ClassSums(Accumulator):
     def _add_second(self, u: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _shift_second(
-        self, other: _ClassSums, sums: torch.Tensor, d: torch.Tensor, n_c: torch.Tensor
-    ) -> None:
-        """Add the other state's second-order sums, moved by d (L_other, p) per class."""
+    def _take_second(self, other: _ClassSums) -> None:
+        """Add the other state's second-order sums as they are."""
+        raise NotImplementedError
+
+    def _correct_second(self, sums: torch.Tensor, d: torch.Tensor, n_c: torch.Tensor) -> None:
+        """Add what second-order sums of shifted rows gain when each class's shift moves by
+        −d_c: Σ_c [s_c d_cᵀ + d_c s_cᵀ + n_c d_c d_cᵀ], given the classes' sums s_c (L', p)
+        about their old shifts, d (L', p) and the counts n_c (L', 1) as floats."""
         raise NotImplementedError
 
     def update(self, z: torch.Tensor, labels: torch.Tensor) -> None:
@@ -245,10 +254,47 @@ class _ClassSums(Accumulator):
             both = (mine > 0) & (theirs > 0)
             d = torch.where(both.unsqueeze(1), shift - self.shift[:size], 0.0)
             n_c = theirs.to(_F64).unsqueeze(1)
-            self._shift_second(other, sums, d, n_c)
+            self._take_second(other)
+            self._correct_second(sums, d, n_c)
             self.sums[:size].add_(sums + n_c * d)
             self.counts[:size].add_(theirs)
         self.n += other.n
+
+    def reshift_(self, shift: torch.Tensor) -> None:
+        """Re-express the sums about new per-class shifts ``shift`` (L', p), in place: the state
+        grows to L' label values if it has fewer, and ``shift`` becomes its shifts."""
+        if self.n == 0:
+            return
+        if shift.ndim != 2 or shift.shape[1] != self.width or shift.shape[0] < len(self.counts):
+            raise ValueError(
+                f"expected shifts of shape (>= {len(self.counts)}, {self.width}), got "
+                f"{tuple(shift.shape)}"
+            )
+        with single_threaded(self.sums.device):
+            self._grow(shift.shape[0])
+            shift = shift.to(device=self.sums.device, dtype=_F64)
+            seen = (self.counts > 0).unsqueeze(1)
+            d = torch.where(seen, self.shift - shift, 0.0)  # classes never seen do not move
+            n_c = self.counts.to(_F64).unsqueeze(1)
+            self._correct_second(self.sums, d, n_c)
+            self.sums.add_(n_c * d)
+            self.shift = shift.clone()
+
+    def align_(self, collective: Collective) -> None:
+        """Agree with the other processes on the label values (the largest L) and on one
+        shift per class, its mean over every process's samples (one sum of L·(p + 1)
+        numbers), and re-express the sums about it. A class this process never saw has no
+        sums to move; a class no process saw keeps a zero shift."""
+        p = self.width
+        assert p is not None  # align_ is called on a state that holds samples
+        if collective.agree(p, "min") != collective.agree(p, "max"):
+            raise ValueError("the feature width of a layer differs between the processes")
+        self._grow(collective.agree(len(self.counts), "max"))
+        n_c = self.counts.to(_F64).unsqueeze(1)
+        totals = torch.cat([n_c, n_c * self.shift + self.sums], dim=1)  # (L, 1 + p): n_c, Σz
+        collective.sum_(totals)
+        n_all = totals[:, :1]
+        self.reshift_(torch.where(n_all > 0, totals[:, 1:] / n_all.clamp_min(1.0), 0.0))
 
     def _first_order(self) -> tuple[torch.Tensor, ...]:
         """(present labels, counts, d = μ_c − c_c, μ_c, μ_G, n_c as a float column)."""
@@ -274,7 +320,7 @@ class ClassMoments(_ClassSums):
         self, device: torch.device | str | None = None, workspace: Workspace | None = None
     ) -> None:
         super().__init__(device, workspace)
-        self.add_state("gram", None, reduce=None)  # (p, p), upper triangle: Σ_i u_i u_iᵀ
+        self.add_state("gram", None)  # (p, p), upper triangle: Σ_i u_i u_iᵀ
 
     def _init_second(self, p: int, device: torch.device) -> None:
         self.gram = torch.zeros(p, p, dtype=_F64, device=device)
@@ -283,10 +329,12 @@ class ClassMoments(_ClassSums):
         # The p×p product goes straight into the state (no p×p temporary), with every thread.
         add_gram_(self.gram, u)
 
-    def _shift_second(self, other, sums, d, n_c) -> None:
-        # Σ_c [s_c d_cᵀ + d_c s_cᵀ + n_c d_c d_cᵀ], over the classes of the other state.
+    def _take_second(self, other) -> None:
+        self.gram.add_(other.gram.to(self.gram.device))
+
+    def _correct_second(self, sums, d, n_c) -> None:
         cross = sums.T @ d
-        self.gram.add_(other.gram.to(self.gram.device)).add_(cross + cross.T + (d * n_c).T @ d)
+        self.gram.add_(cross + cross.T + (d * n_c).T @ d)
 
     def compute(self) -> ClassStats:
         """The per-class moments so far; the state is not changed."""
@@ -321,8 +369,8 @@ class ClassSketch(_ClassSums):
         super().__init__(device, workspace)
         # Ω is a constant of the sketch, not state: two sketches merge only with the same Ω.
         self.omega = omega.to(device=device, dtype=_F64)
-        self.add_state("s_omega", None, reduce=None)  # Σ_i u_i (u_iᵀΩ), (p, s)
-        self.add_state("diag", None, reduce=None)  # Σ_i u_i², (p,)
+        self.add_state("s_omega", None)  # Σ_i u_i (u_iᵀΩ), (p, s)
+        self.add_state("diag", None)  # Σ_i u_i², (p,)
 
     def to(self, device: torch.device | str) -> ClassSketch:
         super().to(device)
@@ -339,15 +387,25 @@ class ClassSketch(_ClassSums):
         self.s_omega.addmm_(u.T, u @ self.omega)
         self.diag.add_((u * u).sum(dim=0))
 
-    def _shift_second(self, other, sums, d, n_c) -> None:
+    def align_(self, collective: Collective) -> None:
+        """As for :class:`ClassMoments`, once the processes have checked that they sketch with
+        the same test matrix Ω (a checksum of its bytes)."""
+        check = zlib.crc32(self.omega.detach().cpu().contiguous().numpy().tobytes())
+        if collective.agree(check, "min") != collective.agree(check, "max"):
+            raise ValueError("the processes sketch a layer with different test matrices (seed)")
+        super().align_(collective)
+
+    def _take_second(self, other) -> None:
         if other.omega.shape != self.omega.shape or not torch.equal(
             other.omega.to(self.omega.device), self.omega
         ):
             raise ValueError("cannot merge sketches built with different test matrices")
-        d_omega = d @ self.omega
         self.s_omega.add_(other.s_omega.to(self.s_omega.device))
-        self.s_omega.add_(sums.T @ d_omega + d.T @ (sums @ self.omega) + (d * n_c).T @ d_omega)
         self.diag.add_(other.diag.to(self.diag.device))
+
+    def _correct_second(self, sums, d, n_c) -> None:
+        d_omega = d @ self.omega
+        self.s_omega.add_(sums.T @ d_omega + d.T @ (sums @ self.omega) + (d * n_c).T @ d_omega)
         self.diag.add_((2 * sums * d + n_c * d * d).sum(dim=0))
 
     def compute(self) -> ClassStats:
