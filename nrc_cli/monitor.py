@@ -118,8 +118,12 @@ class CollapseMonitor:
 
     **Data-parallel runs.** Each process feeds its own monitor on its shard; :meth:`all_reduce`
     then sums them over a ``torch.distributed`` group, exactly as :meth:`merge` would (the
-    ranks agree on one shift and all-reduce every summed state). Gathering the state dicts on
-    one process and merging them works too.
+    ranks agree on one shift, per class for a classifier, and all-reduce every summed state).
+    Gathering the state dicts on one process and merging them works too. A classifier's
+    second pass is reduced by a second call: ``all_reduce(group)`` after the first pass, then
+    ``begin_second_pass()`` on every rank (the class means are now the same everywhere), each
+    rank feeds its shard again, and ``all_reduce(group)`` once more sums the
+    nearest-class-mean counts (see :meth:`all_reduce`).
     """
 
     def __init__(
@@ -337,7 +341,9 @@ class CollapseMonitor:
         Run the same data through the model again (inside ``with monitor:``, calling
         :meth:`update` per batch as before); once it has seen as many samples as the first
         pass, :meth:`compute` fills ``ncc_accuracy`` and ``nc4_ncc_mismatch`` (docs/
-        classification.md). Without a complete second pass they are null.
+        classification.md). Without a complete second pass they are null. In a data-parallel
+        run, begin it on every rank after :meth:`all_reduce`, feed each rank its share again,
+        and call ``all_reduce`` once more.
 
         Raises
         ------
@@ -482,19 +488,67 @@ class CollapseMonitor:
 
         Each rank fed its own monitor (built alike) on its own samples; afterwards every rank
         holds the state of all of them, exactly as :meth:`merge` would combine them (float64,
-        about one common shift), and ``compute()`` reports ``world_size``. Every rank must
-        call it at the same point with a monitor that has seen at least one batch.
+        about one common shift, per class for a classifier), and ``compute()`` reports
+        ``world_size``. Every rank must call it at the same point with a monitor that has seen
+        at least one batch.
+
+        Each pass is reduced once, by the call that follows it. A classifier's second pass
+        (the nearest-class-mean columns) needs the class means of every rank, so it goes:
+
+        1. every rank feeds its share, then ``all_reduce(group)`` (the first pass);
+        2. every rank calls :meth:`begin_second_pass` (the same class means everywhere) and
+           feeds its share again;
+        3. ``all_reduce(group)`` again sums the second pass's counts; ``compute()`` then fills
+           ``ncc_accuracy`` and ``nc4_ncc_mismatch`` on every rank.
 
         Parameters
         ----------
         group : nrc_cli.distributed.Group
             This rank's handle on the process group (:func:`nrc_cli.distributed.process_group`).
+
+        Raises
+        ------
+        ConfigError
+            A rank has seen no batch; the pass was reduced already (its samples would count
+            twice); a second pass begun before the first was reduced (each rank's class means
+            were its own); monitors not built alike.
+        DataError
+            The ranks are in different passes, or their forward passes ran different layers.
         """
-        if self._first.t is None:
+        first, second = self._first, self._second
+        phase = 0 if first.t is None else 1 if second is None else 2
+        low, high = group.agree(phase, "min"), group.agree(phase, "max")
+        if low == 0:
             raise ConfigError(
-                f"rank {group.rank}: CollapseMonitor.all_reduce() before any batch",
+                f"rank {group.rank}: CollapseMonitor.all_reduce() before any batch"
+                if phase == 0
+                else "CollapseMonitor.all_reduce(): another rank has seen no batch",
                 hint="give every rank at least one batch",
             )
+        if low != high:
+            raise DataError(
+                "CollapseMonitor.all_reduce(): some ranks are in the second pass, others not",
+                hint="call begin_second_pass() on every rank, after all_reduce()",
+            )
+        names = [w.name for w in self.layers]
+        reduced = (first if second is None else second).world_size > 1
+        if group.agree(int(reduced), "max"):
+            which = "first" if second is None else "second"
+            raise ConfigError(
+                f"CollapseMonitor.all_reduce(): the {which} pass was reduced already; "
+                "reducing it again would count the other ranks' samples twice",
+                hint="call all_reduce() once per pass; reset() before the next run",
+            )
+        if second is not None:
+            if group.agree(int(first.world_size != group.world_size), "max"):
+                raise ConfigError(
+                    "CollapseMonitor.all_reduce(): the second pass began before the first "
+                    "was reduced, so each rank's nearest class means were its own",
+                    hint="call all_reduce(group) after the first pass, then "
+                    "begin_second_pass() on every rank",
+                )
+            second.reduce(group, names)
+            return self
         ran = len(self._order)
         if group.agree(ran, "min") != group.agree(ran, "max"):
             raise DataError(
@@ -502,7 +556,13 @@ class CollapseMonitor:
                 "different samples",
                 hint="exclude layers that do not run on every batch",
             )
-        self._first.reduce(group, [w.name for w in self.layers])
+        try:
+            first.reduce(group, names)
+        except ValueError as exc:
+            raise ConfigError(
+                f"CollapseMonitor.all_reduce(): {exc}",
+                hint="build every rank's monitor alike: the same model and options",
+            ) from None
         return self
 
     def join(self, other: CollapseMonitor) -> CollapseMonitor:
@@ -540,7 +600,9 @@ class CollapseMonitor:
         Keys: ``n``, ``target_dim``, ``batch``, ``passes``, ``prediction`` (-1 unknown, 0, 1),
         ``order`` (indices into the selected layers), ``sse.*``, and per accumulated layer
         ``pass/<layer>``, ``omega/<layer>`` (sketched layers) and
-        ``layer/<layer>/<kind>/<state>``.
+        ``layer/<layer>/<kind>/<state>``; ``world_size`` once :meth:`all_reduce` summed
+        several processes; in a second pass ``second_n``, ``second/<layer>/<state>`` (and
+        ``second_world_size``).
         """
         names = [w.name for w in self.layers]
         out = self._first.state_dict()

@@ -14,6 +14,7 @@ from ranks import run_ranks
 from torch import nn
 
 from nrc_cli import CollapseMonitor
+from nrc_cli.accumulate.classes import Agreement, ClassMoments, ClassSketch, NearestClassMean
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.distributed import launch_from_env, rank_device, share, steps
@@ -196,6 +197,184 @@ def test_two_ranks_reduce_to_the_single_stream(tmp_path, n, batch):
                     assert mine[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
                 else:
                     assert mine[key] == value, key
+
+
+# ------------------------------------------------------------------------------------------------
+# Two ranks of a classifier: per-class sums, a class some ranks never see, the second pass
+# ------------------------------------------------------------------------------------------------
+
+K = 6  # the classifier's outputs; label 4 is never used, so labels run 0, 1, 2, 3, 5
+
+
+def class_data(n=N):
+    """Features far from 0, clustered by class; the first 160 samples have labels 0..2, the
+    others 2, 3 and 5, so that with batches of 40 rank 0 never sees 3 and 5 nor rank 1 0 and 1
+    (and with batches of 300 rank 1 has one sample of one class)."""
+    g = torch.Generator().manual_seed(7)
+    early = torch.randint(0, 3, (n,), generator=g)
+    late = torch.tensor([2, 3, 5])[torch.randint(0, 3, (n,), generator=g)]
+    labels = torch.where(torch.arange(n) < 160, early, late)
+    centres = 1000.0 + 3 * torch.randn(K, P, generator=g, dtype=torch.float64)
+    mix = 0.5 * torch.randn(P, P, generator=g, dtype=torch.float64)
+    z = centres[labels] + torch.randn(n, P, generator=g, dtype=torch.float64) @ mix
+    return z, labels
+
+
+def class_accumulators():
+    return ClassMoments(), ClassSketch(gaussian_test_matrix(P, 5, seed=3)), Agreement()
+
+
+def guessed(z, labels):
+    """A stand-in for a model's predicted class: the label, or 0 for every third sample."""
+    return torch.where(torch.arange(len(labels)) % 3 == 0, torch.zeros_like(labels), labels)
+
+
+def feed_classes(accs, z, labels, batch):
+    moments, sketch, agreement = accs
+    for start in range(0, len(z), batch):
+        zb, lb = z[start : start + batch], labels[start : start + batch]
+        moments.update(zb, lb)
+        sketch.update(zb, lb)
+        agreement.update(guessed(zb, lb), lb)
+
+
+def nearest(accs, z, labels, batch):
+    """The nearest-class-mean counts of ``z``, fed the class means of (reduced) ``accs``."""
+    stats = accs[0].compute()
+    ncc = NearestClassMean(stats.labels, stats.means, stats.mean)
+    for start in range(0, len(z), batch):
+        ncc.update(z[start : start + batch], labels[start : start + batch])
+    return ncc
+
+
+def class_summary(accs, ncc) -> dict:
+    moments, sketch, agreement = accs
+    m, s = moments.compute(), sketch.compute()
+    counts = ncc.compute()
+    return {
+        "n": m.n,
+        "labels": m.labels.tolist(),
+        "counts": m.counts.tolist(),
+        "means": m.means.tolist(),
+        "mean": m.mean.tolist(),
+        "cov_within": m.cov_within.tolist(),
+        "within_trace": m.within_trace,
+        "sketch_means": s.means.tolist(),
+        "within_sketch": s.within_sketch.tolist(),
+        "sketch_trace": s.within_trace,
+        "model_accuracy": agreement.compute(),
+        "ncc": [counts.n, counts.correct],
+    }
+
+
+def classifier():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(P, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, K)
+    ).double()
+    # Layer 2 sketched: its nc1 comes from the second pass.
+    return model, CollapseMonitor(model, task="classification", sketch={"2": 6})
+
+
+def feed_classifier(model, monitor, z, labels, batch):
+    with monitor, torch.no_grad():
+        for start in range(0, len(z), batch):
+            x = (z[start : start + batch] - 1000.0) / 3
+            monitor.update(labels[start : start + batch], model(x))
+
+
+CLASS_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_distributed import (class_accumulators, class_data, class_summary, classifier,
+                              feed_classes, feed_classifier, nearest)
+from nrc_cli.distributed import launch_from_env, process_group, share
+from nrc_cli.errors import NrcError
+
+n, batch = {n}, {batch}
+launch = launch_from_env()
+z, labels = class_data(n)
+start, stop = share(n, batch, launch.rank, launch.world_size)
+mine = z[start:stop], labels[start:stop]
+accs = class_accumulators()
+feed_classes(accs, *mine, batch)
+refused = []
+with process_group(launch, "cpu") as group:
+    for acc in accs:
+        group.reduce(acc)
+    ncc = group.reduce(nearest(accs, *mine, batch))
+    json.dump(class_summary(accs, ncc), open("rank%d.json" % launch.rank, "w"))
+    # The public route: all_reduce after each pass, the second pass begun on every rank.
+    model, monitor = classifier()
+    feed_classifier(model, monitor, *mine, batch)
+    monitor.all_reduce(group)
+    monitor.begin_second_pass()
+    feed_classifier(model, monitor, *mine, batch)
+    monitor.all_reduce(group)
+    try:  # a pass reduced twice would count the other rank's samples twice
+        monitor.all_reduce(group)
+    except NrcError as err:
+        refused.append(err.message)
+    again, early = classifier()  # a second pass begun on each rank's own class means
+    feed_classifier(again, early, *mine, batch)
+    early.begin_second_pass()
+    feed_classifier(again, early, *mine, batch)
+    try:
+        early.all_reduce(group)
+    except NrcError as err:
+        refused.append(err.message)
+report = monitor.compute().to_dict()
+json.dump({{"report": report, "refused": refused}}, open("monitor%d.json" % launch.rank, "w"))
+"""
+
+
+@pytest.mark.parametrize(("n", "batch"), [(N, 40), (N, 300)])  # the second: rank 1 gets 1 sample
+def test_two_ranks_of_a_classifier_reduce_to_the_single_stream(tmp_path, n, batch):
+    script = tmp_path / "classes.py"
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    script.write_text(CLASS_SCRIPT.format(tests=tests, n=n, batch=batch))
+    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
+    for e in ended:
+        assert e.returncode == 0, e.stderr
+    z, labels = class_data(n)
+    accs = class_accumulators()
+    feed_classes(accs, z, labels, batch)
+    want = class_summary(accs, nearest(accs, z, labels, batch))
+    assert want["labels"] == [0, 1, 2, 3, 5]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["n"] == n and got["ncc"][0] == n
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+    model, monitor = classifier()
+    feed_classifier(model, monitor, z, labels, batch)
+    monitor.begin_second_pass()
+    feed_classifier(model, monitor, z, labels, batch)
+    one = monitor.compute().to_dict()
+    assert one["layers"][0]["ncc_accuracy"] is not None and one["layers"][1]["nc1"] is not None
+    for rank in (0, 1):
+        done = json.loads((tmp_path / f"monitor{rank}.json").read_text())
+        got = done["report"]
+        assert got["summary"].pop("world_size") == 2 and one["summary"]["world_size"] == 1
+        assert got["summary"]["n_samples"] == n and got["summary"]["passes"] == 2
+        for key, value in one["summary"].items():
+            if isinstance(value, float):
+                assert got["summary"][key] == pytest.approx(value, rel=1e-9), key
+            elif key != "world_size" and (key != "plan" or rank == 0):
+                # (the plan's bytes count a rank's own first batch)
+                assert got["summary"][key] == value, key
+        for mine, theirs in zip(got["layers"], one["layers"], strict=True):
+            for key, value in theirs.items():
+                if isinstance(value, float):
+                    assert mine[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+                else:
+                    assert mine[key] == value, key
+        assert done["refused"] == [
+            "CollapseMonitor.all_reduce(): the second pass was reduced already; reducing it "
+            "again would count the other ranks' samples twice",
+            "CollapseMonitor.all_reduce(): the second pass began before the first was "
+            "reduced, so each rank's nearest class means were its own",
+        ]
 
 
 CHECK_SCRIPT = """

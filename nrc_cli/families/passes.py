@@ -391,7 +391,7 @@ class FirstPass:
     def reduce(self, group, names: Sequence[str]) -> None:
         """Sum the passes of every rank of a data-parallel run in place (``group``: a
         :class:`nrc_cli.distributed.Group`); ``names``, every watched layer, in the same
-        order on every rank."""
+        order on every rank. Afterwards :attr:`world_size` is the group's."""
         for name in names:
             for kind in sorted(self.accs.get(name, {})):
                 group.reduce(self.accs[name][kind])
@@ -409,7 +409,8 @@ class FirstPass:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``n``, ``target_dim``, ``batch``, ``passes``, ``prediction`` (-1 unknown, 0, 1),
-        ``sse.*`` (the predictions'), and per layer ``pass/<layer>`` and :func:`layer_state`."""
+        ``sse.*`` (the predictions'), ``world_size`` once reduced over several processes, and
+        per layer ``pass/<layer>`` and :func:`layer_state`."""
         pred = -1 if self.has_prediction is None else int(self.has_prediction)
         out = {
             key: torch.tensor(value, dtype=_I64)
@@ -421,6 +422,8 @@ class FirstPass:
                 ("prediction", pred),
             )
         }
+        if self.world_size > 1:
+            out["world_size"] = torch.tensor(self.world_size, dtype=_I64)
         for key, value in self.predictions.state_dict().items():
             out[f"sse.{key}"] = value
         for name, accs in self.accs.items():
@@ -435,6 +438,7 @@ class FirstPass:
         self.t = t or None
         self.batch = int(state.get("batch", torch.tensor(0)))
         self.passes = int(state.get("passes", torch.tensor(1)))
+        self.world_size = int(state.get("world_size", torch.tensor(1)))
         pred = int(state.get("prediction", torch.tensor(-1)))
         self.has_prediction = None if pred < 0 else bool(pred)
         self.predictions.load_state_dict(
@@ -462,6 +466,10 @@ class SecondPass:
     ------
     DataError
         When the first-pass state cannot start a second pass.
+
+    In a data-parallel run every rank builds its pass from the reduced first pass (the same
+    class means everywhere), feeds it its own share of the data, and :meth:`reduce` sums the
+    counts over the ranks.
     """
 
     def __init__(
@@ -474,6 +482,7 @@ class SecondPass:
             except ValueError as exc:
                 raise DataError(str(exc)) from None
         self.n = 0
+        self.world_size = 1  # processes whose samples are in the counts (reduce)
 
     def update(
         self,
@@ -508,9 +517,22 @@ class SecondPass:
                     ) from None
         self.n += b
 
+    def reduce(self, group, names: Sequence[str]) -> None:
+        """Sum the counts of every rank's share of the pass in place (``group``: a
+        :class:`nrc_cli.distributed.Group`; ``names``: every watched layer, in the same order
+        on every rank). Every rank must have built its pass from the same first pass."""
+        for name in names:
+            if name in self.accs:
+                group.reduce(self.accs[name])
+        self.n = group.agree(self.n, "sum")
+        self.world_size = group.world_size
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """``second_n`` and ``second/<layer>/<state>``, for a monitor's state dict."""
+        """``second_n``, ``second_world_size`` once reduced over several processes, and
+        ``second/<layer>/<state>``, for a monitor's state dict."""
         out = {"second_n": torch.tensor(self.n, dtype=_I64)}
+        if self.world_size > 1:
+            out["second_world_size"] = torch.tensor(self.world_size, dtype=_I64)
         for name, acc in self.accs.items():
             for key, value in acc.state_dict().items():
                 out[f"second/{name}/{key}"] = value
@@ -519,6 +541,7 @@ class SecondPass:
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load the keys :meth:`state_dict` wrote (a monitor's whole state dict will do)."""
         self.n = int(state["second_n"])
+        self.world_size = int(state.get("second_world_size", torch.tensor(1)))
         for name, acc in self.accs.items():
             prefix = f"second/{name}/"
             acc.load_state_dict(
