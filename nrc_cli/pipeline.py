@@ -169,8 +169,9 @@ def run(
     group : nrc_cli.distributed.Group, optional
         A data-parallel run (torchrun) over a data file: this rank streams its share of the
         batches on ``config.device``, each pass's monitor state is summed over the ranks
-        (:meth:`CollapseMonitor.all_reduce`), and rank 0 alone computes the metrics. An error
-        on any rank raises :class:`nrc_cli.distributed.RankFailed` on every rank.
+        (:meth:`CollapseMonitor.all_reduce`; a classifier's nearest-class-mean pass too), and
+        rank 0 alone computes the metrics. An error on any rank raises
+        :class:`nrc_cli.distributed.RankFailed` on every rank.
 
     Returns
     -------
@@ -379,13 +380,6 @@ class _Passes:
         plan_doc = plan.to_dict(methods, self.config.budget_label, requested=self.config.svd)
         if self.on_plan is not None:
             self.on_plan(plan_doc)
-        if self.group is not None and probe.task != "regression":
-            # The classification state is not reduced across ranks yet; refuse rather than
-            # report numbers of a partial reduction.
-            raise ConfigError(
-                f"--task {probe.task} does not run under torchrun yet; regression does",
-                hint="run a classifier's analysis in one process (nrc analyze without torchrun)",
-            )
         second = probe.family.second_pass and self.config.ncc
         if second:
             plan_doc["passes"] += 1
@@ -410,16 +404,20 @@ class _Passes:
                 monitor.all_reduce(self.group)
             joined = monitor if joined is None else joined.join(monitor)
         assert joined is not None
+        if joined.n_samples == 0:
+            raise DataError("the data set has no samples")
+        if second:
+            # The nearest-class-mean columns: the same data again, fed the class means (in a
+            # distributed run, those of every rank's samples: each rank runs its share, and
+            # the counts are summed).
+            joined.begin_second_pass()
+            seen = self._data_pass(joined, self.config.prediction, seen, total)
+            if self.group is not None:
+                joined.all_reduce(self.group)
         if self.group is not None:
             self.group.finish()
             if self.group.rank != 0:
                 return None
-        if joined.n_samples == 0:
-            raise DataError("the data set has no samples")
-        if second:
-            # The nearest-class-mean columns: the same data again, fed the class means.
-            joined.begin_second_pass()
-            seen = self._data_pass(joined, self.config.prediction, seen, total)
         results = joined.compute()
         not_run = [w.name for w in probe.layers if w.name not in joined.order]
         if not_run:

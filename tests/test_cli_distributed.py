@@ -198,15 +198,56 @@ def test_more_ranks_than_batches_is_one_usage_error(tmp_path):
     ]
 
 
-def test_a_classifier_under_torchrun_is_refused_not_reduced_wrongly():
-    args = ["sample_checkpoints/classifiers/wd1e-2_seed0.safetensors", "--no-ncc"]
-    args += ["--data", "sample_checkpoints/blobs.npz", "--batch-size", "256"]
-    ended, _ = run_ranks([*NRC, "analyze", *args], cwd=REPO, timeout=120)
-    assert [e.returncode for e in ended] == [2, 2], [e.stderr for e in ended]
-    assert ended[1].stderr == "" and ended[0].stdout == ""
-    assert ended[0].stderr.splitlines()[0] == (
-        "error: rank 0: --task classification does not run under torchrun yet; regression does"
+def test_a_classifier_under_torchrun_equals_one_process(tmp_path):
+    # Both passes (the class moments, then the nearest class means) on two ranks.
+    args = [REPO / "sample_checkpoints/classifiers/wd1e-2_seed0.safetensors", "--task"]
+    args += ["classification", "--data", REPO / "sample_checkpoints/blobs.npz"]
+    args += ["--batch-size", "256", "--device", "cpu"]
+    one = one_process_json(*map(str, args))
+    done = torchrun(
+        [*NRC, "analyze", *map(str, args), "--format", "json"], cwd=tmp_path, timeout=240
     )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["summary"]["n_samples"] == 1500 and got["summary"]["passes"] == 2
+    assert all(row["ncc_accuracy"] is not None for row in got["layers"])
+    assert_same_report(got, one)
+
+
+def test_an_audit_of_classifiers_on_two_ranks_writes_the_table_of_one_audit(tmp_path, monkeypatch):
+    # Each rank audits whole checkpoints in one process: no state crosses the ranks.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "zoo").mkdir()
+    for name in ("wd0_seed0", "wd1e-2_seed1", "wd5e-3_seed0"):
+        source = REPO / "sample_checkpoints/classifiers" / f"{name}.safetensors"
+        (tmp_path / "zoo" / f"{name}.safetensors").write_bytes(source.read_bytes())
+    args = ["audit", "zoo", "--data", str(REPO / "sample_checkpoints/blobs.npz")]
+    args += ["--max-samples", "300", "--task", "classification"]
+    one = invoke([*args, "--output", "one.csv"])
+    assert one.exit_code == 0, one.stderr
+    ended, _ = run_ranks([*NRC, *args, "--output", "two.csv"], cwd=tmp_path, timeout=240)
+    assert [e.returncode for e in ended] == [0, 0], [e.stderr for e in ended]
+    assert "audit (2 ranks): 3 checkpoint(s): 3 analyzed" in ended[0].stderr
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+
+
+def test_a_wide_classifier_sketched_in_several_passes_on_two_ranks(tmp_path):
+    g = np.random.default_rng(3)
+    y = g.integers(0, 4, 400)
+    x = (g.standard_normal((4, 16))[y] + g.standard_normal((400, 16))).astype(np.float32)
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(16, 700), nn.ReLU(), nn.Linear(700, 700), nn.ReLU())
+    net.append(nn.Linear(700, 4))
+    ckpt = save_model(tmp_path / "wide.safetensors", nn.ModuleDict({"net": net}))
+    data = save_npz(tmp_path / "wide.npz", x=x, y=y)
+    args = [ckpt, "--data", data, "--batch-size", "64", "--memory-budget", "3.5MB", "-q"]
+    one = one_process_json(*args)
+    modes = {row["accumulator"] for row in one["summary"]["plan"]["layers"]}
+    assert modes == {"exact", "sketch"} and one["summary"]["passes"] == 3
+    assert one["summary"]["task"] == "classification"
+    assert 0 < min(row["ncc_accuracy"] for row in one["layers"]) < 1
+    assert all(row["nc1"] is not None for row in one["layers"])  # sketched: from the NCC pass
+    assert_same_report(two_ranks_json(tmp_path, *args), one)
 
 
 # ------------------------------------------------------------------------------------------------
