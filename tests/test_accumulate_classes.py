@@ -137,6 +137,39 @@ def test_sketches_with_different_test_matrices_do_not_merge():
         a.merge(b)
 
 
+@pytest.mark.parametrize("make", [ClassMoments, lambda: ClassSketch(OMEGA)])
+def test_per_class_sums_moved_to_common_shifts_add_up_to_one_stream(make):
+    # What a data-parallel sum does (align_): two shards with different label sets (the first
+    # never sees 6, the second never sees 0), both moved to one shift per class, the shard
+    # with fewer label values grown; then every summed state adds.
+    z, labels = _class_data(n=400)
+    first, second = labels != 6, labels != 0
+    parts = [make(), make()]
+    parts[0].update(z[first], labels[first])
+    parts[1].update(z[second], labels[second])
+    assert (len(parts[0].counts), len(parts[1].counts)) == (4, 7)
+    whole = make()
+    whole.update(z[first], labels[first])
+    whole.update(z[second], labels[second])
+    shift = torch.randn(8, z.shape[1], dtype=F64) + 50  # more label values than either has
+    for part in parts:
+        part.reshift_(shift)
+        assert torch.equal(part.shift, shift)
+    total = parts[0]
+    for name in total.summed_states:
+        setattr(total, name, getattr(total, name) + getattr(parts[1], name))
+    want, got = whole.compute(), total.compute()
+    assert torch.equal(got.labels, want.labels) and torch.equal(got.counts, want.counts)
+    np.testing.assert_allclose(got.means, want.means, rtol=1e-12)
+    assert got.within_trace == pytest.approx(want.within_trace, rel=1e-11)
+    if want.cov_within is not None:
+        np.testing.assert_allclose(got.cov_within, want.cov_within, rtol=1e-10, atol=1e-12)
+    else:
+        np.testing.assert_allclose(got.within_sketch, want.within_sketch, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="expected shifts of shape"):
+        total.reshift_(shift[:3])
+
+
 def test_class_moments_with_a_workspace():
     z, labels = _class_data()
     ws = Workspace()

@@ -308,6 +308,7 @@ with process_group(launch, "cpu") as group:
     model, monitor = classifier()
     feed_classifier(model, monitor, *mine, batch)
     monitor.all_reduce(group)
+    saved = monitor.state_dict()
     monitor.begin_second_pass()
     feed_classifier(model, monitor, *mine, batch)
     monitor.all_reduce(group)
@@ -323,8 +324,16 @@ with process_group(launch, "cpu") as group:
         early.all_reduce(group)
     except NrcError as err:
         refused.append(err.message)
+    # A reduced first pass saved and loaded still knows it covers every rank.
+    model, reloaded = classifier()
+    reloaded.load_state_dict(saved)
+    reloaded.begin_second_pass()
+    feed_classifier(model, reloaded, *mine, batch)
+    reloaded.all_reduce(group)
 report = monitor.compute().to_dict()
-json.dump({{"report": report, "refused": refused}}, open("monitor%d.json" % launch.rank, "w"))
+same = reloaded.compute().to_dict() == report
+json.dump({{"report": report, "refused": refused, "reloaded": same}},
+          open("monitor%d.json" % launch.rank, "w"))
 """
 
 
@@ -369,6 +378,7 @@ def test_two_ranks_of_a_classifier_reduce_to_the_single_stream(tmp_path, n, batc
                     assert mine[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
                 else:
                     assert mine[key] == value, key
+        assert done["reloaded"]
         assert done["refused"] == [
             "CollapseMonitor.all_reduce(): the second pass was reduced already; reducing it "
             "again would count the other ranks' samples twice",
