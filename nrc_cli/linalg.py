@@ -68,7 +68,7 @@ the range of ``A**(q + 1) @ Omega`` and the error from the tail of the spectrum 
 spectra (before collapse sets in, for instance), and with ``q = 0`` the top eigenpairs are then
 badly wrong. Measured on ``lambda_j = j**-0.5`` with ``p = 1000``, ``k = 4``: ``q = 0`` gives
 about 45 % eigenvalue error and projector distance 0.95, ``q = 4`` about 0.1 % and 0.05 (the
-negative-control test in ``tests/test_linalg.py``). ``q = 4`` gives the damping exponent ``5``,
+negative-control test in ``tests/unit/test_linalg.py``). ``q = 4`` gives the damping exponent ``5``,
 the same as ``q = 2`` in the ``A A^T`` formulation of Halko et al. [1]_ (whose section 4.5
 recommends ``q = 1`` or ``2``), at five products with ``A``: still far cheaper than a full
 ``O(p**3)`` eigendecomposition once ``p`` is a few thousand.

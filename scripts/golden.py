@@ -4,7 +4,7 @@ The golden files pin what ``nrc analyze --format json`` prints, so that a refact
 analysis core can be shown to change nothing: ``python scripts/golden.py --check`` compares
 byte for byte and names every file that differs; ``python scripts/golden.py`` writes them
 anew (do that only for a change of output that the commit explains).
-tests/test_golden.py compares the same runs with a float tolerance, so the suite also passes
+tests/cli/test_golden.py compares the same runs with a float tolerance, so the suite also passes
 on a machine whose BLAS rounds the last bits differently.
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one run (CI has no GPU, so these run by hand):
-#   1. tests/test_cuda.py and the CUDA cases of tests/test_linalg.py;
+#   1. tests/unit/test_cuda.py and the CUDA cases of tests/unit/test_linalg.py;
 #   2. the MLP scale benchmark with nrc and the bare forward pass on the GPU;
 #   3. the whole test suite with the GPU visible (--device auto then picks it).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (logs and the benchmark report land in OUT_DIR)
@@ -18,7 +18,7 @@ if ! "$py" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$o
 fi
 
 echo "== CUDA tests"
-timeout 300 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_linalg.py::test_cuda_matches_cpu" 2>&1 | tee "$out/cuda_tests.log" | tail -25
+timeout 300 "$py" -m pytest -q -p no:cacheprovider tests/unit/test_cuda.py "tests/unit/test_linalg.py::test_cuda_matches_cpu" 2>&1 | tee "$out/cuda_tests.log" | tail -25
 
 echo "== GPU benchmark"
 timeout 300 "$py" benchmarks/bench_scale.py --device cuda --workloads mlp --sizes 1e5,1e6 \

@@ -636,3 +636,52 @@ def tensor_results(**named: Any) -> dict:
         else:
             out[k] = np.asarray(v, dtype=np.float64)
     return out
+
+
+# -- shared by the command-line tests ------------------------------------------------------
+
+# A conv net with token pooling, written to a file and named with --arch (analyze, torchrun).
+CNN_FACTORY = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, (3, 2), groups=2)
+        self.mix = nn.Conv1d(channels, 3, 2)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))  # (b, c, h, w)
+        h = torch.tanh(self.mix(h.flatten(2)))  # (b, 3, L)
+        return self.fc(h.transpose(1, 2)).mean(dim=1)  # Linear on (b, L, 3): token pooling
+
+
+def make(**kwargs):
+    return Net(**kwargs)
+"""
+
+
+AUDIT_IN, AUDIT_OUT = 6, 2
+
+
+def make_audit_zoo(folder: Path, n: int = 6) -> list[Path]:
+    """``n`` tiny MLPs (6 -> 16 -> 16 -> 2): a weight-decay sweep over two seeds, as metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        wd, seed = (0.0, 1e-4, 1e-3)[(i // 2) % 3], i % 2
+        meta = {"weight_decay": repr(wd), "seed": str(seed), "run": str(i)}
+        model = mlp((AUDIT_IN, 16, 16, AUDIT_OUT), seed=i)
+        paths.append(save_model(folder / f"m{i:02d}.safetensors", model, meta))
+    return paths
+
+
+def make_audit_data(path: Path, n: int = 96) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, AUDIT_IN)).astype(np.float32)
+    y = np.stack([np.tanh(x[:, 0]), np.sin(x[:, 1])], axis=1).astype(np.float32)
+    return save_npz(path, x=x, y=y)

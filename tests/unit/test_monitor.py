@@ -339,7 +339,7 @@ def test_the_docstring_examples_run(monkeypatch):
 
     import nrc_cli.monitor
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     assert doctest.testmod(nrc_cli.monitor).failed == 0
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner()

@@ -32,7 +32,7 @@ from nrc_cli.audit import audit_frame, checkpoint_summary, read_table
 from nrc_cli.report.plot import plot_profile, results_from_table
 from nrc_cli.results import Results
 
-REFERENCE = Path(__file__).resolve().parent / "reference_cases" / "nc_gauss_mlp"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference_cases" / "nc_gauss_mlp"
 NCC = ("ncc_accuracy", "nc4_ncc_mismatch")
 
 
@@ -175,7 +175,7 @@ def test_compare_two_classification_reports(tmp_path, reference):
 def test_compare_refuses_reports_of_different_tasks(tmp_path, reference):
     a = tmp_path / "a.json"
     a.write_text(json.dumps(reference))
-    relu = Path(__file__).resolve().parent / "reference_cases" / "mlp_relu"
+    relu = Path(__file__).resolve().parents[1] / "reference_cases" / "mlp_relu"
     b = tmp_path / "b.json"
     b.write_text(json.dumps(analyze_json(relu / "model.safetensors", relu / "data.npz")))
     line = error_line(invoke(["compare", a, b]))
@@ -197,7 +197,7 @@ def test_audit_of_classifiers_and_a_table_mixing_tasks(tmp_path, reference):
     table = read_table(out)
     assert set(table["task"]) == {"classification"} and len(table) == 8
     # A regression report and a classification report in one table: the columns of both.
-    relu = Path(__file__).resolve().parent / "reference_cases" / "mlp_relu"
+    relu = Path(__file__).resolve().parents[1] / "reference_cases" / "mlp_relu"
     reg = Results.from_dict(analyze_json(relu / "model.safetensors", relu / "data.npz"))
     cls = Results.from_dict(reference)
     reg.checkpoint, cls.checkpoint = "reg.safetensors", "cls.safetensors"

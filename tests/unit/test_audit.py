@@ -36,7 +36,7 @@ from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IN, OUT = 6, 2
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from nrc_cli.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SECTION = README[
     README.index("## Classifiers: Deep Neural Collapse") : README.index("## Use in CI")

@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_case
-from helpers import invoke, save_model, save_npz
+from helpers import CNN_FACTORY, invoke, make_audit_data, make_audit_zoo, save_model, save_npz
 from ranks import run_ranks, torchrun
-from test_cli_analyze import CNN_FACTORY
-from test_cli_audit import make_data, make_zoo
 from torch import nn
 
 from nrc_cli.audit import parts_dir
@@ -31,8 +29,8 @@ NRC = ["-m", "nrc_cli"]
 @pytest.fixture
 def zoo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_zoo(tmp_path / "zoo", n=5)
-    make_data(tmp_path / "data.npz")
+    make_audit_zoo(tmp_path / "zoo", n=5)
+    make_audit_data(tmp_path / "data.npz")
     (tmp_path / "zoo" / "broken.safetensors").write_bytes(b"not a checkpoint")
     return tmp_path
 
@@ -254,7 +252,7 @@ def test_a_wide_classifier_sketched_in_several_passes_on_two_ranks(tmp_path):
 # The README section "Beyond one machine", run as far as this machine allows
 # ------------------------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEADING = "## Beyond one machine"
 
 

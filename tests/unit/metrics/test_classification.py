@@ -37,7 +37,7 @@ from nrc_cli.metrics.classification import (
 )
 
 F64 = torch.float64
-REFERENCE = Path(__file__).resolve().parent / "reference_cases" / "nc_gauss_mlp"
+REFERENCE = Path(__file__).resolve().parents[2] / "reference_cases" / "nc_gauss_mlp"
 COLUMNS = (
     "in_dim",
     "rank",

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from nrc_cli.cli import app
 from nrc_cli.results import METRIC_COLUMNS
 
-RELU = Path(__file__).resolve().parent / "reference_cases" / "mlp_relu"
+RELU = Path(__file__).resolve().parents[1] / "reference_cases" / "mlp_relu"
 runner = CliRunner()
 
 

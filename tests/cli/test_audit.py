@@ -20,41 +20,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import error_line, invoke, mlp, save_model, save_npz
+from helpers import (
+    error_line,
+    invoke,
+    make_audit_data,
+    make_audit_zoo,
+)
 from pandas.testing import assert_frame_equal
 
 from nrc_cli.audit import parts_dir, read_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE_ZOO = REPO / "sample_checkpoints" / "zoo"
 SAMPLE_DATA = REPO / "sample_checkpoints" / "lowrank.npz"
-IN, OUT = 6, 2
-
-
-def make_zoo(folder: Path, n: int = 6) -> list[Path]:
-    """``n`` tiny MLPs (6 -> 16 -> 16 -> 2): a weight-decay sweep over two seeds, as metadata."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        wd, seed = (0.0, 1e-4, 1e-3)[(i // 2) % 3], i % 2
-        meta = {"weight_decay": repr(wd), "seed": str(seed), "run": str(i)}
-        model = mlp((IN, 16, 16, OUT), seed=i)
-        paths.append(save_model(folder / f"m{i:02d}.safetensors", model, meta))
-    return paths
-
-
-def make_data(path: Path, n: int = 96) -> Path:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, IN)).astype(np.float32)
-    y = np.stack([np.tanh(x[:, 0]), np.sin(x[:, 1])], axis=1).astype(np.float32)
-    return save_npz(path, x=x, y=y)
 
 
 @pytest.fixture
 def zoo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_zoo(tmp_path / "zoo")
-    make_data(tmp_path / "data.npz")
+    make_audit_zoo(tmp_path / "zoo")
+    make_audit_data(tmp_path / "data.npz")
     return tmp_path
 
 
@@ -157,8 +142,8 @@ def test_a_killed_audit_resumes_to_the_uninterrupted_table(tmp_path, monkeypatch
     # Enough work that a kill lands mid-way: 16 checkpoints, a few thousand samples each.
     monkeypatch.chdir(tmp_path)
     total = 16
-    make_zoo(tmp_path / "zoo", n=total)
-    make_data(tmp_path / "data.npz", n=3000)
+    make_audit_zoo(tmp_path / "zoo", n=total)
+    make_audit_data(tmp_path / "data.npz", n=3000)
     args = ["zoo", "--data", "data.npz", "--batch-size", "128", "--output", "out.parquet"]
     parts = parts_dir(tmp_path / "out.parquet")
 

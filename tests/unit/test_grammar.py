@@ -1,6 +1,6 @@
 """The comparison grammar (:mod:`nrc_cli.grammar`) as the collapse rule uses it: ``parse_term``
 reads one ``COLUMN OP NUMBER`` term over given columns and operators, and ``CollapseRule.parse``
-says its errors of the whole rule. The requirement side is in tests/test_gates.py."""
+says its errors of the whole rule. The requirement side is in tests/unit/test_gates.py."""
 
 from __future__ import annotations
 

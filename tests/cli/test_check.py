@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from nrc_cli.cli import app
 from nrc_cli.results import METRIC_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RELU = ROOT / "tests" / "reference_cases" / "mlp_relu"
 SAMPLES = ROOT / "sample_checkpoints"
 DOCS = ROOT / "README.md"

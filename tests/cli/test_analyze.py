@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import REFERENCE_DIR, SAMPLES_DIR, make_tiny_case
 from helpers import (
+    CNN_FACTORY,
     analyze_json,
     assert_close,
     dense_report,
@@ -77,30 +78,6 @@ def test_matches_the_dense_reference_with_norm_layers(tmp_path, norm):
     got = analyze_json(case.checkpoint, case.data)
     # float32 features through norms are not exact: allow float32 round-off.
     _assert_matches_reference(got, dense_report(case.model, case.x, case.y), rel=1e-5)
-
-
-CNN_FACTORY = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, channels=4):
-        super().__init__()
-        self.conv1 = nn.Conv2d(2, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, (3, 2), groups=2)
-        self.mix = nn.Conv1d(channels, 3, 2)
-        self.fc = nn.Linear(3, 2)
-
-    def forward(self, x):
-        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))  # (b, c, h, w)
-        h = torch.tanh(self.mix(h.flatten(2)))  # (b, 3, L)
-        return self.fc(h.transpose(1, 2)).mean(dim=1)  # Linear on (b, L, 3): token pooling
-
-
-def make(**kwargs):
-    return Net(**kwargs)
-"""
 
 
 def test_conv_and_token_pooling_model_matches_the_dense_reference(tmp_path):

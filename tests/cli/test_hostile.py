@@ -35,7 +35,7 @@ from torch import nn
 from nrc_cli.errors import os_error_hint, os_error_line, os_error_reason
 
 PREVIOUS = b'{"previous": "report"}\n'
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

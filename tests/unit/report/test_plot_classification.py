@@ -9,7 +9,7 @@ from pathlib import Path
 from nrc_cli.report.plot import CLASSIFICATION_PANELS, plot_profile, profile_panels
 from nrc_cli.results import Results
 
-REFERENCE = Path(__file__).resolve().parent / "reference_cases" / "nc_gauss_mlp"
+REFERENCE = Path(__file__).resolve().parents[2] / "reference_cases" / "nc_gauss_mlp"
 
 
 def _report() -> Results:

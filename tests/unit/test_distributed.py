@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def summary(accs) -> dict:
 
 REDUCE_SCRIPT = """
 import json, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {tests!r}
 from test_distributed import accumulators, data, feed, feed_monitor, monitored, summary
 from nrc_cli.distributed import launch_from_env, process_group, share
 
@@ -170,7 +171,8 @@ def feed_monitor(model, monitor, z, y, batch):
 @pytest.mark.parametrize(("n", "batch"), [(N, 40), (N, 300)])  # the second: rank 1 gets 1 sample
 def test_two_ranks_reduce_to_the_single_stream(tmp_path, n, batch):
     script = tmp_path / "reduce.py"
-    tests = str(__import__("pathlib").Path(__file__).parent)
+    here = Path(__file__).resolve().parent
+    tests = [str(here), str(here.parent)]  # this module, and helpers.py
     script.write_text(REDUCE_SCRIPT.format(tests=tests, n=n, batch=batch))
     ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
     for e in ended:
@@ -285,7 +287,7 @@ def feed_classifier(model, monitor, z, labels, batch):
 
 CLASS_SCRIPT = """
 import json, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {tests!r}
 from test_distributed import (class_accumulators, class_data, class_summary, classifier,
                               feed_classes, feed_classifier, nearest)
 from nrc_cli.distributed import launch_from_env, process_group, share
@@ -340,7 +342,8 @@ json.dump({{"report": report, "refused": refused, "reloaded": same}},
 @pytest.mark.parametrize(("n", "batch"), [(N, 40), (N, 300)])  # the second: rank 1 gets 1 sample
 def test_two_ranks_of_a_classifier_reduce_to_the_single_stream(tmp_path, n, batch):
     script = tmp_path / "classes.py"
-    tests = str(__import__("pathlib").Path(__file__).parent)
+    here = Path(__file__).resolve().parent
+    tests = [str(here), str(here.parent)]  # this module, and helpers.py
     script.write_text(CLASS_SCRIPT.format(tests=tests, n=n, batch=batch))
     ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
     for e in ended:

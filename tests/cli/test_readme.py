@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from nrc_cli.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
@@ -92,9 +92,9 @@ def test_linked_docs_exist(path):
 def test_every_bash_block_is_run_as_written_by_a_doc_test():
     # The bash blocks of these sections run in README order, as written, from a directory that
     # holds only what a fresh clone has (the samples; no baselines/ or other output folders):
-    # tests/test_cli_audit.py::test_doc_commands_run_as_written for the zoo, and
-    # tests/test_cli_check.py::test_docs_commands_run_as_written for CI, and
-    # tests/test_cli_distributed.py::test_doc_* for torchrun and the Slurm script. A bash block
+    # tests/cli/test_audit.py::test_doc_commands_run_as_written for the zoo, and
+    # tests/cli/test_check.py::test_docs_commands_run_as_written for CI, and
+    # tests/cli/test_distributed.py::test_doc_* for torchrun and the Slurm script. A bash block
     # anywhere else would run nowhere.
     tested = {"Auditing a model zoo", "Use in CI", "Beyond one machine"}
     for section in re.split(r"^## ", README, flags=re.M)[1:]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import analyze_json, assert_close
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference_cases"
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference_cases"
 CASES = sorted(
     p.name
     for p in REFERENCE_DIR.iterdir()

@@ -11,7 +11,7 @@ from helpers import invoke
 
 from nrc_cli import __version__
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_prints_the_version_and_exits_0():

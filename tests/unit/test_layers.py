@@ -13,7 +13,7 @@ import ast
 from functools import cache
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "nrc_cli"
+PACKAGE = Path(__file__).resolve().parents[2] / "nrc_cli"
 # The README's line, top first; helpers shared by every layer sit above it.
 LAYERS = [
     ("_version", "_threads", "_memory"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import invoke
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("golden", ROOT / "scripts" / "golden.py")
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
