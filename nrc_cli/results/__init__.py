@@ -117,6 +117,7 @@ CLASSIFICATION_SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("seed", "int"),
     ("passes", "int"),
     ("device", "str"),
+    ("world_size", "int"),
     ("dtype", "str"),
     ("build", "str"),
     ("model", "str"),
