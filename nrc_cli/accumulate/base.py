@@ -8,7 +8,9 @@ is known only then; until then the state is None). Every accumulator then has
 * ``reset()``: every state back to its declared default;
 * ``merge(other)``: combine two partial states of the same stream's shards; the default adds
   every state declared with ``reduce="sum"``, and :class:`ShiftedSums` first re-expresses the
-  other state's sums about this one's shifts;
+  other state's sums about this one's shifts. ``merge_problem(other)`` says beforehand why a
+  state cannot be merged (another type, width or test matrix), so a refused merge changes
+  nothing;
 * ``to(device)``: every tensor state moved;
 * ``state_dict()`` / ``load_state_dict(sd)``: a flat ``{name: Tensor}`` with plain numbers as
   0-d tensors, so that it saves with ``torch.save`` or safetensors and sums across processes;
@@ -23,6 +25,7 @@ can cause into :class:`nrc_cli.errors.NrcError`.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Protocol
 
 import torch
@@ -87,6 +90,12 @@ class Accumulator:
         setattr(self, name, default)
 
     @property
+    def width(self) -> int | None:
+        """p, the width of the features summed, once a batch has been seen (None before, and
+        for a state that sums no features)."""
+        return None
+
+    @property
     def state_names(self) -> tuple[str, ...]:
         return tuple(self._defaults)
 
@@ -113,9 +122,16 @@ class Accumulator:
     # -- merging ---------------------------------------------------------------------------
 
     def merge(self, other: Accumulator) -> Accumulator:
-        """Fold ``other`` (a partial state of another shard) into this one, in place."""
+        """Fold ``other`` (a partial state of another shard) into this one, in place.
+
+        Raises ``TypeError`` for another type of accumulator and ``ValueError`` for a state
+        that cannot be merged (:meth:`merge_problem`); either way before anything changes.
+        """
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        problem = self.merge_problem(other)
+        if problem is not None:
+            raise ValueError(problem)
         if other.n == 0:
             return self
         if self.n == 0:
@@ -123,6 +139,24 @@ class Accumulator:
             return self
         self._merge_nonempty(other)
         return self
+
+    def merge_problem(self, other: Accumulator) -> str | None:
+        """Why ``other`` cannot be merged into this state, or None when it can. Pure: a caller
+        merging several states checks them all first, so that a refused merge changes none.
+
+        The default: another type, or a summed tensor state of another shape (both states
+        holding samples).
+        """
+        if type(other) is not type(self):
+            return f"cannot merge {type(other).__name__} into {type(self).__name__}"
+        if other.n == 0 or self.n == 0:
+            return None
+        for name in self.summed_states:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            tensors = isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor)
+            if tensors and mine.shape != theirs.shape:
+                return _shape_message(name, mine, theirs)
+        return None
 
     def _copy_from(self, other: Accumulator) -> None:
         for name in self._defaults:
@@ -189,10 +223,34 @@ class Accumulator:
 
 def _check_same_shape(name: str, mine: torch.Tensor, theirs: torch.Tensor) -> None:
     if mine.shape != theirs.shape:
-        raise ValueError(
-            f"cannot merge state '{name}' of shape {tuple(theirs.shape)} into one of shape "
-            f"{tuple(mine.shape)} (feature or target width changed)"
-        )
+        raise ValueError(_shape_message(name, mine, theirs))
+
+
+def _shape_message(name: str, mine: torch.Tensor, theirs: torch.Tensor) -> str:
+    return (
+        f"cannot merge state '{name}' of shape {tuple(theirs.shape)} into one of shape "
+        f"{tuple(mine.shape)} (feature or target width changed)"
+    )
+
+
+def checksum(*parts: torch.Tensor | int | str) -> int:
+    """A CRC-32 of ``parts``: of a tensor's shape, dtype and bytes (read on the CPU), of a
+    number's or a string's text. Equal parts give equal sums on every process; different ones,
+    different sums but for a chance of 2⁻³²."""
+    crc = 0
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            t = part.detach().to("cpu").contiguous().reshape(-1)
+            crc = zlib.crc32(f"{tuple(part.shape)} {t.dtype}".encode(), crc)
+            crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes(), crc)
+        else:
+            crc = zlib.crc32(repr(part).encode(), crc)
+    return crc
+
+
+def same_everywhere(collective: Collective, value: int) -> bool:
+    """Whether every process holds the same ``value`` (two small all-reduces: a collective)."""
+    return collective.agree(value, "min") == collective.agree(value, "max")
 
 
 def shift_correction(
@@ -244,6 +302,10 @@ class ShiftedSums(Accumulator):
         self.add_state(name, None)
         self._comoments[name] = (left, right, form)
 
+    @property
+    def width(self) -> int | None:
+        return None if self.cz is None else int(self.cz.shape[0])
+
     def reshifted(self, cz: torch.Tensor, cy: torch.Tensor) -> dict[str, torch.Tensor]:
         """This state's sums re-expressed about the shifts (cz, cy); the state is unchanged."""
         d = self.cz - cz.to(self.cz.device)
@@ -279,8 +341,11 @@ class ShiftedSums(Accumulator):
 
     def align_(self, collective: Collective) -> None:
         """Re-express the sums about the global means of z and y over the processes (one sum
-        of p + t + 1 numbers), the shift every process then shares."""
+        of p + t + 1 numbers), the shift every process then shares; once the processes have
+        checked that their feature and target widths agree."""
         p, t = self.cz.shape[0], self.cy.shape[0]
+        if not same_everywhere(collective, checksum(p, t)):
+            raise ValueError("the feature or target width of a layer differs between the processes")
         # Σz and Σy of this process (n·c + Σ(z − c)); with N, the global means.
         sums = torch.cat(
             [
@@ -293,13 +358,19 @@ class ShiftedSums(Accumulator):
         n = float(sums[0])
         self.reshift_(sums[1 : 1 + p] / n, sums[1 + p : 1 + p + t] / n)
 
-    def _merge_nonempty(self, other: Accumulator) -> None:
-        assert isinstance(other, ShiftedSums)
+    def merge_problem(self, other: Accumulator) -> str | None:
+        """Another type, or other feature or target widths (both states holding samples)."""
+        if not isinstance(other, ShiftedSums) or not (self.n and other.n):
+            return super().merge_problem(other)
         if other.cz.shape != self.cz.shape or other.cy.shape != self.cy.shape:
-            raise ValueError(
+            return (
                 f"feature/target width changed: had ({self.cz.shape[0]}, {self.cy.shape[0]}), "
                 f"got ({other.cz.shape[0]}, {other.cy.shape[0]})"
             )
+        return super().merge_problem(other)
+
+    def _merge_nonempty(self, other: Accumulator) -> None:
+        assert isinstance(other, ShiftedSums)
         parts = other.reshifted(self.cz.to(other.cz.device), self.cy.to(other.cy.device))
         for name, value in parts.items():
             getattr(self, name).add_(value.to(getattr(self, name).device))

@@ -28,14 +28,13 @@ mean, after which counts, sums and second-order sums add up to the merge.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from nrc_cli._threads import single_threaded
-from nrc_cli.accumulate.base import Accumulator, Collective
+from nrc_cli.accumulate.base import Accumulator, Collective, checksum, same_everywhere
 from nrc_cli.accumulate.labels import show_values
 from nrc_cli.accumulate.moments import Workspace, add_gram_, symmetric
 
@@ -234,11 +233,19 @@ class _ClassSums(Accumulator):
         self._add_second(u)
         self.n += b
 
+    def merge_problem(self, other: Accumulator) -> str | None:
+        """Another type, or another feature width (both states holding samples); the number
+        of label values may differ."""
+        if type(other) is not type(self):
+            return super().merge_problem(other)
+        assert isinstance(other, _ClassSums)
+        if self.n and other.n and other.width != self.width:
+            return f"feature width changed: had {self.width}, got {other.width}"
+        return None
+
     def _merge_nonempty(self, other: Accumulator) -> None:
         """Both states hold samples: move the other's sums to this state's shifts, add."""
         assert isinstance(other, _ClassSums)
-        if other.width != self.width:
-            raise ValueError(f"feature width changed: had {self.width}, got {other.width}")
         dev = self.sums.device
         with single_threaded(dev):
             self._grow(other.counts.shape[0])
@@ -389,11 +396,24 @@ class ClassSketch(_ClassSums):
 
     def align_(self, collective: Collective) -> None:
         """As for :class:`ClassMoments`, once the processes have checked that they sketch with
-        the same test matrix Ω (a checksum of its bytes)."""
-        check = zlib.crc32(self.omega.detach().cpu().contiguous().numpy().tobytes())
-        if collective.agree(check, "min") != collective.agree(check, "max"):
-            raise ValueError("the processes sketch a layer with different test matrices (seed)")
+        the same test matrix Ω (a checksum of its shape and bytes)."""
+        if not same_everywhere(collective, checksum(self.omega)):
+            raise ValueError(
+                "the processes sketch a layer with different test matrices (seed or sketch size)"
+            )
         super().align_(collective)
+
+    def merge_problem(self, other: Accumulator) -> str | None:
+        """As for :class:`ClassMoments`, and a sketch holding samples built with another Ω
+        (its Σ_W·Ω would be read against this sketch's Ω, also when this one is empty)."""
+        if isinstance(other, ClassSketch) and other.n and not self._same_omega(other):
+            return "cannot merge sketches built with different test matrices"
+        return super().merge_problem(other)
+
+    def _same_omega(self, other: ClassSketch) -> bool:
+        return other.omega.shape == self.omega.shape and torch.equal(
+            other.omega.to(self.omega.device), self.omega
+        )
 
     def _take_second(self, other) -> None:
         if other.omega.shape != self.omega.shape or not torch.equal(
@@ -607,8 +627,8 @@ class NearestClassMean(Accumulator):
                 self.whitened += float((r * r).sum())
         self.n += b
 
-    def merge(self, other: Accumulator) -> Accumulator:
-        """Fold the counts of a pass over other samples, fed the same means, into this one."""
+    def merge_problem(self, other: Accumulator) -> str | None:
+        """Another type, or a pass over other samples fed other class means."""
         if isinstance(other, NearestClassMean) and other.n and self.n:
             same = (
                 other.centred.shape == self.centred.shape
@@ -616,8 +636,8 @@ class NearestClassMean(Accumulator):
                 and torch.equal(other.means.to(self.device), self.means)
             )
             if not same:
-                raise ValueError("cannot merge nearest-class-mean passes fed different means")
-        return super().merge(other)
+                return "cannot merge nearest-class-mean passes fed different means"
+        return super().merge_problem(other)
 
     def to(self, device: torch.device | str) -> NearestClassMean:
         super().to(device)

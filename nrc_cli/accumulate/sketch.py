@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nrc_cli.accumulate.base import ShiftedSums
+from nrc_cli.accumulate.base import Accumulator, Collective, ShiftedSums, checksum, same_everywhere
 from nrc_cli.accumulate.moments import Moments
 
 _F64 = torch.float64
@@ -52,7 +52,8 @@ class CovarianceSketch(ShiftedSums):
     The shift logic (re-expressing the sums about another shift, merging) is
     :class:`nrc_cli.accumulate.base.ShiftedSums`', shared with the exact accumulator. The test
     matrix Ω is a constant of the sketch, not state: two sketches merge only when built with
-    the same Ω.
+    the same Ω, and the processes of a data-parallel run sum them only when every one sketches
+    with the same Ω (:meth:`align_`).
     """
 
     def __init__(self, omega: torch.Tensor) -> None:
@@ -90,19 +91,22 @@ class CovarianceSketch(ShiftedSums):
         self.cyy += v.T @ v
         self.n += z.shape[0]
 
-    def merge(self, other: CovarianceSketch) -> CovarianceSketch:  # type: ignore[override]
-        """Fold ``other`` (built with the same Ω) into this sketch, in place."""
-        if (
-            other.n
-            and self.n
-            and (
-                other.omega.shape != self.omega.shape
-                or not torch.equal(other.omega.to(self.omega.device), self.omega)
+    def merge_problem(self, other: Accumulator) -> str | None:
+        """As for :class:`ShiftedSums`, and a sketch holding samples built with another Ω
+        (its Σ_Z·Ω would be read against this sketch's Ω, also when this one is empty)."""
+        if isinstance(other, CovarianceSketch) and other.n and not _same_matrix(other, self):
+            return "cannot merge sketches built with different test matrices"
+        return super().merge_problem(other)
+
+    def align_(self, collective: Collective) -> None:
+        """As for :class:`ShiftedSums`, once the processes have checked that they sketch with
+        the same test matrix Ω (a checksum of its shape and bytes): sums of Σ_Z·Ω over
+        different Ω would be no sketch at all."""
+        if not same_everywhere(collective, checksum(self.omega)):
+            raise ValueError(
+                "the processes sketch a layer with different test matrices (seed or sketch size)"
             )
-        ):
-            raise ValueError("cannot merge sketches built with different test matrices")
-        super().merge(other)
-        return self
+        super().align_(collective)
 
     def to(self, device: torch.device | str) -> CovarianceSketch:
         super().to(device)
@@ -122,3 +126,7 @@ class CovarianceSketch(ShiftedSums):
         trace = float((self.diag / n - dz * dz).clamp_min(0).sum())
         moments = Moments(n, self.cz + dz, self.cy + dy, None, cov_zy, cov_y)
         return SketchResult(moments, sketch, self.omega.clone(), trace)
+
+
+def _same_matrix(a: CovarianceSketch, b: CovarianceSketch) -> bool:
+    return a.omega.shape == b.omega.shape and torch.equal(a.omega.to(b.omega.device), b.omega)

@@ -385,3 +385,12 @@ def test_bad_labels_are_named_with_their_row(y, n_outputs, message):
 def test_show_values_names_at_most_six_values():
     assert show_values(torch.tensor([0.0, 1.0, 0.5])) == "[0, 1, 0.5]"
     assert show_values(torch.arange(8.0)) == "[0, 1, 2, 3, 4, 5, ...]"
+
+
+def test_an_empty_sketch_does_not_take_a_sketch_of_another_test_matrix():
+    z, labels = _class_data(n=100)
+    a, b = ClassSketch(OMEGA), ClassSketch(OMEGA + 1)
+    b.update(z, labels)
+    with pytest.raises(ValueError, match="different test matrices"):
+        a.merge(b)
+    assert a.n == 0 and a.s_omega is None

@@ -281,3 +281,34 @@ def test_empty_batches_change_nothing():
 def test_compute_on_nothing_raises(make):
     with pytest.raises(ValueError, match="no samples"):
         make().compute()
+
+
+def test_a_sketch_merges_only_a_sketch_with_its_own_test_matrix_and_a_refusal_changes_nothing():
+    z = _features(60, 6, seed=10)
+    y = z[:, :2] * 2
+    theirs = CovarianceSketch(_OMEGA + 1)
+    theirs.update(z[30:], y[30:])
+    # Into an empty sketch as well: its Σ_Z·Ω would be read against this sketch's Ω.
+    empty = CovarianceSketch(_OMEGA)
+    assert empty.merge_problem(theirs) == "cannot merge sketches built with different test matrices"
+    with pytest.raises(ValueError, match="different test matrices"):
+        empty.merge(theirs)
+    assert empty.n == 0 and empty.s_omega is None
+    mine = CovarianceSketch(_OMEGA)
+    mine.update(z[:30], y[:30])
+    before = mine.state_dict()
+    with pytest.raises(ValueError, match="different test matrices"):
+        mine.merge(theirs)
+    # Widths are checked before anything is added, too.
+    wider = CrossMoments()
+    wider.update(_features(10, 9, seed=11), y[:10])
+    exact = CrossMoments()
+    exact.update(z[:30], y[:30])
+    assert "width changed" in exact.merge_problem(wider)
+    with pytest.raises(ValueError, match="width changed"):
+        exact.merge(wider)
+    after = mine.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert CrossMoments().merge_problem(NormalizedGram()) == (
+        "cannot merge NormalizedGram into CrossMoments"
+    )
