@@ -32,6 +32,7 @@ from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families import FAMILIES, FirstPass, SecondPass
+from nrc_cli.families.combining import check_options
 from nrc_cli.families.passes import (
     as_targets,
     check_finite,
@@ -116,14 +117,11 @@ class CollapseMonitor:
     it saves with ``torch.save`` or ``safetensors`` and loads into a monitor built on the same
     model with the same options (:meth:`load_state_dict`).
 
-    **Data-parallel runs.** Each process feeds its own monitor on its shard; :meth:`all_reduce`
-    then sums them over a ``torch.distributed`` group, exactly as :meth:`merge` would (the
-    ranks agree on one shift, per class for a classifier, and all-reduce every summed state).
-    Gathering the state dicts on one process and merging them works too. A classifier's
-    second pass is reduced by a second call: ``all_reduce(group)`` after the first pass, then
-    ``begin_second_pass()`` on every rank (the class means are now the same everywhere), each
-    rank feeds its shard again, and ``all_reduce(group)`` once more sums the
-    nearest-class-mean counts (see :meth:`all_reduce`).
+    **Combining.** :meth:`merge`, :meth:`join` and :meth:`all_reduce` check everything first
+    and refuse, changing nothing, what would give a wrong number (a layer whose statistics
+    would not cover every sample, accumulators that do not add up). :meth:`all_reduce` sums
+    the monitors of a data-parallel run, one per rank, exactly as :meth:`merge` would; a
+    classifier's second pass is reduced by a second call (see there).
     """
 
     def __init__(
@@ -359,9 +357,12 @@ class CollapseMonitor:
             )
         if self._second is not None:
             raise ConfigError("the second pass was already begun")
+        self._second = SecondPass(self.family, self._first.accs)
+        self._hook_accumulated()
+
+    def _hook_accumulated(self) -> None:
+        """Every accumulated layer is hooked (a joined plan's monitor watched one pass's)."""
         accs = self._first.accs
-        self._second = SecondPass(self.family, accs)
-        # Every accumulated layer is hooked now (a joined plan's monitor watched one pass's).
         self.active.update(accs)
         if self._capture is not None and self._capture.active is not None:
             self._capture.active.update(accs)
@@ -401,7 +402,9 @@ class CollapseMonitor:
                 hint="run the model inside 'with monitor:' and call update(y, output)",
             )
         t = first.t
-        layers = [(self._by_name[n], first.accs[n]) for n in self._order if n in first.accs]
+        # A layer that ran only in batches that update() refused has no samples, and no row.
+        ran = [n for n in self._order if any(a.n for a in first.accs.get(n, {}).values())]
+        layers = [(self._by_name[n], first.accs[n]) for n in ran]
         second = None
         if self._second is not None and self._second.n == first.n:
             second = self._second.accs
@@ -465,7 +468,20 @@ class CollapseMonitor:
 
     def merge(self, other: CollapseMonitor) -> CollapseMonitor:
         """Fold another monitor's state (the same model and options, other samples) into
-        this one; the result is that of one monitor fed both streams. Returns self."""
+        this one; the result is that of one monitor fed both streams. Returns self. The
+        options that only shape ``compute()`` (``rank``, ``svd``, ``collapse_rule``…) are
+        this monitor's.
+
+        Raises
+        ------
+        ConfigError
+            Other layers or task, ``precision``, ``mask_key``, or ``output_key`` (for outputs).
+        DataError
+            A layer only one of the two accumulated (other ``active=``, or forward passes that
+            ran other layers), sketched in one only or with another test matrix (``seed``,
+            sketch size); other target widths; outputs fed to one only; a second pass. All is
+            checked before anything changes: a refused merge leaves this monitor as it was.
+        """
         self._check_compatible(other)
         if other.n_samples == 0:
             return self
@@ -511,9 +527,12 @@ class CollapseMonitor:
         ConfigError
             A rank has seen no batch; the pass was reduced already (its samples would count
             twice); a second pass begun before the first was reduced (each rank's class means
-            were its own); monitors not built alike.
+            were its own); monitors not built alike (a layer sketched on some ranks only, or
+            with another test matrix: ``seed``, sketch size).
         DataError
-            The ranks are in different passes, or their forward passes ran different layers.
+            The ranks are in different passes, their forward passes ran different layers, or
+            some were fed the model's outputs and others not. Every rank raises the same
+            error, and nothing is summed.
         """
         first, second = self._first, self._second
         phase = 0 if first.t is None else 1 if second is None else 2
@@ -571,6 +590,16 @@ class CollapseMonitor:
 
         The pipeline runs a plan of several passes as one monitor per pass and joins them:
         the result is that of one monitor holding every layer.
+
+        Raises
+        ------
+        ConfigError
+            As for :meth:`merge`.
+        DataError
+            A layer in both; other data: other sample counts or target widths, or targets
+            (mean and covariance, label counts) or model errors that differ beyond round-off
+            (data whose targets agree throughout cannot be told apart); a second pass. A
+            refused join changes nothing.
         """
         self._check_compatible(other)
         if self._second is not None or other._second is not None:
@@ -591,6 +620,12 @@ class CollapseMonitor:
             raise ConfigError(
                 f"the two monitors measure different tasks ({self.task}, {other.task})"
             )
+        check_options(
+            self._options,
+            other._options,
+            (self.mask_key, other.mask_key),
+            other_outputs=bool(other._first.has_prediction),
+        )
 
     # -- state dicts ------------------------------------------------------------------------
 

@@ -11,7 +11,9 @@
 * :func:`layer_state` and :func:`load_layer_states`: those accumulators in a monitor's flat
   state dict, keyed ``layer/<layer>/<kind>/<state>`` (and ``omega/<layer>`` for a sketch);
 * :class:`FirstPass`: the state of the first pass (every layer's accumulators, the
-  prediction's, the samples), which merges, joins and reduces across ranks;
+  prediction's, the samples), which merges, joins and reduces across ranks, each once
+  :mod:`nrc_cli.families.combining` has checked, before anything changes, that the result
+  is right;
 * :class:`SecondPass`: a second pass over the same data, for a family with one
   (``second_pass``: the nearest-class-mean pass of a classifier), fed through the family's
   ``second_accumulator`` and ``update_second``.
@@ -32,6 +34,12 @@ from nrc_cli.accumulate.moments import Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import PendingPool, WeightLayer
 from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.families.combining import (
+    check_alike,
+    check_join,
+    check_merge,
+    covers,
+)
 from nrc_cli.planning import NARROW_NOTE, make_plan
 
 if TYPE_CHECKING:
@@ -350,7 +358,25 @@ class FirstPass:
         self, features: Mapping[str, torch.Tensor], y: torch.Tensor, pred: torch.Tensor | None
     ) -> None:
         """Fold one batch in: each layer's ``features``, the targets ``y`` (b, t), the model's
-        prediction (or None)."""
+        prediction (or None).
+
+        Raises
+        ------
+        DataError
+            A layer that ran in this batch but not in earlier ones (its statistics would miss
+            their samples); nothing is changed then.
+        """
+        late = [
+            name
+            for name in features
+            if any(acc.n != self.n for acc in self.accs.get(name, {}).values())
+        ]
+        if late:
+            raise DataError(
+                f"layer(s) {', '.join(late)} ran in this batch but not in earlier ones; "
+                "their statistics would cover fewer samples than the others'",
+                hint="exclude layers that do not run on every batch",
+            )
         for name, accs in self.accs.items():
             if name in features:
                 self.family.update_layer(accs, features[name], y)
@@ -359,15 +385,23 @@ class FirstPass:
         self.has_prediction = pred is not None
         self.n += y.shape[0]
 
+    def incomplete(self) -> list[str]:
+        """Layers whose statistics cover some of the pass's samples but not all (a state that
+        no stream makes: a state dict put together by hand)."""
+        return [name for name, accs in self.accs.items() if not covers(accs, self.n)]
+
     def merge(self, other: FirstPass) -> None:
-        """Fold in ``other``, the same layers' pass over other samples (both non-empty)."""
-        if other.t != self.t:
-            raise DataError(f"cannot merge: target widths differ ({self.t} and {other.t})")
-        if other.has_prediction != self.has_prediction:
-            raise DataError("cannot merge a monitor fed model outputs with one fed none")
-        for name in other.accs:
-            if name not in self.accs:
-                raise DataError(f"cannot merge: layer '{name}' is accumulated in one monitor only")
+        """Fold in ``other``, the same layers' pass over other samples (both non-empty).
+
+        Raises
+        ------
+        DataError
+            Before anything changes, when the result would not be one pass over both streams:
+            other target widths; model outputs in one pass only; a layer accumulated in one
+            pass only (or that covers some of its pass's samples only); a layer sketched in one
+            pass and exact in the other, or with another width or test matrix.
+        """
+        check_merge(self, other)
         for name, theirs in other.accs.items():
             for kind, acc in theirs.items():
                 self.accs[name][kind].merge(acc)
@@ -375,14 +409,17 @@ class FirstPass:
         self.n += other.n
 
     def join(self, other: FirstPass) -> None:
-        """Take over the layers of ``other``, a later pass over the same samples."""
-        overlap = set(self.accs) & set(other.accs)
-        if overlap:
-            raise DataError(f"cannot join: layer(s) {', '.join(sorted(overlap))} in both")
-        if other.n != self.n or other.t != self.t:
-            raise DataError(
-                f"cannot join: the passes saw different data ({self.n} and {other.n} samples)"
-            )
+        """Take over the layers of ``other``, a later pass over the same samples.
+
+        Raises
+        ------
+        DataError
+            Before anything changes: a layer in both passes; passes over other data (other
+            sample counts or target widths, or targets whose mean and covariance, or label
+            counts, or the model's errors on them, differ beyond round-off); a layer that
+            covers some of its pass's samples only.
+        """
+        check_join(self, other)
         for name, accs in other.accs.items():
             self.accs[name] = accs
             self.pass_of[name] = self.passes + other.pass_of.get(name, 1)
@@ -391,7 +428,19 @@ class FirstPass:
     def reduce(self, group, names: Sequence[str]) -> None:
         """Sum the passes of every rank of a data-parallel run in place (``group``: a
         :class:`nrc_cli.distributed.Group`); ``names``, every watched layer, in the same
-        order on every rank. Afterwards :attr:`world_size` is the group's."""
+        order on every rank. Afterwards :attr:`world_size` is the group's.
+
+        Raises
+        ------
+        ValueError
+            On every rank, before anything is summed: ranks whose monitors are not alike
+            (other target widths; a layer sketched on some ranks only, or with another width,
+            sketch size or test matrix).
+        DataError
+            On every rank, before anything is summed: model outputs fed on some ranks only; a
+            layer that ran on the samples of some ranks only.
+        """
+        check_alike(self, group, names)
         for name in names:
             for kind in sorted(self.accs.get(name, {})):
                 group.reduce(self.accs[name][kind])

@@ -155,10 +155,10 @@ json.dump(monitor.compute().to_dict(), open("monitor%d.json" % launch.rank, "w")
 """
 
 
-def monitored():
+def monitored(**options):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(P, 16), nn.ReLU(), nn.Linear(16, T)).double()
-    return model, CollapseMonitor(model)
+    return model, CollapseMonitor(model, **options)
 
 
 def feed_monitor(model, monitor, z, y, batch):
@@ -199,6 +199,83 @@ def test_two_ranks_reduce_to_the_single_stream(tmp_path, n, batch):
                     assert mine[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
                 else:
                     assert mine[key] == value, key
+
+
+SKETCH_SCRIPT = """
+import json, sys
+import torch
+sys.path[:0] = {tests!r}
+from test_distributed import P, data, feed_monitor, monitored
+from nrc_cli.accumulate.sketch import CovarianceSketch
+from nrc_cli.distributed import launch_from_env, process_group, share
+from nrc_cli.errors import NrcError
+from nrc_cli.linalg import gaussian_test_matrix
+
+launch = launch_from_env()
+rank = launch.rank
+z, y = data()
+start, stop = share(len(z), 40, rank, launch.world_size)
+out = {{}}
+with process_group(launch, "cpu") as group:
+    # Each rank sketches with the test matrix of its own seed: the sums of Σ_Z·Ω would be no
+    # sketch at all.
+    acc = CovarianceSketch(gaussian_test_matrix(P, 5, seed=3 + rank))
+    acc.update(z[start:stop], y[start:stop])
+    before = acc.state_dict()
+    try:
+        group.reduce(acc)
+    except ValueError as err:
+        out["accumulator"] = str(err)
+    after = acc.state_dict()
+    out["accumulator unchanged"] = all(torch.equal(before[k], after[k]) for k in before)
+    # The public route: monitors whose sketch of layer 2 differs between the ranks.
+    cases = {{
+        "seed": {{"sketch": {{"2": 5}}, "seed": rank}},
+        "size": {{"sketch": {{"2": 4 + rank}}}},
+        "kind": {{"sketch": {{"2": 5}} if rank else {{}}}},
+    }}
+    for case, options in cases.items():
+        model, monitor = monitored(**options)
+        feed_monitor(model, monitor, z[start:stop], y[start:stop], 40)
+        want = monitor.compute().to_dict()
+        try:
+            monitor.all_reduce(group)
+        except NrcError as err:
+            out[case] = [type(err).__name__, err.message]
+        out[case + " unchanged"] = monitor.compute().to_dict() == want
+json.dump(out, open("sketch%d.json" % rank, "w"))
+"""
+
+
+def test_ranks_that_sketch_with_different_test_matrices_are_refused_on_every_rank(tmp_path):
+    script = tmp_path / "sketch.py"
+    here = Path(__file__).resolve().parent
+    tests = [str(here), str(here.parent)]  # this module, and helpers.py
+    script.write_text(SKETCH_SCRIPT.format(tests=tests))
+    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
+    for e in ended:
+        assert e.returncode == 0, e.stderr
+    matrices = (
+        "CollapseMonitor.all_reduce(): layer '2' is sketched with different test matrices on "
+        "the ranks (another seed or sketch size)"
+    )
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"sketch{rank}.json").read_text())
+        assert got == {
+            "accumulator": "the processes sketch a layer with different test matrices (seed "
+            "or sketch size)",
+            "accumulator unchanged": True,
+            "seed": ["ConfigError", matrices],
+            "seed unchanged": True,
+            "size": ["ConfigError", matrices],
+            "size unchanged": True,
+            "kind": [
+                "ConfigError",
+                "CollapseMonitor.all_reduce(): layer '2' is accumulated differently on the "
+                "ranks (sketched on some, exact on others, or with features of another width)",
+            ],
+            "kind unchanged": True,
+        }, rank
 
 
 # ------------------------------------------------------------------------------------------------

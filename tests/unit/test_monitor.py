@@ -143,6 +143,143 @@ def test_a_refused_merge_leaves_the_state_unchanged():
     assert all(torch.equal(after[k], before[k]) for k in after)
 
 
+def _snapshot(monitor) -> tuple[dict, dict]:
+    return monitor.state_dict(), monitor.compute().to_dict()
+
+
+def _assert_unchanged(monitor, snapshot) -> None:
+    """The monitor's state dict and results are what ``_snapshot`` took, to the bit."""
+    state, doc = snapshot
+    after = monitor.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], state[k]) for k in after), "the state changed"
+    assert monitor.compute().to_dict() == doc
+
+
+def test_a_merge_refuses_layers_only_this_monitor_accumulated():
+    x, y = _data(n=128, seed=3)
+    model = Wrapped(mlp((6, 12, 12, 3), seed=2))
+    both = _feed(CollapseMonitor(model), model, x[:64], y[:64])
+    one = _feed(CollapseMonitor(model, active=["net.0"]), model, x[64:], y[64:])
+    before = _snapshot(both)
+    # Merged, net.2 and net.4 would hold 64 samples each under n_samples = 128.
+    with pytest.raises(
+        DataError, match=r"layers 'net\.2', 'net\.4' are accumulated in one monitor only \(this"
+    ):
+        both.merge(one)
+    _assert_unchanged(both, before)
+    # The other way round too (and into an empty monitor a merge is a copy).
+    with pytest.raises(DataError, match=r"accumulated in one monitor only \(the other\)"):
+        one.merge(both)
+    assert CollapseMonitor(model, active=["net.0"]).merge(both).n_samples == 64
+
+
+class _TwoOutputs(nn.Module):
+    """An MLP whose output is a dict with two predictions of the same shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp((6, 12, 3), seed=2)
+
+    def forward(self, x):
+        out = self.net(x)
+        return {"pred": out, "other": 2 * out}
+
+
+@pytest.mark.parametrize(
+    ("changed", "error", "match"),
+    [
+        # A layer sketched with another test matrix: net.0 (exact) would have been merged
+        # before net.2 failed.
+        ({"seed": 1}, DataError, r"layer 'net\.2': cannot merge sketches built with different"),
+        ({"sketch": {}}, DataError, r"layer 'net\.2' is accumulated as sketch in this monitor"),
+        ({"sketch": {"net.2": 5}}, DataError, "different test matrices"),
+        ({"precision": "mixed"}, ConfigError, r"different precisions \(exact, mixed\)"),
+        ({"mask_key": None}, ConfigError, "pool token features with different masks"),
+        ({"output_key": "other"}, ConfigError, r"output_key 'pred', 'other'"),
+    ],
+)
+def test_a_merge_of_monitors_that_accumulated_differently_is_refused(changed, error, match):
+    x, y = _data(n=128, seed=3)
+    model = _TwoOutputs().eval()
+    options = {"sketch": {"net.2": 4}, "output_key": "pred"}
+    mine = _feed(CollapseMonitor(model, **options), model, x[:64], y[:64])
+    theirs = _feed(CollapseMonitor(model, **{**options, **changed}), model, x[64:], y[64:])
+    before = _snapshot(mine)
+    with pytest.raises(error, match=match):
+        mine.merge(theirs)
+    _assert_unchanged(mine, before)
+    if error is ConfigError:  # what a batch adds differs: not even into an empty monitor
+        empty = CollapseMonitor(model, **options)
+        with pytest.raises(ConfigError, match=match):
+            empty.merge(theirs)
+        assert empty.n_samples == 0
+
+
+def test_options_that_only_shape_compute_are_the_merging_monitors():
+    x, y = _data(seed=3)
+    model = Wrapped(mlp((6, 12, 3), seed=2))
+    mine = _feed(CollapseMonitor(model, rank=1), model, x[:150], y[:150], batch=50)
+    theirs = CollapseMonitor(model, rank=3, svd="randomized", collapse_rule="nrc1_noise<=0.5")
+    _feed(theirs, model, x[150:], y[150:])
+    whole = _feed(CollapseMonitor(model, rank=1), model, x, y).compute().to_dict()
+    assert_same_metrics(mine.merge(theirs).compute().to_dict(), whole, 1e-9)
+
+
+def test_update_refuses_a_layer_that_starts_running_after_the_first_batch():
+    class Late(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.late = nn.Linear(6, 3), nn.Linear(3, 3), False
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) if self.late else h
+
+    x, y = _data(n=64, seed=21)
+    model = Late().eval()
+    monitor = CollapseMonitor(model)
+    with monitor, torch.no_grad():
+        monitor.update(y[:32], model(x[:32]))
+        before = _snapshot(monitor)
+        model.late = True
+        with pytest.raises(DataError, match=r"layer\(s\) b ran in this batch but not in earlier"):
+            monitor.update(y[32:], model(x[32:]))
+    # Layer b never got a sample: it has no row (it would have reported 32 samples as 64).
+    _, doc = before
+    assert monitor.n_samples == 32 and monitor.compute().to_dict()["layers"] == doc["layers"]
+    assert [row["layer"] for row in doc["layers"]] == ["a"]
+
+
+def test_a_join_refuses_monitors_that_saw_other_samples():
+    x, y = _data(n=256, seed=22)
+    model = Wrapped(mlp((6, 12, 3), seed=23))
+    whole = _feed(CollapseMonitor(model), model, x[:128], y[:128]).compute().to_dict()
+    # The passes of one plan over the same samples, batched differently: joined, they are one
+    # monitor holding every layer.
+    first = _feed(CollapseMonitor(model, active=["net.0"]), model, x[:128], y[:128])
+    second = _feed(CollapseMonitor(model, active=["net.2"]), model, x[:128], y[:128], batch=50)
+    assert_same_metrics(first.join(second).compute().to_dict(), whole, 1e-9)
+    # As many samples, other ones: refused, and nothing changes.
+    first = _feed(CollapseMonitor(model, active=["net.0"]), model, x[:128], y[:128])
+    other = _feed(CollapseMonitor(model, active=["net.2"]), model, x[128:], y[128:])
+    before = _snapshot(first)
+    with pytest.raises(DataError, match=r"as many samples, 128, but other targets"):
+        first.join(other)
+    _assert_unchanged(first, before)
+    # The same targets, other inputs: the model's errors differ.
+    other = CollapseMonitor(model, active=["net.2"])
+    _feed(other, model, x[128:], y[:128])
+    with pytest.raises(DataError, match="other targets or other predictions"):
+        first.join(other)
+    with pytest.raises(DataError, match=r"saw different data \(128 and 64 samples\)"):
+        first.join(_feed(CollapseMonitor(model, active=["net.2"]), model, x[:64], y[:64]))
+    mixed = _feed(CollapseMonitor(model, active=["net.2"], precision="mixed"), model, x, y)
+    with pytest.raises(ConfigError, match="different precisions"):
+        first.join(mixed)
+    _assert_unchanged(first, before)
+
+
 def test_state_dict_through_torch_save_and_safetensors_gives_identical_results():
     x, y = _data(seed=4)
     model = Wrapped(mlp((6, 10, 3), seed=5))

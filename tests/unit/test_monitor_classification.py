@@ -139,3 +139,20 @@ def test_bad_labels_in_update_name_the_sample():
     bad[70] = 7
     with pytest.raises(DataError, match="label 7 at sample 70 is beyond the model's 4 outputs"):
         _feed(monitor, model, x, bad)
+
+
+def test_a_join_refuses_a_classifier_fed_other_labels():
+    model, x, y = _case(n=256)
+    first = CollapseMonitor(model, task="classification", active=["0"])
+    _feed(first, model, x[:128], y[:128])
+    same = CollapseMonitor(model, task="classification", active=["2", "4"])
+    _feed(same, model, x[:128], y[:128], batch=50)
+    other = CollapseMonitor(model, task="classification", active=["2", "4"])
+    _feed(other, model, x[128:], y[128:])
+    assert sorted(torch.bincount(y[:128]).tolist()) != sorted(torch.bincount(y[128:]).tolist())
+    with pytest.raises(DataError, match="as many samples, 128, but other targets"):
+        first.join(other)
+    assert first.compute().layers[0]["layer"] == "0" and len(first.compute().layers) == 1
+    whole = CollapseMonitor(model, task="classification")
+    _feed(whole, model, x[:128], y[:128])
+    _same(first.join(same).compute().to_dict(), whole.compute().to_dict())
