@@ -36,12 +36,14 @@ from nrc_cli.families.combining import check_options
 from nrc_cli.families.passes import (
     as_targets,
     check_finite,
+    load_passes,
     paired_features,
     plan_row,
     single_pass_sketches,
     sketched_size,
+    state_header,
 )
-from nrc_cli.options import parse_size
+from nrc_cli.options import PRECISIONS, parse_size
 from nrc_cli.results import Results
 
 __all__ = ["CollapseMonitor"]
@@ -633,7 +635,8 @@ class CollapseMonitor:
         """The accumulated state as a flat ``{str: Tensor}`` (safetensors- and torch.save-ready).
 
         Keys: ``n``, ``target_dim``, ``batch``, ``passes``, ``prediction`` (-1 unknown, 0, 1),
-        ``order`` (indices into the selected layers), ``sse.*``, and per accumulated layer
+        ``order`` (indices into the selected layers), ``task`` and ``precision`` (indices into
+        ``FAMILIES`` and ``("exact", "mixed")``), ``sse.*``, and per accumulated layer
         ``pass/<layer>``, ``omega/<layer>`` (sketched layers) and
         ``layer/<layer>/<kind>/<state>``; ``world_size`` once :meth:`all_reduce` summed
         several processes; in a second pass ``second_n``, ``second/<layer>/<state>`` (and
@@ -643,41 +646,43 @@ class CollapseMonitor:
         out = self._first.state_dict()
         out["order"] = torch.tensor([names.index(n) for n in self._order], dtype=_I64)
         out["task"] = torch.tensor(list(FAMILIES).index(self.task), dtype=_I64)
+        out["precision"] = torch.tensor(PRECISIONS.index(self.family.precision), dtype=_I64)
         if self._second is not None:
             out.update(self._second.state_dict())
         return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace this monitor's state by one from :meth:`state_dict` (same model and options)."""
+        """Replace this monitor's state by one from :meth:`state_dict` (same model and options).
+
+        Raises
+        ------
+        ConfigError
+            Not a state of this monitor: of other layers or feature widths, another task or
+            precision, or malformed. The state is checked in full before anything changes: a
+            refused load leaves the monitor as it was.
+        """
         names = [w.name for w in self.layers]
-        try:
-            order = [names[int(i)] for i in state["order"].tolist()]
-            _ = int(state["n"]), int(state["target_dim"])  # there, before anything is reset
-        except (KeyError, IndexError) as exc:
-            raise ConfigError(
-                f"not a CollapseMonitor state for this model's layers ({exc})",
-            ) from None
-        if "task" in state:
-            task = list(FAMILIES)[int(state["task"])]
-            if task != self.task:
-                if not self._auto:
-                    raise ConfigError(
-                        f"a state of task {task}, for a monitor of task {self.task}",
-                    )
-                self._set_task(task)
-        self.reset()
-        self._order.extend(order)
-        first = self._first
-        first.load_state_dict(state, self._by_name)
+        order, task = state_header(state, names, list(FAMILIES))
+        task, family = task or self.task, self.family
+        if task != self.task:
+            if not self._auto:
+                raise ConfigError(f"a state of task {task}, for a monitor of task {self.task}")
+            family = FAMILIES[task].from_options(self._options)
+        first, second = load_passes(family, state, self._by_name)
+        # Nothing can fail from here on.
+        self.task, self.family = task, family
+        self._first, self._second = first, second
+        self._order[:] = order
+        self._pending = {}
         first.dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
+        if not self._sketch_given:
+            self.sketch = {}
         for name, accs in first.accs.items():
             size = sketched_size(accs)
             if size is not None:
                 self.sketch[name] = size
-        if "second_n" in state:
-            self.begin_second_pass()
-            assert self._second is not None
-            self._second.load_state_dict(state)
+        if second is not None:
+            self._hook_accumulated()
 
     def to(self, device: torch.device | str) -> CollapseMonitor:
         """Move the accumulated state to ``device``; later features must come from there."""

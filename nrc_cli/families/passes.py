@@ -16,7 +16,9 @@
   is right;
 * :class:`SecondPass`: a second pass over the same data, for a family with one
   (``second_pass``: the nearest-class-mean pass of a classifier), fed through the family's
-  ``second_accumulator`` and ``update_second``.
+  ``second_accumulator`` and ``update_second``;
+* :func:`state_header` and :func:`load_passes`: a monitor's state dict read back (its
+  layers' order and its task; both passes), checked in full before a monitor takes it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from nrc_cli.families.combining import (
     check_join,
     check_merge,
     covers,
+    feature_width,
 )
+from nrc_cli.options import PRECISIONS
 from nrc_cli.planning import NARROW_NOTE, make_plan
 
 if TYPE_CHECKING:
@@ -53,10 +57,12 @@ __all__ = [
     "first_accumulators",
     "layer_state",
     "load_layer_states",
+    "load_passes",
     "paired_features",
     "plan_row",
     "single_pass_sketches",
     "sketched_size",
+    "state_header",
 ]
 
 _I64 = torch.int64
@@ -602,3 +608,81 @@ class SecondPass:
         for acc in self.accs.values():
             acc.to(device)
         return self
+
+
+# -- a monitor's state -----------------------------------------------------------------------
+
+
+def state_header(
+    state: Mapping[str, torch.Tensor], names: Sequence[str], tasks: Sequence[str]
+) -> tuple[list[str], str | None]:
+    """What a monitor's state dict says of itself: the forward order of its layers (``names``,
+    the monitor's) and its task (one of ``tasks``; None: not recorded).
+
+    Raises
+    ------
+    ConfigError
+        Entries missing, or not indices into ``names`` and ``tasks``.
+    """
+    try:
+        order = [names[_index(i, len(names))] for i in state["order"].tolist()]
+        task = tasks[_index(state["task"], len(tasks))] if "task" in state else None
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"not a CollapseMonitor state for this model's layers ({exc})") from None
+    return order, task
+
+
+def _index(value, size: int) -> int:
+    """``value`` (a number or 0-d tensor) as an index into a sequence of ``size`` items."""
+    i = int(value)
+    if not 0 <= i < size:
+        raise IndexError(f"index {i} out of range")
+    return i
+
+
+def load_passes(
+    family: RegressionFamily, state: Mapping[str, torch.Tensor], layers: Mapping[str, WeightLayer]
+) -> tuple[FirstPass, SecondPass | None]:
+    """The passes of a monitor's state dict (:meth:`FirstPass.state_dict`, and
+    :meth:`SecondPass.state_dict` when ``second_n`` is there), built apart from any monitor and
+    checked in full (``layers``: the monitor's, by name), so that a monitor takes them only
+    once nothing can fail.
+
+    Raises
+    ------
+    ConfigError
+        Not a state of ``family`` for these layers: accumulated in another precision (its
+        ``precision``), missing or malformed entries, a layer not among ``layers`` or whose
+        features have another width, a layer whose statistics cover some of the samples only,
+        a second pass longer than the first.
+    """
+    first = FirstPass(family)
+    second = None
+    try:
+        if "precision" in state:
+            precision = PRECISIONS[_index(state["precision"], len(PRECISIONS))]
+            if precision != family.precision:
+                raise ConfigError(
+                    f"a state accumulated in {precision} precision, for a monitor of "
+                    f"precision {family.precision}"
+                )
+        first.load_state_dict(state, layers)
+        for name, accs in first.accs.items():
+            width = feature_width(accs)
+            if width is not None and width != layers[name].in_dim:
+                raise ValueError(
+                    f"layer '{name}' has {layers[name].in_dim} input features, the state {width}"
+                )
+        short = first.incomplete()
+        if short:
+            raise ValueError(f"layer(s) {', '.join(short)} hold some of the {first.n} samples")
+        if "second_n" in state:
+            if not family.second_pass:
+                raise ValueError(f"task {family.task} has no second pass")
+            second = SecondPass(family, first.accs)
+            second.load_state_dict(state)
+            if not 0 <= second.n <= first.n:
+                raise ValueError(f"a second pass of {second.n} samples, of {first.n}")
+    except (ValueError, KeyError, IndexError, TypeError, RuntimeError, DataError) as exc:
+        raise ConfigError(f"not a CollapseMonitor state for this monitor: {exc}") from None
+    return first, second

@@ -251,6 +251,63 @@ def test_update_refuses_a_layer_that_starts_running_after_the_first_batch():
     assert [row["layer"] for row in doc["layers"]] == ["a"]
 
 
+def _bad_states(state: dict, other: dict) -> dict[str, tuple[dict, str]]:
+    """State dicts that must not load into the monitor of ``state`` (``other``: the state of
+    a wider model with the same layer names), with the error each gives."""
+    layer = {k: v for k, v in state.items() if k.startswith("layer/net.2/")}
+    renamed = {k.replace("layer/net.2/", "layer/net.9/"): v for k, v in layer.items()}
+    short = dict(state)
+    short["layer/net.2/moments/n"] = state["layer/net.2/moments/n"] - 1
+    return {
+        "unknown layer": ({**state, **renamed}, "state of layer 'net.9', which this monitor"),
+        "order": ({**state, "order": torch.tensor([0, 7])}, "for this model's layers"),
+        "negative order": ({**state, "order": torch.tensor([-1])}, "for this model's layers"),
+        "task": ({**state, "task": torch.tensor(1)}, "a state of task classification"),
+        "precision": ({**state, "precision": torch.tensor(1)}, "accumulated in mixed precision"),
+        "second pass": ({**state, "second_n": torch.tensor(3)}, "regression has no second pass"),
+        "unknown state": (
+            {**state, "layer/net.2/moments/bogus": torch.tensor(1)},
+            "unknown state",
+        ),
+        "kind": ({**state, "layer/net.2/sketch/n": torch.tensor(1)}, "unknown accumulator kind"),
+        "width": (other, "layer 'net.0' has 6 input features, the state 7"),
+        "short layer": (short, r"layer\(s\) net\.2 hold some of the 320 samples"),
+        "no n": ({k: v for k, v in state.items() if k != "n"}, "'n'"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown layer",
+        "order",
+        "negative order",
+        "task",
+        "precision",
+        "second pass",
+        "unknown state",
+        "kind",
+        "width",
+        "short layer",
+        "no n",
+    ],
+)
+def test_a_refused_load_leaves_the_monitor_as_it_was(case):
+    x, y = _data(seed=4)
+    model = Wrapped(mlp((6, 10, 3), seed=5))
+    monitor = _feed(CollapseMonitor(model), model, x, y)
+    wider = Wrapped(mlp((7, 10, 3), seed=5))
+    other = _feed(CollapseMonitor(wider), wider, torch.randn(320, 7), y).state_dict()
+    state, match = _bad_states(monitor.state_dict(), other)[case]
+    before = _snapshot(monitor)
+    with pytest.raises(ConfigError, match=match):
+        monitor.load_state_dict(state)
+    _assert_unchanged(monitor, before)
+    # ... and it goes on accumulating as before.
+    _feed(monitor, model, x[:64], y[:64])
+    assert monitor.n_samples == 384
+
+
 def test_a_join_refuses_monitors_that_saw_other_samples():
     x, y = _data(n=256, seed=22)
     model = Wrapped(mlp((6, 12, 3), seed=23))
