@@ -21,7 +21,11 @@ NCCL for CUDA tensors on ``cuda:LOCAL_RANK``) and does its share of the work:
   about it, then add them: p² + p·t + t² + p + t numbers per layer, once per pass. A
   classifier's per-class sums agree on one shift per class (its global mean) the same way,
   then add p² + L·(p + 1) numbers per layer (L label values); the counts of its second pass
-  (the nearest class means) are plain sums.
+  (the nearest class means) are plain sums. Sums add up only over alike states: before any
+  sum, a monitor's ranks compare one checksum of their layers (accumulator kinds, widths, the
+  sketches' test matrices, which layers ran), and each accumulator's ``align_`` checks its own
+  (widths; a sketch's test matrix), so that ranks built differently get the same error on
+  every rank instead of a wrong sum.
 """
 
 from __future__ import annotations
