@@ -26,6 +26,7 @@ import torch
 
 from nrc_cli.errors import ConfigError
 from nrc_cli.grammar import COMPARE, ExpressionError, parse_term
+from nrc_cli.results import layer_columns
 
 # -- value types with their own parsing ----------------------------------------------------------
 
@@ -37,36 +38,16 @@ DTYPES: dict[str, torch.dtype] = {
 SVD_CHOICES = ("auto", "exact", "randomized")
 PRECISIONS = ("exact", "mixed")  # the accumulators' (nrc_cli.accumulate.moments.PRECISIONS)
 
-# Per-layer numeric columns a collapse rule (or a gate) may test.
-RULE_COLUMNS = (
-    "index",
-    "in_dim",
-    "rank",
-    "nrc1_noise",
-    "nrc2_cka",
-    "nrc2_cka_signal",
-    "nrc3_alignment",
-    "nrc4_probe_mse",
-    "nrc4_ratio",
-    "stable_rank_h",
-    "stable_rank_w",
-)
+
+# Per-layer numeric columns a collapse rule (or a gate) may test: the schema's, per task.
+def _numeric_layer_columns(task: str) -> tuple[str, ...]:
+    return tuple(name for name, kind in layer_columns(task) if kind in ("int", "float"))
+
+
+RULE_COLUMNS = _numeric_layer_columns("regression")
 DEFAULT_COLLAPSE_RULE = "nrc1_noise<=0.2"
 # The same for a classifier (docs/classification.md).
-CLASSIFICATION_RULE_COLUMNS = (
-    "index",
-    "in_dim",
-    "rank",
-    "nc1",
-    "nc1_trace",
-    "nc2_equinorm",
-    "nc2_etf",
-    "nc3_alignment",
-    "ncc_accuracy",
-    "nc4_ncc_mismatch",
-    "stable_rank_h",
-    "stable_rank_w",
-)
+CLASSIFICATION_RULE_COLUMNS = _numeric_layer_columns("classification")
 DEFAULT_CLASSIFICATION_RULE = "nc1_trace<=0.2"
 TASKS = ("auto", "regression", "classification")
 # Per task: the columns a collapse rule may test, and the default rule.
