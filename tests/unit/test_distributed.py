@@ -155,6 +155,17 @@ json.dump(monitor.compute().to_dict(), open("monitor%d.json" % launch.rank, "w")
 """
 
 
+def run_script(tmp_path, name: str, template: str, **fields) -> None:
+    """Write ``template`` (formatted with ``fields`` and ``tests``, the paths of this module and
+    of helpers.py) as ``name`` and run it on two ranks; both must succeed."""
+    here = Path(__file__).resolve().parent
+    script = tmp_path / name
+    script.write_text(template.format(tests=[str(here), str(here.parent)], **fields))
+    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
+    for e in ended:
+        assert e.returncode == 0, e.stderr
+
+
 def monitored(**options):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(P, 16), nn.ReLU(), nn.Linear(16, T)).double()
@@ -170,13 +181,7 @@ def feed_monitor(model, monitor, z, y, batch):
 
 @pytest.mark.parametrize(("n", "batch"), [(N, 40), (N, 300)])  # the second: rank 1 gets 1 sample
 def test_two_ranks_reduce_to_the_single_stream(tmp_path, n, batch):
-    script = tmp_path / "reduce.py"
-    here = Path(__file__).resolve().parent
-    tests = [str(here), str(here.parent)]  # this module, and helpers.py
-    script.write_text(REDUCE_SCRIPT.format(tests=tests, n=n, batch=batch))
-    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
-    for e in ended:
-        assert e.returncode == 0, e.stderr
+    run_script(tmp_path, "reduce.py", REDUCE_SCRIPT, n=n, batch=batch)
     z, y = data(n)
     accs = accumulators()
     feed(accs, z, y, batch)
@@ -248,13 +253,7 @@ json.dump(out, open("sketch%d.json" % rank, "w"))
 
 
 def test_ranks_that_sketch_with_different_test_matrices_are_refused_on_every_rank(tmp_path):
-    script = tmp_path / "sketch.py"
-    here = Path(__file__).resolve().parent
-    tests = [str(here), str(here.parent)]  # this module, and helpers.py
-    script.write_text(SKETCH_SCRIPT.format(tests=tests))
-    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
-    for e in ended:
-        assert e.returncode == 0, e.stderr
+    run_script(tmp_path, "sketch.py", SKETCH_SCRIPT)
     matrices = (
         "CollapseMonitor.all_reduce(): layer '2' is sketched with different test matrices on "
         "the ranks (another seed or sketch size)"
@@ -418,13 +417,7 @@ json.dump({{"report": report, "refused": refused, "reloaded": same}},
 
 @pytest.mark.parametrize(("n", "batch"), [(N, 40), (N, 300)])  # the second: rank 1 gets 1 sample
 def test_two_ranks_of_a_classifier_reduce_to_the_single_stream(tmp_path, n, batch):
-    script = tmp_path / "classes.py"
-    here = Path(__file__).resolve().parent
-    tests = [str(here), str(here.parent)]  # this module, and helpers.py
-    script.write_text(CLASS_SCRIPT.format(tests=tests, n=n, batch=batch))
-    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
-    for e in ended:
-        assert e.returncode == 0, e.stderr
+    run_script(tmp_path, "classes.py", CLASS_SCRIPT, n=n, batch=batch)
     z, labels = class_data(n)
     accs = class_accumulators()
     feed_classes(accs, z, labels, batch)
