@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
+from nrc_cli.accumulate.moments import CrossMoments
 from nrc_cli.cli import app
 from nrc_cli.errors import DataError
 
@@ -685,3 +686,25 @@ def make_audit_data(path: Path, n: int = 96) -> Path:
     x = rng.standard_normal((n, AUDIT_IN)).astype(np.float32)
     y = np.stack([np.tanh(x[:, 0]), np.sin(x[:, 1])], axis=1).astype(np.float32)
     return save_npz(path, x=x, y=y)
+
+
+def dense_moments(z: np.ndarray, y: np.ndarray) -> dict:
+    """The moments a :class:`CrossMoments` holds, computed densely in float64."""
+    n = len(z)
+    zc, yc = z - z.mean(axis=0), y - y.mean(axis=0)
+    return {
+        "n": np.asarray(n, dtype=np.float64),
+        "mean_z": z.mean(axis=0),
+        "mean_y": y.mean(axis=0),
+        "cov_z": zc.T @ zc / n,
+        "cov_zy": zc.T @ yc / n,
+        "cov_y": yc.T @ yc / n,
+    }
+
+
+def moments_result(acc: CrossMoments) -> dict:
+    """``acc.compute()`` as arrays comparable with :func:`dense_moments`."""
+    m = acc.compute()
+    return tensor_results(
+        n=m.n, mean_z=m.mean_z, mean_y=m.mean_y, cov_z=m.cov_z, cov_zy=m.cov_zy, cov_y=m.cov_y
+    )

@@ -21,10 +21,12 @@ from helpers import (
     Wrapped,
     analyze_json,
     check_accumulator_contract,
+    dense_moments,
     error_line,
     integer_mlp,
     invoke,
     mlp,
+    moments_result,
     save_model,
     save_npz,
     tensor_results,
@@ -78,26 +80,6 @@ def _worst(mixed: dict, exact: dict) -> tuple[float, str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _dense_moments(z: np.ndarray, y: np.ndarray) -> dict:
-    n = len(z)
-    zc, yc = z - z.mean(axis=0), y - y.mean(axis=0)
-    return {
-        "n": np.asarray(n, dtype=np.float64),
-        "mean_z": z.mean(axis=0),
-        "mean_y": y.mean(axis=0),
-        "cov_z": zc.T @ zc / n,
-        "cov_zy": zc.T @ yc / n,
-        "cov_y": yc.T @ yc / n,
-    }
-
-
-def _moments_result(acc: CrossMoments) -> dict:
-    m = acc.compute()
-    return tensor_results(
-        n=m.n, mean_z=m.mean_z, mean_y=m.mean_y, cov_z=m.cov_z, cov_zy=m.cov_zy, cov_y=m.cov_y
-    )
-
-
 def _dense_gram(z: np.ndarray) -> dict:
     norms = np.linalg.norm(z, axis=1, keepdims=True)
     h = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
@@ -111,8 +93,8 @@ def _mixed_cases(workspace: bool) -> tuple[AccumulatorCase, AccumulatorCase]:
     cross = AccumulatorCase(
         make=lambda: CrossMoments(workspace=ws(), precision="mixed"),
         update=lambda acc, z, y: acc.update(z, y),
-        result=_moments_result,
-        dense=_dense_moments,
+        result=moments_result,
+        dense=dense_moments,
     )
     gram = AccumulatorCase(
         make=lambda: NormalizedGram(workspace=ws(), precision="mixed"),
@@ -160,7 +142,7 @@ def test_mixed_is_measurably_less_exact_than_exact():
     """Negative control: the float32 products do round (else the tests above prove nothing)."""
     z = _features(2048, 64, seed=3)
     y = torch.from_numpy(np.random.default_rng(4).standard_normal((2048, 2)))
-    want = _dense_moments(z.double().numpy(), y.numpy())["cov_z"]
+    want = dense_moments(z.double().numpy(), y.numpy())["cov_z"]
     errs = {}
     for precision in ("exact", "mixed"):
         acc = CrossMoments(precision=precision)
@@ -181,8 +163,8 @@ def test_mixed_survives_data_drifting_far_from_the_first_batch():
     acc = CrossMoments(precision="mixed")
     for s in range(0, 4096, 256):
         acc.update(z32[s : s + 256], torch.from_numpy(y[s : s + 256]))
-    got = _moments_result(acc)
-    want = _dense_moments(z32.double().numpy(), y)
+    got = moments_result(acc)
+    want = dense_moments(z32.double().numpy(), y)
     for key in ("mean_z", "cov_z", "cov_zy", "cov_y"):
         err = np.linalg.norm(got[key] - want[key]) / np.linalg.norm(want[key])
         assert err < 1e-6, (key, err)
@@ -200,7 +182,7 @@ def test_mixed_and_exact_agree_to_the_bit_on_dyadic_data():
         acc = CrossMoments(precision=precision)
         for s in range(0, 1024, 64):
             acc.update(z[s : s + 64], y[s : s + 64])
-        got[precision] = _moments_result(acc)
+        got[precision] = moments_result(acc)
     for key, value in got["exact"].items():
         assert np.array_equal(got["mixed"][key], value), key
 

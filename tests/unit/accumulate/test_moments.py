@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import AccumulatorCase, check_accumulator_contract, tensor_results
+from helpers import (
+    AccumulatorCase,
+    check_accumulator_contract,
+    dense_moments,
+    moments_result,
+    tensor_results,
+)
 
 from nrc_cli.accumulate.moments import (
     GRAM_BLOCK,
@@ -24,33 +30,11 @@ from nrc_cli.accumulate.moments import (
 from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.linalg import gaussian_test_matrix
 
-
-def _dense_moments(z: np.ndarray, y: np.ndarray) -> dict:
-    n = len(z)
-    zc = z - z.mean(axis=0)
-    yc = y - y.mean(axis=0)
-    return {
-        "n": np.asarray(n, dtype=np.float64),
-        "mean_z": z.mean(axis=0),
-        "mean_y": y.mean(axis=0),
-        "cov_z": zc.T @ zc / n,
-        "cov_zy": zc.T @ yc / n,
-        "cov_y": yc.T @ yc / n,
-    }
-
-
-def _moments_result(acc: CrossMoments) -> dict:
-    m = acc.compute()
-    return tensor_results(
-        n=m.n, mean_z=m.mean_z, mean_y=m.mean_y, cov_z=m.cov_z, cov_zy=m.cov_zy, cov_y=m.cov_y
-    )
-
-
 CROSS = AccumulatorCase(
     make=CrossMoments,
     update=lambda acc, z, y: acc.update(z, y),
-    result=_moments_result,
-    dense=_dense_moments,
+    result=moments_result,
+    dense=dense_moments,
 )
 
 
@@ -79,7 +63,7 @@ _OMEGA = gaussian_test_matrix(6, 4, seed=5)
 
 
 def _dense_sketch(z: np.ndarray, y: np.ndarray) -> dict:
-    d = _dense_moments(z, y)
+    d = dense_moments(z, y)
     return {
         "sketch": d["cov_z"] @ _OMEGA.numpy(),
         "trace": np.asarray(np.trace(d["cov_z"])),
@@ -171,7 +155,7 @@ def test_cross_moments_survive_sorted_data_whose_first_batch_is_far_off():
     acc = CrossMoments()
     for s in range(0, 4000, 100):
         acc.update(torch.from_numpy(z[s : s + 100]), torch.from_numpy(y[s : s + 100]))
-    got, want = _moments_result(acc), _dense_moments(z, y)
+    got, want = moments_result(acc), dense_moments(z, y)
     for key in ("mean_z", "cov_z", "cov_zy", "cov_y"):
         err = np.linalg.norm(got[key] - want[key]) / np.linalg.norm(want[key])
         assert err < 1e-12, (key, err)
@@ -248,8 +232,8 @@ def test_cross_moments_survive_a_large_offset_one_sample_at_a_time():
     acc = CrossMoments()
     for i in range(len(z)):
         acc.update(torch.from_numpy(z[i : i + 1]), torch.from_numpy(y[i : i + 1]))
-    got = _moments_result(acc)
-    want = _dense_moments(z, y)
+    got = moments_result(acc)
+    want = dense_moments(z, y)
     for key in ("cov_z", "cov_zy", "cov_y"):
         err = np.linalg.norm(got[key] - want[key]) / np.linalg.norm(want[key])
         assert err < 1e-8, (key, err)
@@ -271,8 +255,8 @@ def test_empty_batches_change_nothing():
     acc.update(z[:0], y[:0])
     acc.update(z, y)
     acc.update(z[:0], y[:0])
-    want = _dense_moments(z.numpy(), y.numpy())
-    got = _moments_result(acc)
+    want = dense_moments(z.numpy(), y.numpy())
+    got = moments_result(acc)
     for key, value in want.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-12, atol=1e-12)
 
