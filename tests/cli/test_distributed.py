@@ -306,7 +306,15 @@ def test_doc_torchrun_commands_run_as_written(samples):
 
     from nrc_cli.audit import read_table
 
-    assert_frame_equal(read_table("ranked.parquet"), read_table("one.parquet"), check_exact=True)
+    # Two ranks add their float64 sums in another order than one process: equal to rounding
+    # (the contract is 1e-9), not bit for bit.
+    assert_frame_equal(
+        read_table("ranked.parquet"),
+        read_table("one.parquet"),
+        check_exact=False,
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def test_doc_slurm_script_and_kubernetes_job_give_one_audit(samples):
