@@ -9,6 +9,7 @@ from nrc_cli.accumulate.precision import precision_hint
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_to_stderr
 from nrc_cli.cli._output import emit
+from nrc_cli.cli._progress import SafeProgress
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import resolve_device, run
 from nrc_cli.report.table import render
@@ -86,20 +87,10 @@ def _run(
 ) -> Results | None:
     if not progress_enabled(quiet):
         return run(checkpoint, data, options, on_plan=on_plan, group=group)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("data pass"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} samples"),
-        TimeRemainingColumn(),
-        console=stderr_console(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("pass", total=None)
+    with SafeProgress("data pass", "samples") as bar:
 
         def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(completed=done, total=total)
 
         return run(checkpoint, data, options, progress=progress, on_plan=on_plan, group=group)
 

@@ -16,12 +16,12 @@ from typer.core import TyperCommand, TyperGroup
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import (
     progress_enabled,
-    stderr_console,
     stdout_console,
     stdout_to_stderr,
 )
 from nrc_cli.cli._errors import ClickException
 from nrc_cli.cli._output import emit
+from nrc_cli.cli._progress import SafeProgress
 from nrc_cli.cli.analyze import print_precision_hint
 from nrc_cli.errors import CheckFailed, ConfigError
 from nrc_cli.options import AnalysisOptions
@@ -328,22 +328,13 @@ def _progress(quiet: bool, total: int):
         yield None
         return
     from rich.markup import escape
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import TextColumn
 
-    with Progress(
-        TextColumn("audit"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} checkpoints"),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-        console=stderr_console(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("", total=None)
+    with SafeProgress("audit", "checkpoints", extra=(TextColumn("{task.description}"),)) as bar:
 
         def update(done: int, todo: int, checkpoint: str, status: str) -> None:
             # Skipped checkpoints are not work: the bar (and its ETA) counts what is left to do.
-            bar.update(task, completed=done, total=todo, description=escape(checkpoint))
+            bar.update(completed=done, total=todo, description=escape(checkpoint))
 
         yield update
 
