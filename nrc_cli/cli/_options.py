@@ -38,6 +38,23 @@ Format = Annotated[
         "--format", "-f", help="table, json, csv or parquet (default: from --output, else table)."
     ),
 ]
+AnalyzeFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table, markdown, json, csv or parquet (default: from --output's suffix, "
+        ".md is markdown, else table).",
+    ),
+]
+Columns = Annotated[
+    str | None,
+    typer.Option(
+        "--columns",
+        help="Comma-separated per-layer columns of the table or markdown output, e.g. "
+        "layer,nrc1_noise,nrc3_alignment (default: all; a narrow window folds the table).",
+    ),
+]
 Output = Annotated[
     str | None,
     typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout."),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import typer
 from rich.markup import escape
 
@@ -10,10 +12,12 @@ from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import progress_enabled, stderr_console, stdout_to_stderr
 from nrc_cli.cli._output import emit
 from nrc_cli.cli._progress import SafeProgress
+from nrc_cli.errors import ConfigError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import resolve_device, run
-from nrc_cli.report.table import render
+from nrc_cli.report.table import markdown_table, render, table_columns
 from nrc_cli.report.writers import (
+    ANALYZE_FORMATS,
     check_not_input,
     check_output_path,
     csv_text,
@@ -21,7 +25,7 @@ from nrc_cli.report.writers import (
     parquet_bytes,
     resolve_format,
 )
-from nrc_cli.results import Results
+from nrc_cli.results import Results, layer_columns
 
 
 def run_with_progress(
@@ -114,16 +118,49 @@ def describe_plan(plan: dict) -> list[str]:
     return lines
 
 
-def emit_results(results: Results, fmt: str, output: str | None) -> None:
+def emit_results(
+    results: Results, fmt: str, output: str | None, columns: Sequence[str] | None = None
+) -> None:
+    if columns is not None:
+        table_columns(results.task, columns)  # checked against the task the run found
     emit(
         fmt,
         output,
         text=lambda: (
-            json_text(results.to_dict()) if fmt == "json" else csv_text(results.to_frame())
+            json_text(results.to_dict())
+            if fmt == "json"
+            else markdown_table(results, columns)
+            if fmt == "markdown"
+            else csv_text(results.to_frame())
         ),
-        render=lambda: render(results),
+        render=lambda: render(results, columns),
         binary=lambda: parquet_bytes(results.to_frame()),
     )
+
+
+def parse_columns(columns: str | None, fmt: str) -> tuple[str, ...] | None:
+    """``--columns a,b,c`` checked before the run: known names, a format that shows a table."""
+    if columns is None:
+        return None
+    names = tuple(n.strip() for n in columns.split(",") if n.strip())
+    if fmt not in ("table", "markdown"):
+        raise ConfigError(
+            f"--columns picks the columns of the table and markdown formats, not of {fmt}",
+            hint="json, csv and parquet always hold every column; select them downstream",
+        )
+    valid = dict.fromkeys(n for task in ("regression", "classification") for n in _names(task))
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        found = ", ".join(repr(n) for n in unknown) if unknown else "no column"
+        raise ConfigError(
+            f"--columns: expected per-layer columns, found {found}",
+            hint=f"valid columns: {', '.join(valid)}",
+        )
+    return names
+
+
+def _names(task: str) -> list[str]:
+    return [n for n, _ in layer_columns(task)]
 
 
 @o.analysis_options
@@ -132,7 +169,8 @@ def analyze(
     data: o.Data,
     options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
-    format: o.Format = None,
+    format: o.AnalyzeFormat = None,
+    columns: o.Columns = None,
     output: o.Output = None,
     quiet: o.Quiet = False,
     debug: o.Debug = False,
@@ -148,17 +186,19 @@ def analyze(
 
     launch = distributed.launch_from_env()
     if launch is None:
-        fmt = resolve_format(format, output)
+        fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
+        picked = parse_columns(columns, fmt)
         check_output_path(output)
         check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
         results = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
         assert results is not None  # only a rank of a process group gets None
-        emit_results(results, fmt, output)
+        emit_results(results, fmt, output, picked)
         return
     device = distributed.rank_device(options.device, launch)
     with distributed.process_group(launch, device) as group:
         try:
-            fmt = resolve_format(format, output)
+            fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
+            picked = parse_columns(columns, fmt)
             check_output_path(output)
             check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
             options = dataclasses.replace(options, device=device)
@@ -166,7 +206,7 @@ def analyze(
                 checkpoint, data, options, quiet=quiet, threads=threads, group=group
             )
             if results is not None:
-                emit_results(results, fmt, output)
+                emit_results(results, fmt, output, picked)
         except Exception as exc:
             group.check(exc)  # before the ranks' last meeting: every rank stops; else re-raised
             raise

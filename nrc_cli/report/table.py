@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from rich import box
-from rich.console import Group, JustifyMethod
+from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderResult
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from nrc_cli.errors import ConfigError
 from nrc_cli.results import Results, layer_columns
 
 DASH = "–"
@@ -79,24 +81,142 @@ def verdict(results: Results) -> str:
     )
 
 
-def layer_table(results: Results) -> Table:
+def table_columns(task: str, names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The per-layer columns a table of ``task`` shows: ``names`` checked, or every column.
+
+    Raises
+    ------
+    ConfigError
+        For a name that is not a per-layer column of ``task``, naming the valid ones.
+    """
+    if names is None:
+        return _layer_cols(task)
+    valid = [n for n, _ in layer_columns(task)]
+    wanted = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in wanted if n not in valid]
+    if unknown or not wanted:
+        found = ", ".join(repr(n) for n in unknown) if unknown else "no column"
+        raise ConfigError(
+            f"--columns: expected per-layer columns of a {task} report, found {found}",
+            hint=f"valid columns: {', '.join(valid)}",
+        )
+    return tuple(dict.fromkeys(wanted))
+
+
+# Always shown in every part of a folded table, so each part can be read on its own.
+_KEYS = ("index", "layer")
+# What a column adds beyond its text: one space of padding each side and the (blank) rule
+# between columns of box.SIMPLE_HEAD; the table adds one more at its outer edge.
+_PAD = 3
+_EDGE = 1
+
+
+def _cells(results: Results, cols: Sequence[str]) -> dict[str, list[str]]:
+    return {c: [fmt(row.get(c)) for row in results.layers] for c in cols}
+
+
+def _width(header: str, cells: list[str]) -> int:
+    return max([len(header), *(len(c) for c in cells)]) + _PAD
+
+
+def fold(results: Results, cols: Sequence[str], width: int) -> list[tuple[str, ...]]:
+    """Split ``cols`` into parts that each fit ``width`` characters, the key columns in each.
+
+    Every number keeps its full width: a window too narrow for the whole table gets the
+    table in several parts, one below the other, rather than cut cells.
+    """
     task = results.task
+    cells = _cells(results, cols)
+    widths = {c: _width(_header(c, task), cells[c]) for c in cols}
+    keys = tuple(c for c in cols if c in _KEYS)
+    rest = [c for c in cols if c not in _KEYS]
+    base = sum(widths[c] for c in keys) + _EDGE
+    parts: list[list[str]] = [[]]
+    used = base
+    for c in rest:
+        if parts[-1] and used + widths[c] > width:
+            parts.append([])
+            used = base
+        parts[-1].append(c)
+        used += widths[c]
+    if not rest:
+        return [keys]
+    return [tuple(c for c in cols if c in keys or c in part) for part in parts]
+
+
+def _caption(task: str, cols: Sequence[str]) -> str | None:
+    """The abbreviations used by ``cols``, or None when there are none."""
+    shown = {_header(c, task) for c in cols}
+    terms = [t for t in _CAPTIONS[task].split(", ") if t.split(" = ")[0] in shown]
+    return ", ".join(terms) or None
+
+
+def layer_table(
+    results: Results, columns: Sequence[str] | None = None, *, part: str = "", title: bool = True
+) -> Table:
+    task = results.task
+    cols = table_columns(task, columns)
     table = Table(
-        title=escape(f"{_TITLES[task]}: {results.checkpoint}"),
+        title=escape(f"{_TITLES[task]}: {results.checkpoint}{part}") if title else None,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
-        caption=_CAPTIONS[task],
+        caption=_caption(task, cols),
         caption_justify="left",
     )
-    cols = _layer_cols(task)
     for col in cols:
-        justify: JustifyMethod = "left" if col in ("layer", "type") else "right"
-        table.add_column(_header(col, task), justify=justify, no_wrap=col == "layer")
+        justify: JustifyMethod = "left" if col in ("layer", "type", "note") else "right"
+        table.add_column(_header(col, task), justify=justify, no_wrap=col != "note")
     for row in results.layers:
         style = "bold green" if row.get("collapsed") else None
         table.add_row(*(escape(fmt(row.get(c))) for c in cols), style=style)
     return table
+
+
+class LayerTables:
+    """The layer table, folded into parts at render time when the console is too narrow."""
+
+    def __init__(self, results: Results, columns: Sequence[str] | None = None) -> None:
+        self.results = results
+        self.columns = table_columns(results.task, columns)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        parts = fold(self.results, self.columns, options.max_width)
+        results = self.results
+        for i, cols in enumerate(parts, 1):
+            part = f" (part {i} of {len(parts)})" if len(parts) > 1 else ""
+            table = layer_table(results, cols, title=False)
+            # The title on a line of its own: a narrow table would wrap a long path.
+            yield Text(f"{_TITLES[results.task]}: {results.checkpoint}{part}", style="italic")
+            yield table
+        if len(parts) == 1:
+            return
+        yield Text(
+            f"note: the table is folded into {len(parts)} parts to fit {options.max_width} "
+            "columns; a wider window shows it whole, --columns picks columns, "
+            "--format markdown|csv|json gives every column",
+            style="dim",
+        )
+
+
+def markdown_table(results: Results, columns: Sequence[str] | None = None) -> str:
+    """The layer table as a GitHub-flavoured Markdown table, full column names, then the verdict."""
+    cols = table_columns(results.task, columns)
+    right = {c for c in cols if c not in ("layer", "type", "note")}
+
+    def cell(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        f"**{_TITLES[results.task]}**: `{cell(str(results.checkpoint))}`",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---:" if c in right else ":---" for c in cols) + "|",
+    ]
+    for row in results.layers:
+        lines.append("| " + " | ".join(cell(fmt(row.get(c))) for c in cols) + " |")
+    lines += ["", cell(verdict(results)), ""]
+    return "\n".join(lines)
 
 
 _SUMMARY_ORDER = (
@@ -142,7 +262,7 @@ def model_line(results: Results) -> Text | None:
     return Text(f"model ({s.get('build')}): {s['model']}")
 
 
-def render(results: Results) -> Group:
+def render(results: Results, columns: Sequence[str] | None = None) -> Group:
     """The whole terminal report: layer table, summary, notes, how the model was built, verdict."""
     notes = [
         Text(f"note: {row['layer']}: {row['note']}", style="yellow")
@@ -151,7 +271,7 @@ def render(results: Results) -> Group:
     ]
     model = model_line(results)
     return Group(
-        layer_table(results),
+        LayerTables(results, columns),
         summary_table(results),
         *notes,
         *([model] if model is not None else []),

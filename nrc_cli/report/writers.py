@@ -12,6 +12,7 @@ from nrc_cli.errors import ConfigError
 from nrc_cli.results.formats import csv_text, json_text, parquet_bytes
 
 __all__ = [
+    "ANALYZE_FORMATS",
     "FORMATS",
     "atomic_write",
     "check_not_input",
@@ -23,7 +24,15 @@ __all__ = [
 ]
 
 FORMATS = ("table", "json", "csv", "parquet")
-_SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "table"}
+# nrc analyze also writes a Markdown table, for a pull request or a notebook.
+ANALYZE_FORMATS = ("table", "markdown", "json", "csv", "parquet")
+_SUFFIX_FORMATS = {
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "table",
+    ".md": "markdown",
+}
 
 
 def resolve_format(fmt: str | None, output: str | None, *, allowed=FORMATS) -> str:

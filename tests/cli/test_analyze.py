@@ -490,3 +490,43 @@ def test_svd_randomized_takes_the_exact_spectrum_of_a_narrow_layer(tmp_path):
     assert rand["summary"]["svd"] == "mixed"
     want = dense_report(case.model, case.x, case.y, rank=4)
     assert_close(rand["layers"][0]["nrc1_noise"], want["layers"][0]["nrc1_noise"], rel=1e-9)
+
+
+def test_columns_and_markdown_show_the_reports_numbers(tiny):
+    args = ["analyze", tiny.checkpoint, "--data", tiny.data]
+    report = json.loads(invoke([*args, "--format", "json"]).stdout)
+    done = invoke([*args, "--columns", "layer,nrc1_noise,nrc3_alignment", "--format", "markdown"])
+    assert done.exit_code == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| layer | nrc1_noise | nrc3_alignment |"
+    for line, row in zip(lines[1:], report["layers"], strict=True):
+        layer, nrc1, nrc3 = (c.strip() for c in line.strip("|").split("|"))
+        assert layer == row["layer"]
+        assert float(nrc1) == pytest.approx(row["nrc1_noise"], rel=1e-3, abs=1e-12)
+        assert float(nrc3) == pytest.approx(row["nrc3_alignment"], rel=1e-3, abs=1e-12)
+    table = invoke([*args, "--columns", "layer,nrc1_noise"])
+    assert table.exit_code == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if line.split()[:1] == ["layer"])
+    assert header.split() == ["layer", "nrc1"]
+    out = tiny.checkpoint.parent / "t.md"
+    written = invoke([*args, "--output", out])
+    assert written.exit_code == 0, written.stderr
+    assert sum(line.startswith("|") for line in out.read_text().splitlines()) == 2 + len(
+        report["layers"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--columns", "layer,nrc9"], "--columns: expected per-layer columns, found 'nrc9'"),
+        (["--columns", "layer", "--format", "json"], "--columns picks the columns"),
+        (["--format", "html"], "--format: expected one of table, markdown"),
+    ],
+)
+def test_bad_columns_or_format_is_an_exit_2_error_before_the_run(tiny, extra, message):
+    done = invoke(["analyze", tiny.checkpoint, "--data", tiny.data, *extra])
+    assert done.exit_code == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    if "nrc9" in extra[1]:
+        assert "valid columns: layer, index" in done.stderr

@@ -21,6 +21,12 @@ golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 
 
+# The model's float32 prediction is rounded differently by other CPU kernels (AVX2 and AVX-512
+# GEMMs add in another order): the numbers made from it alone carry float32's last bits.
+_OUTPUT_FIELDS = ("model_mse", "nrc4_ratio")
+_FROM_FLOAT32_OUTPUT = 1e-6
+
+
 def _same(got, want, where: str) -> None:
     if isinstance(want, dict):
         assert isinstance(got, dict) and list(got) == list(want), where
@@ -32,7 +38,8 @@ def _same(got, want, where: str) -> None:
             _same(g, w, f"{where}[{i}]")
     elif isinstance(want, float) and not isinstance(want, bool):
         assert isinstance(got, float), where
-        assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12), (where, got, want)
+        rel = _FROM_FLOAT32_OUTPUT if where.rsplit(".", 1)[-1] in _OUTPUT_FIELDS else 1e-9
+        assert math.isclose(got, want, rel_tol=rel, abs_tol=1e-12), (where, got, want)
     else:
         assert got == want and type(got) is type(want), (where, got, want)
 
