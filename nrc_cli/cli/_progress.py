@@ -91,10 +91,13 @@ class SafeProgress:
                 *(_Guarded(c) for c in columns), console=stderr_console(), transient=True
             )
             self._task = bar.add_task("", total=None)
-            bar.start()
             self._bar = bar
+            bar.start()
         except Exception:
-            self._bar = None
+            self._off()
+        except BaseException:  # Ctrl-C as the bar starts: no bar may outlive this block
+            self._off()
+            raise
         return self
 
     def update(self, *, completed: int, total: int | None = None, **fields: Any) -> None:
