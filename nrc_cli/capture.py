@@ -8,13 +8,13 @@ of a Linear input (token pooling).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from nrc_cli._glob import glob_match
 from nrc_cli._threads import single_threaded
 from nrc_cli.errors import ConfigError, DataError
 
@@ -65,15 +65,16 @@ def weight_layers(
     found = [WeightLayer(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_TYPES)]
     names = [w.name for w in found]
     for pattern in include:
-        if not fnmatch.filter(names, pattern):
+        if not any(glob_match(n, pattern) for n in names):
             raise ConfigError(
                 f"--layers '{pattern}' matches no weight layer",
-                hint=f"weight layers: {', '.join(names)}",
+                hint=f"weight layers: {', '.join(names)}; '*' matches within one dotted "
+                "segment, '**' across segments (e.g. '**.dense')",
             )
     if include:
-        found = [w for w in found if any(fnmatch.fnmatchcase(w.name, p) for p in include)]
+        found = [w for w in found if any(glob_match(w.name, p) for p in include)]
     if exclude:
-        found = [w for w in found if not any(fnmatch.fnmatchcase(w.name, p) for p in exclude)]
+        found = [w for w in found if not any(glob_match(w.name, p) for p in exclude)]
     if not found:
         raise ConfigError(
             "no weight layer (Linear, Conv1d/2d/3d) is selected",

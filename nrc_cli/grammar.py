@@ -10,7 +10,6 @@ schema (:mod:`nrc_cli.results`) is needed to know the columns, so the options ca
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import math
 import operator
 import re
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from nrc_cli._glob import glob_match
 from nrc_cli.errors import ConfigError
 from nrc_cli.results import (
     TASKS,
@@ -147,7 +147,7 @@ class Selector:
             match = (
                 (lambda name: name == self.pattern)
                 if self.kind == "name"
-                else (lambda name: fnmatch.fnmatchcase(name, self.pattern))
+                else (lambda name: glob_match(name, self.pattern or ""))
             )
             return [row for row in layers if match(str(row.get("layer")))]
         start, stop = self.start, self.stop

@@ -332,13 +332,15 @@ class AnalysisOptions:
     layers: tuple[str, ...] = _option(
         (),
         "--layers",
-        "Only layers whose module path matches this glob (repeatable).",
+        "Only layers whose module path matches this glob (repeatable): '*' within one dotted "
+        "segment, '**' across segments, e.g. 'encoder.layer.*.output.dense', '**.fc'.",
         kind="repeat",
     )
     exclude: tuple[str, ...] = _option(
         (),
         "--exclude",
-        "Skip layers whose module path matches this glob (repeatable).",
+        "Skip layers whose module path matches this glob (repeatable; '*' within a segment, "
+        "'**' across segments).",
         kind="repeat",
     )
     inputs: tuple[str, ...] = _option(

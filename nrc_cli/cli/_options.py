@@ -105,6 +105,8 @@ def _single(name: str) -> Any:
 Arch = _single("arch")
 ArchKwargs = _single("arch_kwargs")
 Activation = _single("activation")
+Layers = _single("layers")
+Exclude = _single("exclude")
 
 
 def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import typer
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -26,8 +28,21 @@ from nrc_cli.report.writers import (
 )
 
 
-def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -> dict:
-    """The inspect document: tensors, metadata, and the model (or why none can be built)."""
+def describe(
+    checkpoint: str,
+    *,
+    arch=None,
+    arch_kwargs=None,
+    activation=None,
+    layers: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> dict:
+    """The inspect document: tensors, metadata, and the model (or why none can be built).
+
+    With ``layers``/``exclude`` globs, the weight layers listed are those an analysis with the
+    same ``--layers``/``--exclude`` would measure (an include glob that matches nothing is the
+    same error as there).
+    """
     ckpt = open_checkpoint(checkpoint)
     doc: dict = {
         "checkpoint": str(checkpoint),
@@ -65,11 +80,17 @@ def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -
         doc["layer_order"] = "forward"
     else:
         order = None
-        doc["layer_order"] = "registration (forward order is fixed during the data pass)"
-    layers = weight_layers(built.module)
+        # A model built from code runs its layers in an order only a forward pass shows.
+        doc["layer_order"] = "registration"
+    found = weight_layers(built.module, include=tuple(layers), exclude=tuple(exclude))
     if order is not None:
         rank_of = {n: i for i, n in enumerate(order)}
-        layers.sort(key=lambda w: rank_of.get(w.name, len(order)))
+        found.sort(key=lambda w: rank_of.get(w.name, len(order)))
+    doc["selection"] = {
+        "layers": list(layers),
+        "exclude": list(exclude),
+        "of": len(weight_layers(built.module)),
+    }
     doc["layers"] = [
         {
             "index": i,
@@ -78,7 +99,7 @@ def describe(checkpoint: str, *, arch=None, arch_kwargs=None, activation=None) -
             "in_dim": w.in_dim,
             "weight_shape": w.weight_shape,
         }
-        for i, w in enumerate(layers, start=1)
+        for i, w in enumerate(found, start=1)
     ]
     return doc
 
@@ -105,7 +126,17 @@ def _render(doc: dict):
         for line in doc["model"].get(kind, ()):
             style = "yellow" if kind == "warnings" else ""
             parts.append(Text(f"{kind[:-1]}: {line}", style=style))
-    layers = Table(title=f"weight layers ({doc['layer_order']} order)", title_justify="left")
+    title = (
+        "weight layers, in forward order"
+        if doc["layer_order"] == "forward"
+        else "weight layers, in registration order (the data pass finds the forward order)"
+    )
+    selection = doc.get("selection") or {}
+    if selection.get("layers") or selection.get("exclude"):
+        globs = [f"--layers {p}" for p in selection["layers"]]
+        globs += [f"--exclude {p}" for p in selection["exclude"]]
+        title += f": {len(doc['layers'])} of {selection['of']} selected by {' '.join(globs)}"
+    layers = Table(title=escape(title), title_justify="left")
     for col in ("#", "layer", "type", "in_dim", "weight_shape"):
         layers.add_column(col)
     for row in doc["layers"]:
@@ -135,6 +166,8 @@ def inspect(
     arch: o.Arch = None,
     arch_kwargs: o.ArchKwargs = None,
     activation: o.Activation = None,
+    layers: o.Layers = None,
+    exclude: o.Exclude = None,
     format: o.Format = None,
     output: o.Output = None,
     debug: o.Debug = False,
@@ -144,7 +177,14 @@ def inspect(
     check_output_path(output)
     check_not_input(output, {"the checkpoint": checkpoint})
     with stdout_to_stderr():  # an --arch factory may print
-        doc = describe(checkpoint, arch=arch, arch_kwargs=arch_kwargs, activation=activation)
+        doc = describe(
+            checkpoint,
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            activation=activation,
+            layers=layers or (),
+            exclude=exclude or (),
+        )
     emit(
         fmt,
         output,

@@ -107,7 +107,7 @@ def test_table_lists_tensors_metadata_and_layers(tmp_path):
     assert result.exit_code == 0, result.stderr
     for name in ("net.0.weight", "net.2.bias", "epochs", "model (inferred)"):
         assert name in result.stdout
-    assert "weight layers (forward order)" in result.stdout
+    assert "weight layers, in forward order" in result.stdout
     assert result.stderr == ""
 
 
@@ -157,3 +157,21 @@ def test_unreadable_checkpoint_is_an_error(tmp_path):
     path.write_bytes(b"\x00" * 4)
     assert "not a safetensors file" in error_line(invoke(["inspect", path]))
     assert "checkpoint not found" in error_line(invoke(["inspect", tmp_path / "x.safetensors"]))
+
+
+def test_inspect_lists_the_layers_a_glob_selects(tmp_path):
+    from conftest import make_tiny_case
+
+    case = make_tiny_case(tmp_path / "tiny")
+    done = invoke(["inspect", case.checkpoint, "--layers", "net.*", "--exclude", "net.[46]"])
+    assert done.exit_code == 0, done.stderr
+    doc = json.loads(
+        invoke(
+            ["inspect", case.checkpoint, "--layers", "net.*", "--exclude", "net.[46]", "-f", "json"]
+        ).stdout
+    )
+    assert [row["layer"] for row in doc["layers"]] == ["net.0", "net.2"]
+    assert doc["selection"] == {"layers": ["net.*"], "exclude": ["net.[46]"], "of": 4}
+    assert "2 of 4" in done.stdout and "forward order" in done.stdout
+    bad = invoke(["inspect", case.checkpoint, "--layers", "**.dense"])
+    assert bad.exit_code == 2 and "--layers '**.dense' matches no weight layer" in bad.stderr

@@ -70,7 +70,7 @@ RESNET_SOURCE = textwrap.dedent(
     """
 )
 
-PAPER_LAYERS = ["--layers", "layer*", "--layers", "fc", "--exclude", "*downsample*"]
+PAPER_LAYERS = ["--layers", "layer*.**", "--layers", "fc", "--exclude", "**.downsample.**"]
 
 
 def load_arch(path):
@@ -181,7 +181,7 @@ def test_resnet_with_the_paper_layer_convention_matches_a_dense_reference(resnet
 
 def test_only_selected_layers_are_hooked(resnet_case):
     _, model, images, _ = resnet_case
-    selected = weight_layers(model, include=["layer4*", "fc"], exclude=["*downsample*"])
+    selected = weight_layers(model, include=["layer4.**", "fc"], exclude=["**.downsample.**"])
     assert [w.name for w in selected] == [
         "layer4.0.conv1",
         "layer4.0.conv2",
@@ -231,7 +231,7 @@ def test_a_glob_matching_nothing_lists_the_layers(resnet_case):
 def test_excluding_everything_is_refused(resnet_case):
     _, model, _, _ = resnet_case
     with pytest.raises(ConfigError, match="no weight layer"):
-        weight_layers(model, exclude=["*"])
+        weight_layers(model, exclude=["**"])
 
 
 # -- models whose output is not the prediction ------------------------------------------------

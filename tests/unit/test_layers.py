@@ -16,7 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "nrc_cli"
 # The README's line, top first; helpers shared by every layer sit above it.
 LAYERS = [
-    ("_version", "_threads", "_memory"),
+    ("_version", "_threads", "_memory", "_glob"),
     # The atomic file write raises the errors of errors.py: a helper of every layer below it.
     ("errors", "_atomic"),
     ("results",),
