@@ -16,7 +16,7 @@ from torch import nn
 
 from nrc_cli._glob import glob_match
 from nrc_cli._threads import single_threaded
-from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.errors import ConfigError, DataError, OptionError
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -66,8 +66,9 @@ def weight_layers(
     names = [w.name for w in found]
     for pattern in include:
         if not any(glob_match(n, pattern) for n in names):
-            raise ConfigError(
-                f"--layers '{pattern}' matches no weight layer",
+            raise OptionError(
+                f"layers: '{pattern}' matches no weight layer",
+                cli_message=f"--layers '{pattern}' matches no weight layer",
                 hint=f"weight layers: {', '.join(names)}; '*' matches within one dotted "
                 "segment, '**' across segments (e.g. '**.dense')",
             )

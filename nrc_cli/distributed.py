@@ -37,7 +37,7 @@ import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -191,12 +191,41 @@ class Group:
     the same order, or the others wait (until the timeout).
     """
 
-    def __init__(self, launch: Launch, device: torch.device) -> None:
+    def __init__(self, launch: Launch, device: torch.device, pg: Any = None) -> None:
         self.launch = launch
         self.rank = launch.rank
         self.world_size = launch.world_size
         self.device = device  # where this rank computes; CUDA tensors go through NCCL
+        self.pg = pg  # the torch ProcessGroup the collectives use; None: the default group
+        # Where the small tensors of agreement go: the CPU, unless the group is NCCL alone.
+        self.small = torch.device("cpu")
         self.finished = False
+
+    @classmethod
+    def of(cls, pg: Any = None) -> Group:
+        """A handle on an initialised torch ``ProcessGroup`` (None: the default group).
+
+        Raises
+        ------
+        ConfigError
+            When torch.distributed is not initialised.
+        """
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ConfigError(
+                "all_reduce(): torch.distributed is not initialised in this process",
+                hint="call torch.distributed.init_process_group() first (under torchrun, "
+                "with the env:// defaults), then pass its group or None",
+            )
+        rank, world = dist.get_rank(pg), dist.get_world_size(pg)
+        backend = str(dist.get_backend(pg)).lower()
+        device = torch.device("cpu")
+        if "nccl" in backend and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        group = cls(Launch(rank, world, rank, "", DEFAULT_TIMEOUT), device, pg)
+        if "gloo" not in backend and device.type == "cuda":
+            group.small = device
+        return group
 
     def finish(self) -> None:
         """Say the ranks have met for the last time: from now on each goes its own way, and
@@ -221,14 +250,17 @@ class Group:
         code = 0
         if error is not None:
             code = error.exit_code if isinstance(error, NrcError) else 3
-        flags = torch.zeros(self.world_size, dtype=torch.int64)
+        flags = torch.zeros(self.world_size, dtype=torch.int64, device=self.small)
         flags[self.rank] = code
-        self._collective(lambda: torch.distributed.all_reduce(flags))
+        self._collective(lambda: torch.distributed.all_reduce(flags, group=self.pg))
+        flags = flags.cpu()
         failed = [r for r in range(self.world_size) if flags[r]]
         if not failed:
             return
         words: list = [None] * self.world_size
-        self._collective(lambda: torch.distributed.all_gather_object(words, _describe(error)))
+        self._collective(
+            lambda: torch.distributed.all_gather_object(words, _describe(error), group=self.pg)
+        )
         first = failed[0]
         message, hint = words[first]
         # Other ranks that failed otherwise (the same error everywhere is said once).
@@ -269,14 +301,17 @@ class Group:
             "min": torch.distributed.ReduceOp.MIN,
             "sum": torch.distributed.ReduceOp.SUM,
         }
-        t = torch.tensor([value], dtype=torch.int64)
-        self._collective(lambda: torch.distributed.all_reduce(t, op=ops[op]))
+        t = torch.tensor([value], dtype=torch.int64, device=self.small)
+        self._collective(lambda: torch.distributed.all_reduce(t, op=ops[op], group=self.pg))
         return int(t[0])
 
     def gather(self, value: object) -> list | None:
         """Every rank's ``value`` (picklable) as a list on rank 0; None on the others."""
         out: list | None = [None] * self.world_size if self.rank == 0 else None
-        self._collective(lambda: torch.distributed.gather_object(value, out, dst=0))
+        dst = 0 if self.pg is None else torch.distributed.get_global_rank(self.pg, 0)
+        self._collective(
+            lambda: torch.distributed.gather_object(value, out, dst=dst, group=self.pg)
+        )
         return out
 
     # -- reduction ------------------------------------------------------------------------------
@@ -324,7 +359,12 @@ class Group:
         """Replace ``tensor`` (contiguous) by its sum over the ranks, in place."""
         if not tensor.is_contiguous():
             raise ValueError("all_reduce needs a contiguous tensor")
-        self._collective(lambda: torch.distributed.all_reduce(tensor))
+        if tensor.device.type == "cpu" and self.small.type != "cpu":  # NCCL alone: via the GPU
+            moved = tensor.to(self.small)
+            self._collective(lambda: torch.distributed.all_reduce(moved, group=self.pg))
+            tensor.copy_(moved)
+            return
+        self._collective(lambda: torch.distributed.all_reduce(tensor, group=self.pg))
 
     def _collective(self, call: Callable[[], object]) -> None:
         """Run a collective; a timeout or a lost peer becomes an :class:`NrcError`."""
@@ -351,7 +391,7 @@ def _describe(error: BaseException | None) -> tuple[str, str | None] | None:
     if error is None:
         return None
     if isinstance(error, NrcError):
-        return error.message, error.hint
+        return getattr(error, "cli_message", error.message), error.hint
     where = "".join(traceback.format_exception_only(type(error), error)).strip()
     return (
         f"internal error: {where}",

@@ -48,6 +48,26 @@ class ConfigError(NrcError):
     """An option or a combination of options is invalid."""
 
 
+class OptionError(ConfigError):
+    """A bad option, said in the words of each interface.
+
+    ``message`` names the Python parameter (``rank: expected an integer >= 1, found 0``), as
+    the Python API raises it; ``cli_message`` names the command-line flag (``--rank: ...``),
+    as ``nrc`` prints it. Both come from one text (see ``nrc_cli.options.option_error``).
+    """
+
+    def __init__(self, message: str, *, cli_message: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.cli_message = cli_message or message
+
+    def with_context(self, context: str) -> NrcError:
+        return OptionError(
+            f"{context}: {self.message}",
+            cli_message=f"{context}: {self.cli_message}",
+            hint=self.hint,
+        )
+
+
 class CheckFailed(NrcError):
     """A check ran and at least one requirement failed (exit code 1)."""
 

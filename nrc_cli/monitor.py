@@ -8,14 +8,10 @@ prints. Checkpoints, data files and multi-pass plans are the pipeline's concern
 :class:`~nrc_cli.families.FirstPass` (and a :class:`~nrc_cli.families.SecondPass` once one
 begins); the steps of a pass that every family shares are in :mod:`nrc_cli.families.passes`.
 
-Where multi-pass plans and sketches live
-----------------------------------------
-A monitor sees each batch once, so it accumulates every selected layer in one stream. Which
-layers it accumulates (``active``) and which of them it sketches (``sketch``) are its
-arguments; with ``memory_budget`` it picks the sketched layers itself, at the first batch, as
-the planner would for a single pass (and refuses a budget that would need several passes).
-The pipeline plans the passes over a data set (:mod:`nrc_cli.planning`), feeds one monitor per
-pass restricted to that pass's layers, and combines them with :meth:`CollapseMonitor.join`.
+Multi-pass plans and sketches: a monitor sees each batch once and accumulates its ``active``
+layers in one stream, sketching those in ``sketch`` (or, with ``memory_budget``, those it
+picks at the first batch; a budget that needs several passes is refused). The pipeline plans
+the passes (:mod:`nrc_cli.planning`), feeds one monitor per pass and ``join``s them.
 """
 
 from __future__ import annotations
@@ -30,8 +26,10 @@ from torch import nn
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
+from nrc_cli.distributed import Group
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families import FAMILIES, FirstPass, SecondPass
+from nrc_cli.families.calls import update_arguments
 from nrc_cli.families.combining import check_options
 from nrc_cli.families.passes import (
     as_targets,
@@ -96,11 +94,12 @@ class CollapseMonitor:
         ``"mixed"`` forms each batch's Gram matrices in float32 (on centred features) and adds
         them into the float64 sums: faster where float64 is slow, every metric within
         1e-5 + 1e-4·|exact| (docs/metrics.md, "Mixed precision"); recorded in the summary.
-    task : {"regression", "classification", "auto"}
+    task : {"auto", "regression", "classification"}
         The metric family (see :mod:`nrc_cli.families`): ``"regression"``, Deep NRC
         (docs/metrics.md); ``"classification"``, Deep Neural Collapse of a classifier with
-        ``update(labels, output)`` (docs/classification.md); ``"auto"``, classification when
-        the first batch's targets are a 1-D integer tensor or array, else regression.
+        ``update(labels, output)`` (docs/classification.md); ``"auto"`` (the default, as for
+        ``nrc analyze``), classification when the first batch's targets are a 1-D integer
+        tensor or array, else regression; the task found is in the results.
     active : collection of str, optional
         Accumulate only these layers (the others are still hooked, to learn the forward
         order). Default: every selected layer.
@@ -142,7 +141,7 @@ class CollapseMonitor:
         mask_key: str | None = "attention_mask",
         memory_budget: int | str | None = None,
         precision: str = "exact",
-        task: str = "regression",
+        task: str = "auto",
         active: Collection[str] | None = None,
         sketch: Mapping[str, int] | None = None,
     ) -> None:
@@ -275,9 +274,11 @@ class CollapseMonitor:
 
     def update(
         self,
-        y,
+        y=None,
         output=None,
         *,
+        target=None,
+        preds=None,
         mask: torch.Tensor | None = None,
         start: int | None = None,
     ) -> None:
@@ -291,6 +292,8 @@ class CollapseMonitor:
         output : optional
             The model's output for that batch: its prediction (selected by ``output_key``)
             gives ``model_mse`` and ``nrc4_ratio``. Give it for every batch or for none.
+        target, preds : optional
+            ``y`` and ``output`` by torchmetrics' names; a visibly swapped call is refused.
         mask : Tensor, shape (b, T), optional
             Token mask for masked mean pooling, when the model did not receive it as its
             ``mask_key`` keyword argument.
@@ -304,6 +307,7 @@ class CollapseMonitor:
             No features captured, features whose rows do not match ``y``, non-finite
             features, or a prediction of the wrong shape. The state is then unchanged.
         """
+        y, output = update_arguments(y, output, target, preds)
         first = self._first
         if self._auto and first.n == 0 and isinstance(y, (np.ndarray, torch.Tensor)):
             self._set_task("classification" if is_label_array(y.dtype, y.shape) else "regression")
@@ -501,7 +505,7 @@ class CollapseMonitor:
                 self._order.append(name)
         return self
 
-    def all_reduce(self, group) -> CollapseMonitor:
+    def all_reduce(self, group=None) -> CollapseMonitor:
         """Sum the states of the monitors of every rank of a data-parallel run, in place.
 
         Each rank fed its own monitor (built alike) on its own samples; afterwards every rank
@@ -521,8 +525,9 @@ class CollapseMonitor:
 
         Parameters
         ----------
-        group : nrc_cli.distributed.Group
-            This rank's handle on the process group (:func:`nrc_cli.distributed.process_group`).
+        group : torch.distributed.ProcessGroup or None
+            The process group of the ranks (None: the default group, as torch's own
+            collectives take it); initialised by the caller (``init_process_group``).
 
         Raises
         ------
@@ -536,6 +541,8 @@ class CollapseMonitor:
             some were fed the model's outputs and others not. Every rank raises the same
             error, and nothing is summed.
         """
+        if not isinstance(group, Group):  # a torch ProcessGroup, or None for the default one
+            group = Group.of(group)
         first, second = self._first, self._second
         phase = 0 if first.t is None else 1 if second is None else 2
         low, high = group.agree(phase, "min"), group.agree(phase, "max")

@@ -12,6 +12,7 @@ Validation happens here, once, when the options are built: a bad value raises
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from nrc_cli.errors import ConfigError
+from nrc_cli.errors import ConfigError, OptionError
 from nrc_cli.grammar import COMPARE, ExpressionError, parse_term
 from nrc_cli.results import layer_columns
 
@@ -85,7 +86,7 @@ class CollapseRule:
         else:
             columns = TASK_RULE_COLUMNS[task]
         if not text or not text.strip():
-            raise ConfigError(
+            raise option_error(
                 "--collapse-rule: expected terms like 'nrc1_noise<=0.2', found an empty rule"
             )
         terms = []
@@ -121,17 +122,17 @@ def _rule_error(
     term = err.expression
     if err.kind == "column":
         what = f"a {task} report's" if task is not None else "a"
-        return ConfigError(
+        return option_error(
             f"--collapse-rule: unknown column '{err.token}' in '{text}' (not {what} "
             "per-layer column)",
             hint=f"columns: {', '.join(columns)}",
         )
     if err.kind == "number" and err.token:
-        return ConfigError(
+        return option_error(
             f"--collapse-rule: '{err.token}' in term '{term}' is not a finite number",
             hint=_RULE_FIX,
         )
-    return ConfigError(
+    return option_error(
         f"--collapse-rule: cannot parse term '{term}' in '{text}': {err.what}", hint=_RULE_FIX
     )
 
@@ -165,14 +166,14 @@ def parse_size(text: str) -> int:
     """Parse a memory size such as ``4GB``, ``512MiB`` or ``1e9`` into bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
     if m is None or m.group(2).lower() not in _UNITS:
-        raise ConfigError(
+        raise option_error(
             f"--memory-budget: expected a size like 4GB, 512MB or 2GiB, found '{text}'",
         )
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value < 1:
-        raise ConfigError(f"--memory-budget: expected a positive size, found '{text}'")
+        raise option_error(f"--memory-budget: expected a positive size, found '{text}'")
     if not value < _MAX_SIZE:  # also inf: 1e400GB overflows a float
-        raise ConfigError(
+        raise option_error(
             f"--memory-budget: '{text}' is too large; expected a size below 1 EB (1e18 bytes)"
         )
     return int(value)
@@ -185,16 +186,16 @@ def parse_arch_kwargs(text: str | None) -> dict:
     try:
         value = json.loads(text)
     except RecursionError as exc:
-        raise ConfigError(
+        raise option_error(
             "--arch-kwargs: expected a JSON object, found one nested too deeply"
         ) from exc
     except ValueError as exc:
-        raise ConfigError(
+        raise option_error(
             f"--arch-kwargs: expected a JSON object, found invalid JSON ({exc})",
             hint="""quote it for the shell, e.g. --arch-kwargs '{"width": 64}'""",
         ) from exc
     if not isinstance(value, dict):
-        raise ConfigError(
+        raise option_error(
             f"--arch-kwargs: expected a JSON object, found {type(value).__name__}",
             hint="""e.g. --arch-kwargs '{"width": 64}'""",
         )
@@ -405,16 +406,16 @@ class AnalysisOptions:
             try:
                 value = tuple(value or ())
             except TypeError:
-                raise ConfigError(
+                raise option_error(
                     f"{_flag(name)}: expected a sequence of strings, found {type(value).__name__}"
                 ) from None
             if not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{_flag(name)}: expected strings, found {list(value)!r}")
+                raise option_error(f"{_flag(name)}: expected strings, found {list(value)!r}")
             object.__setattr__(self, name, value)
         if self.arch_kwargs is None:
             object.__setattr__(self, "arch_kwargs", {})
         if not isinstance(self.arch_kwargs, Mapping):
-            raise ConfigError(
+            raise option_error(
                 "--arch-kwargs: expected a dict of keyword arguments, found "
                 f"{type(self.arch_kwargs).__name__}",
                 hint="""e.g. arch_kwargs={"width": 64} (on the command line, JSON text)""",
@@ -437,21 +438,21 @@ class AnalysisOptions:
                 object.__setattr__(self, f.name, value)
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-                raise ConfigError(
+                raise option_error(
                     f"{_flag(f.name)}: expected {names}, found {type(value).__name__} {value!r}"
                 )
 
     def _check_values(self) -> None:
         if self.rank is not None and self.rank < 1:
-            raise ConfigError(f"--rank: expected an integer >= 1, found {self.rank}")
+            raise option_error(f"--rank: expected an integer >= 1, found {self.rank}")
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size: expected an integer >= 1, found {self.batch_size}")
+            raise option_error(f"--batch-size: expected an integer >= 1, found {self.batch_size}")
         if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"--max-samples: expected an integer >= 1, found {self.max_samples}")
+            raise option_error(f"--max-samples: expected an integer >= 1, found {self.max_samples}")
         if self.oversample < 0:
-            raise ConfigError(f"--oversample: expected an integer >= 0, found {self.oversample}")
+            raise option_error(f"--oversample: expected an integer >= 0, found {self.oversample}")
         if self.power_iters < 0:
-            raise ConfigError(f"--power-iters: expected an integer >= 0, found {self.power_iters}")
+            raise option_error(f"--power-iters: expected an integer >= 0, found {self.power_iters}")
         for flag, value in (
             ("--rank", self.rank),
             ("--batch-size", self.batch_size),
@@ -462,26 +463,28 @@ class AnalysisOptions:
             if value is not None and value >= 2**63:
                 raise ConfigError(f"{flag}: {value} is too large for a 64-bit integer")
         if not 0 <= self.seed < 2**63:
-            raise ConfigError(
+            raise option_error(
                 f"--seed: expected an integer from 0 to 2**63 - 1, found {self.seed}",
                 hint="seeds are stored as 64-bit integers (JSON, Parquet)",
             )
         if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, found '{self.dtype}'")
+            raise option_error(
+                f"--dtype: expected one of {', '.join(DTYPES)}, found '{self.dtype}'"
+            )
         if self.precision not in PRECISIONS:
-            raise ConfigError(
+            raise option_error(
                 f"--precision: expected one of {', '.join(PRECISIONS)}, found '{self.precision}'"
             )
         if self.output_key is not None and not self.prediction:
-            raise ConfigError("--output-key and --no-prediction exclude each other")
+            raise option_error("--output-key and --no-prediction exclude each other")
         if self.svd not in SVD_CHOICES:
-            raise ConfigError(
-                f"unknown SVD method {self.svd!r}; expected one of {', '.join(SVD_CHOICES)}",
+            raise option_error(
+                f"--svd: expected one of {', '.join(SVD_CHOICES)}, found {self.svd!r}",
                 hint="use 'auto' (exact up to width 2048, randomized above), "
                 "'exact' or 'randomized'",
             )
         if self.task not in TASKS:
-            raise ConfigError(
+            raise option_error(
                 f"--task: expected one of {', '.join(TASKS)}, found {self.task!r}",
             )
         self.budget_bytes()  # a bad size is refused now, not after the model is built
@@ -502,9 +505,9 @@ class AnalysisOptions:
         if isinstance(budget, str):
             return parse_size(budget)
         if budget < 1:
-            raise ConfigError(f"--memory-budget: expected a positive size, found '{budget}'")
+            raise option_error(f"--memory-budget: expected a positive size, found '{budget}'")
         if not budget < _MAX_SIZE:
-            raise ConfigError(
+            raise option_error(
                 f"--memory-budget: {budget} is too large; expected a size below 1 EB (1e18 bytes)"
             )
         return int(budget)
@@ -558,6 +561,31 @@ class AnalysisOptions:
     def names(cls) -> tuple[str, ...]:
         """Every option's field name, in declaration order."""
         return tuple(f.name for f in fields(cls))
+
+
+def option_error(cli_message: str, *, hint: str | None = None) -> OptionError:
+    """An :class:`OptionError` from one text written with the command-line flags.
+
+    Its ``cli_message`` is the text; its ``message``, what the Python API raises, names the
+    parameters instead (``--rank`` -> ``rank``, ``--no-prediction`` -> ``prediction=False``),
+    so the two can never say different things.
+    """
+    return OptionError(_python_words(cli_message), cli_message=cli_message, hint=hint)
+
+
+def _python_words(text: str) -> str:
+    names = _flag_names()
+    return re.sub(r"--[a-z][a-z0-9-]*", lambda m: names.get(m.group(0), m.group(0)), text)
+
+
+@functools.cache
+def _flag_names() -> dict[str, str]:
+    """Each analysis flag and the Python parameter it sets."""
+    names = {}
+    for f in fields(AnalysisOptions):
+        spec = f.metadata["cli"]
+        names[spec.flag] = f"{f.name}=False" if spec.kind == "negated" else f.name
+    return names
 
 
 def _flag(name: str) -> str:

@@ -210,8 +210,9 @@ def _describe_build(summary: dict, source: BuiltModel | nn.Module) -> None:
         fields.update(activation=None, norm=None)
         notes, warnings = [], []
     rest = summary.pop("warnings", None) or []
+    said = summary.pop("notes", None) or []  # the analysis's own notes follow the model's
     summary.update(fields)
-    summary["notes"] = notes
+    summary["notes"] = [*notes, *said]
     summary["warnings"] = [*warnings, *rest]
 
 

@@ -321,7 +321,8 @@ def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, pro
 
 
 def _error_fields(err: NrcError) -> dict:
-    return {"error_type": type(err).__name__, "message": err.message, "hint": err.hint}
+    message = getattr(err, "cli_message", err.message)  # an audit is a command: flags
+    return {"error_type": type(err).__name__, "message": message, "hint": err.hint}
 
 
 def _run_here(configs, threads, finish) -> None:

@@ -36,7 +36,8 @@ def report_nrc_error(err: NrcError) -> int:
     """
     if getattr(err, "reported_elsewhere", False):
         return err.exit_code
-    _say(f"error: {err.message}")
+    # An option error names the flag here, the Python parameter elsewhere.
+    _say(f"error: {getattr(err, 'cli_message', err.message)}")
     if err.hint:
         _say(f"hint: {err.hint}")
     return err.exit_code

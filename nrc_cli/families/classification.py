@@ -276,7 +276,14 @@ class ClassificationFamily(RegressionFamily):
             "collapse_rule": self.rule.text,
             "nc3_duality_last": duality_last(layers[-1][0].module, head_stats),
             "warnings": [],
+            "notes": [],
         }
+        if second is None:
+            summary["notes"].append(
+                "ncc_accuracy and nc4_ncc_mismatch are null: they need a second pass over the "
+                "data with the class means of the first (skipped by --no-ncc; in Python, "
+                "begin_second_pass() and the data again)"
+            )
         if self.requested_precision != "exact":
             summary["warnings"].append(
                 f"--precision {self.requested_precision} applies to regression; the per-class "

@@ -218,11 +218,20 @@ class RegressionFamily:
             raise DataError(f"--output-key {key!r} selects {describe_output(out)}, not a tensor")
         b, t = y.shape
         if out.ndim == 0 or out.shape[0] != b or math.prod(out.shape[1:]) != t:
+            hint = (
+                "pick the target array with --y-key, the prediction with --output-key, "
+                "or pass --no-prediction"
+            )
+            if _looks_like_labels(y, out):
+                hint = (
+                    f"the targets are whole numbers and the model gives {out.shape[-1]} scores "
+                    "per sample: a classifier? measure it with --task classification "
+                    '(task="classification" in Python)'
+                )
             raise DataError(
                 f"the model's prediction has shape {list(out.shape)}, but the targets "
                 f"need ({b}, {t}) per batch",
-                hint="pick the target array with --y-key, the prediction with --output-key, "
-                "or pass --no-prediction",
+                hint=hint,
             )
         return out.reshape(b, t)
 
@@ -337,3 +346,14 @@ class RegressionFamily:
                 )
             )
         return LayerOutcome(rows, summary)
+
+
+def _looks_like_labels(y: torch.Tensor, out: torch.Tensor) -> bool:
+    """One target column of whole numbers beside an output of several scores per sample."""
+    return (
+        y.shape[1] == 1
+        and out.ndim == 2
+        and out.shape[1] >= 2
+        and bool(torch.all(y == torch.round(y)))
+        and bool(torch.all((y >= 0) & (y < out.shape[1])))
+    )

@@ -274,7 +274,11 @@ def test_arch_kwargs_not_a_json_object(case, tmp_path, out_dir, kwargs):
         ("--rank", "-3", r"--rank: expected an integer >= 1, found -3"),
         ("--batch-size", "0", r"--batch-size: expected an integer >= 1, found 0"),
         ("--max-samples", "0", r"--max-samples: expected an integer >= 1, found 0"),
-        ("--format", "yaml", r"--format: expected one of table, json, csv, parquet, found 'yaml'"),
+        (
+            "--format",
+            "yaml",
+            r"--format: expected one of table, markdown, json, csv, parquet, found 'yaml'",
+        ),
         ("--activation", "swish", r"unknown activation 'swish'"),
         ("--dtype", "int8", r"--dtype: expected one of .*found 'int8'"),
         ("--rank", "two", r"Invalid value for '--rank'"),

@@ -354,7 +354,7 @@ def test_a_worker_that_dies_fails_its_checkpoint_and_the_audit_goes_on(zoo):
 def test_problems_common_to_every_checkpoint_are_refused_before_any_runs(zoo):
     with pytest.raises(DataError, match=r"missing\.npz"):
         run_audit(discover(["zoo"]), "missing.npz", AnalysisOptions())
-    with pytest.raises(ConfigError, match="--rank"):
+    with pytest.raises(ConfigError, match="rank: expected"):
         run_audit(discover(["zoo"]), *config(rank=0))
     with pytest.raises(ConfigError, match="--jobs"):
         run_audit(discover(["zoo"]), *config(), jobs=0)

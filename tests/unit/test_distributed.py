@@ -151,6 +151,13 @@ with process_group(launch, "cpu") as group:
     model, monitor = monitored()
     feed_monitor(model, monitor, z[start:stop], y[start:stop], batch)
     monitor.all_reduce(group)
+    # As torch's own collectives take it: the default group (None), or a ProcessGroup.
+    import torch.distributed as dist
+    for name, pg in (("default", None), ("new", dist.new_group([0, 1]))):
+        model, other = monitored()
+        feed_monitor(model, other, z[start:stop], y[start:stop], batch)
+        other.all_reduce(pg)
+        json.dump(other.compute().to_dict(), open("%s%d.json" % (name, launch.rank), "w"))
 json.dump(monitor.compute().to_dict(), open("monitor%d.json" % launch.rank, "w"))
 """
 
@@ -194,8 +201,9 @@ def test_two_ranks_reduce_to_the_single_stream(tmp_path, n, batch):
     model, monitor = monitored()
     feed_monitor(model, monitor, z, y, batch)
     one = monitor.compute().to_dict()
-    for rank in (0, 1):
-        got = json.loads((tmp_path / f"monitor{rank}.json").read_text())
+    files = [f"{kind}{rank}.json" for kind in ("monitor", "default", "new") for rank in (0, 1)]
+    for name in files:
+        got = json.loads((tmp_path / name).read_text())
         assert got["summary"].pop("world_size") == 2 and one["summary"]["world_size"] == 1
         assert got["summary"]["n_samples"] == n
         for mine, theirs in zip(got["layers"], one["layers"], strict=True):

@@ -60,3 +60,17 @@ def test_bert_output_projections_are_not_the_attention_ones():
     assert "encoder.layer.0.attention.output.dense" in every and len(every) == 4
     rest = [w.name for w in weight_layers(model, exclude=["encoder.**.attention.**"])]
     assert not any("attention" in n for n in rest) and "pooler.dense" in rest
+
+
+def test_a_glob_that_matches_nothing_names_the_parameter_in_python():
+    import torch
+
+    from nrc_cli import CollapseMonitor
+    from nrc_cli.errors import ConfigError
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    with pytest.raises(ConfigError) as info:
+        CollapseMonitor(model, layers=["*.0"])
+    assert info.value.message == "layers: '*.0' matches no weight layer"
+    assert info.value.cli_message == "--layers '*.0' matches no weight layer"
+    assert "'**' across segments" in info.value.hint

@@ -91,7 +91,7 @@ def test_the_rule_is_read_term_by_term_and_prints_back_canonically():
 def test_an_empty_rule(text):
     with pytest.raises(ConfigError) as info:
         CollapseRule.parse(text)
-    assert info.value.message == (
+    assert info.value.cli_message == (
         "--collapse-rule: expected terms like 'nrc1_noise<=0.2', found an empty rule"
     )
 
@@ -125,7 +125,7 @@ def test_an_empty_rule(text):
 def test_a_name_that_is_not_a_per_layer_column(text, task, message, hint):
     with pytest.raises(ConfigError) as info:
         CollapseRule.parse(text, task)
-    assert info.value.message == message
+    assert info.value.cli_message == message
     if hint is not None:
         assert info.value.hint == hint
 
@@ -152,7 +152,7 @@ def test_a_name_that_is_not_a_per_layer_column(text, task, message, hint):
 def test_a_missing_number(text, message):
     with pytest.raises(ConfigError) as info:
         CollapseRule.parse(text)
-    assert info.value.message == message
+    assert info.value.cli_message == message
     assert "COLUMN<=NUMBER or COLUMN>=NUMBER" in info.value.hint
 
 
@@ -166,9 +166,9 @@ def test_a_missing_number(text, message):
     ],
 )
 def test_only_the_rule_operators_and_no_selector(text, what):
-    with pytest.raises(ConfigError, match="--collapse-rule: cannot parse term") as info:
+    with pytest.raises(ConfigError, match="collapse_rule: cannot parse term") as info:
         CollapseRule.parse(text)
-    assert what in info.value.message
+    assert what in info.value.cli_message
     assert "\n" not in info.value.hint  # one hint line: the command line shows error + hint
 
 

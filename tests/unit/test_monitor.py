@@ -295,7 +295,9 @@ def _bad_states(state: dict, other: dict) -> dict[str, tuple[dict, str]]:
 def test_a_refused_load_leaves_the_monitor_as_it_was(case):
     x, y = _data(seed=4)
     model = Wrapped(mlp((6, 10, 3), seed=5))
-    monitor = _feed(CollapseMonitor(model), model, x, y)
+    # A monitor of task "auto" (the default) may load a state of either task: here, one that
+    # is fixed to regression.
+    monitor = _feed(CollapseMonitor(model, task="regression"), model, x, y)
     wider = Wrapped(mlp((7, 10, 3), seed=5))
     other = _feed(CollapseMonitor(wider), wider, torch.randn(320, 7), y).state_dict()
     state, match = _bad_states(monitor.state_dict(), other)[case]
@@ -409,7 +411,7 @@ def test_typed_options_reach_the_analysis_and_bad_ones_are_config_errors(tmp_pat
     results = analyze(model, (x, y), rank=1, layers=["net.2"], memory_budget=10**9)
     assert [r["layer"] for r in results.layers] == ["net.2"]
     assert results.summary["rank"] == 1 and results.plan["memory_budget"] == 10**9
-    with pytest.raises(ConfigError, match="--arch-kwargs: expected a dict"):
+    with pytest.raises(ConfigError, match="arch_kwargs: expected a dict"):
         analyze(model, (x, y), arch_kwargs="[1]")
     with pytest.raises(ConfigError, match=r"expected a checkpoint path or a torch\.nn\.Module"):
         analyze(42, (x, y))

@@ -156,3 +156,51 @@ def test_a_join_refuses_a_classifier_fed_other_labels():
     whole = CollapseMonitor(model, task="classification")
     _feed(whole, model, x[:128], y[:128])
     _same(first.join(same).compute().to_dict(), whole.compute().to_dict())
+
+
+def test_the_default_task_is_auto_and_a_classifier_needs_no_task():
+    model, x, y = _case()
+    monitor = CollapseMonitor(model)  # no task=: decided from the first batch, as analyze does
+    _feed(monitor, model, x, y)
+    got = monitor.compute()
+    assert monitor.task == "classification" and got.summary["task"] == "classification"
+    explicit = CollapseMonitor(model, task="classification")
+    _feed(explicit, model, x, y)
+    _same(got.to_dict(), explicit.compute().to_dict())
+    # Without the second pass the nearest-class-mean columns are null, and a note says why.
+    assert all(row["ncc_accuracy"] is None for row in got.layers)
+    (note,) = [n for n in got.summary["notes"] if "ncc_accuracy" in n]
+    assert "second pass" in note and "--no-ncc" in note and "begin_second_pass()" in note
+
+
+def test_keywords_preds_and_target_and_swapped_calls():
+    model, x, y = _case()
+    by_keyword = CollapseMonitor(model)
+    with by_keyword, torch.no_grad():
+        for xb, yb in zip(x.split(64), y.split(64), strict=True):
+            by_keyword.update(preds=model(xb), target=yb)
+    positional = CollapseMonitor(model)
+    _feed(positional, model, x, y)
+    _same(by_keyword.compute().to_dict(), positional.compute().to_dict())
+    monitor = CollapseMonitor(model)
+    with monitor, torch.no_grad():
+        out = model(x[:64])
+        with pytest.raises(DataError, match=r"update\(\): .*class labels and the model's scores"):
+            monitor.update(out, y[:64])
+        with pytest.raises(DataError, match=r"what a model returns"):
+            monitor.update((out,), y[:64])
+        with pytest.raises(ConfigError, match="given twice"):
+            monitor.update(y[:64], out, target=y[:64])
+        with pytest.raises(ConfigError, match="no targets"):
+            monitor.update(preds=out)
+        monitor.update(y[:64], out)  # the refused calls changed nothing
+    assert monitor.n_samples == 64
+
+
+def test_whole_number_float_targets_beside_scores_hint_at_classification():
+    model, x, y = _case()
+    monitor = CollapseMonitor(model)
+    with monitor, torch.no_grad(), pytest.raises(DataError) as info:
+        monitor.update(y[:64].double(), model(x[:64]))
+    assert '--task classification (task="classification" in Python)' in info.value.hint
+    assert "--y-key" not in info.value.hint

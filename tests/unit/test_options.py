@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import typer
@@ -74,24 +76,37 @@ def test_python_values_are_typed_not_text():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "message", "flag"),
     [
-        ({"rank": 0}, r"--rank: expected an integer >= 1, found 0"),
-        ({"rank": True}, r"--rank: expected int or None, found bool"),
-        ({"batch_size": 2.5}, r"--batch-size: expected int, found float 2\.5"),
-        ({"arch_kwargs": '{"a": 1}'}, r"--arch-kwargs: expected a dict .*found str"),
-        ({"memory_budget": "lots"}, r"--memory-budget: expected a size like 4GB"),
-        ({"memory_budget": 0}, r"--memory-budget: expected a positive size"),
-        ({"svd": "fast"}, r"unknown SVD method 'fast'"),
-        ({"dtype": "float64"}, r"--dtype: expected one of float32, bfloat16, float16"),
-        ({"collapse_rule": "nrc9<=1"}, r"--collapse-rule: unknown column 'nrc9'"),
-        ({"layers": [1]}, r"--layers: expected strings"),
-        ({"output_key": "0", "prediction": False}, r"exclude each other"),
+        ({"rank": 0}, r"rank: expected an integer >= 1, found 0", "--rank"),
+        ({"rank": True}, r"rank: expected int or None, found bool", "--rank"),
+        ({"batch_size": 2.5}, r"batch_size: expected int, found float 2\.5", "--batch-size"),
+        ({"arch_kwargs": '{"a": 1}'}, r"arch_kwargs: expected a dict .*found str", "--arch-kwargs"),
+        ({"memory_budget": "lots"}, r"memory_budget: expected a size like 4GB", "--memory-budget"),
+        ({"memory_budget": 0}, r"memory_budget: expected a positive size", "--memory-budget"),
+        ({"svd": "fast"}, r"svd: expected one of auto, exact, randomized, found 'fast'", "--svd"),
+        ({"dtype": "float64"}, r"dtype: expected one of float32, bfloat16, float16", "--dtype"),
+        ({"collapse_rule": "nrc9<=1"}, r"collapse_rule: unknown column 'nrc9'", "--collapse-rule"),
+        ({"layers": [1]}, r"layers: expected strings", "--layers"),
+        (
+            {"output_key": "0", "prediction": False},
+            r"output_key and prediction=False exclude each other",
+            "--output-key and --no-prediction",
+        ),
     ],
 )
-def test_bad_values_are_config_errors_naming_the_flag(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+def test_bad_values_name_the_parameter_in_python_and_the_flag_on_the_command_line(
+    kwargs, message, flag
+):
+    with pytest.raises(ConfigError) as info:
         AnalysisOptions(**kwargs)
+    err = info.value
+    assert re.fullmatch(message + ".*", err.message), err.message
+    assert "--" not in err.message
+    # The same text, with the flags: what the command line prints.
+    assert err.cli_message.startswith(flag), err.cli_message
+    param = "output_key and prediction=False" if "exclude" in message else message.split(":")[0]
+    assert err.cli_message.removeprefix(flag) == err.message.removeprefix(param)
 
 
 def test_options_are_frozen():

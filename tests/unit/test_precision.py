@@ -410,5 +410,5 @@ def test_the_monitor_takes_precision_and_merges_and_restores_it(tmp_path):
     again = CollapseMonitor(model, precision="mixed")
     again.load_state_dict(mixed.state_dict())
     assert again.compute().to_dict()["layers"] == got["layers"]
-    with pytest.raises(ConfigError, match="--precision: expected one of exact, mixed"):
+    with pytest.raises(ConfigError, match="precision: expected one of exact, mixed"):
         CollapseMonitor(model, precision="fp32")

@@ -260,7 +260,7 @@ def test_parse_size(text, value):
 
 @pytest.mark.parametrize("text", ["", "lots", "-1GB", "4XB", "0"])
 def test_parse_size_refuses_nonsense(text):
-    with pytest.raises(ConfigError, match="--memory-budget"):
+    with pytest.raises(ConfigError, match="memory_budget: expected"):
         parse_size(text)
 
 
