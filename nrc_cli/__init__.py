@@ -14,7 +14,7 @@ from nrc_cli._version import __version__
 from nrc_cli.errors import NrcError
 from nrc_cli.results import Results
 
-__all__ = ["CollapseMonitor", "NrcError", "Results", "__version__", "analyze"]
+__all__ = ["CollapseMonitor", "History", "NrcError", "Results", "__version__", "analyze"]
 
 
 def __getattr__(name: str):
@@ -23,6 +23,10 @@ def __getattr__(name: str):
         from nrc_cli.monitor import CollapseMonitor
 
         return CollapseMonitor
+    if name == "History":
+        from nrc_cli.results.history import History
+
+        return History
     raise AttributeError(f"module 'nrc_cli' has no attribute {name!r}")
 
 

@@ -80,7 +80,7 @@ def _check_once(data: str, config: AnalysisOptions) -> None:
     from nrc_cli.model.build import load_factory
 
     resolve_device(config.device)
-    if config.arch is not None:
+    if config.arch is not None and config.arch != "hf":  # "hf" builds from each folder
         load_factory(config.arch)
     # Opened as the pipeline opens it: an .npz, or a .toml data spec where io/data.py reads
     # those; keyword inputs change which arrays must exist.

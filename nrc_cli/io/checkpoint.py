@@ -4,7 +4,8 @@ What :func:`open_checkpoint` accepts
 ------------------------------------
 * a ``.safetensors`` file;
 * a ``.pt``/``.pth``/``.bin`` file holding a state dict, or a training script's
-  ``{"model": state_dict, ...}`` / ``{"state_dict": state_dict, ...}`` wrapper;
+  ``{"model": state_dict, ...}`` / ``{"state_dict": state_dict, ...}`` wrapper (a PyTorch
+  Lightning ``.ckpt`` is such a wrapper);
 * a Hugging Face style folder, looked at in this order (the order ``transformers`` uses), first
   match wins: ``model.safetensors``; ``model.safetensors.index.json`` with its shards
   ``model-0000i-of-0000n.safetensors``; ``pytorch_model.bin``; ``pytorch_model.bin.index.json``
@@ -70,8 +71,9 @@ _ST_ITEMSIZE.update({"F8_E4M3": 1, "F8_E5M2": 1, "C64": 8})
 # A header larger than this is not a real safetensors header (the format caps it at 100 MB).
 _MAX_HEADER = 100_000_000
 
-SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_PT_SUFFIXES = (".pt", ".pth", ".bin")
+SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+# torch.save files; .ckpt is what PyTorch Lightning writes ({"state_dict": ..., "epoch": ...}).
+_PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _NOT_ST_HINT = "is this really a .safetensors file? re-save it with safetensors.torch.save_file"
 _PICKLE_HINT = (
     "nrc never unpickles files; save a plain state dict "
@@ -225,7 +227,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return Checkpoint(p, "pt", {}, _infos(state), _loaded=state)
     if p.suffix != ".safetensors":
         raise CheckpointError(
-            f"{p}: unknown checkpoint type '{p.suffix}', expected .safetensors, .pt, .pth, .bin, "
+            f"{p}: unknown checkpoint type '{p.suffix}', expected .safetensors, .pt, .pth, .bin, .ckpt, "
             "a *.index.json file or a model folder",
         )
     meta, tensors = _read_safetensors_header(p)

@@ -425,6 +425,34 @@ class Results:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"'{p}': not a report of nrc analyze: {exc}", hint=make) from exc
 
+    def scalars(self, prefix: str = "nrc/") -> dict[str, float]:
+        """The numbers of this report as one flat ``{name: float}``, what every logger takes.
+
+        Per-layer metrics are ``{prefix}{column}/{layer}`` (``nrc/nrc1_noise/net.2``), the
+        ``collapsed`` flag 1.0 or 0.0; numeric summary fields are ``{prefix}{field}``
+        (``nrc/first_collapsed_index``, ``nrc/n_samples``); the settings the numbers were
+        computed with (``oversample``, ``power_iters``, ``seed``, ``passes``, ``world_size``)
+        are not measurements and are left out. Values that are None or not finite
+        (a null ``model_mse`` without a prediction, ``first_collapsed_index`` when nothing
+        collapses, the NCC columns without a second pass) are left out, never logged as NaN;
+        text fields (layer type, collapse rule) are not numbers and are left out too. The
+        names are stable: the schema's column names and the layers' module paths.
+        """
+        task = self.task
+        out: dict[str, float] = {}
+        for row in self.layers:
+            layer = str(row.get("layer"))
+            for name in (*metric_columns(task), "collapsed"):
+                value = _number(row.get(name))
+                if value is not None:
+                    out[f"{prefix}{name}/{layer}"] = value
+        for name, kind in summary_fields(task):
+            if kind in ("int", "float") and name not in _SETTINGS:
+                value = _number(self.summary.get(name))
+                if value is not None:
+                    out[f"{prefix}{name}"] = value
+        return out
+
     def tidy_rows(self) -> list[dict]:
         """One dict per layer with the tidy columns (see :func:`tidy_columns`)."""
         rows = []
@@ -443,6 +471,19 @@ class Results:
     def to_frame(self):
         """A pandas DataFrame of :meth:`tidy_rows` with the schema's dtypes."""
         return frame_from_rows(self.tidy_rows(), tidy_columns(self.task))
+
+
+#: Numeric summary fields that record how a report was computed, not what it measured.
+_SETTINGS = frozenset({"oversample", "power_iters", "seed", "passes", "world_size"})
+
+
+def _number(value: Any) -> float | None:
+    """A finite float of an int, float or bool value (numpy's too); None otherwise."""
+    value = plain(value)
+    if isinstance(value, (bool, int, float)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return None
 
 
 _PANDAS_DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}

@@ -547,6 +547,7 @@ def test_the_docstring_examples_run(monkeypatch):
 def test_the_public_surface():
     assert set(nrc_cli.__all__) == {
         "CollapseMonitor",
+        "History",
         "NrcError",
         "Results",
         "__version__",
