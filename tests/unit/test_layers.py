@@ -36,6 +36,8 @@ LAYERS = [
     ("pipeline",),
     ("gates", "audit"),
     ("report",),
+    # The trainer callbacks: the monitor inside Lightning or the Hugging Face Trainer.
+    ("integrations",),
     ("cli", "__init__", "__main__"),
 ]
 
