@@ -260,6 +260,8 @@ class AnalysisOptions:
         ``nrc1_noise<=0.2``, or ``nc1_trace<=0.2`` for a classifier.
     arch : str, optional
         ``MODULE:CALLABLE`` or ``file.py:CALLABLE`` building the model [``--arch``].
+    state_key : str, optional
+        Dotted path of the state dict inside a ``torch.save`` file [``--state-key``].
     arch_kwargs : dict
         Keyword arguments for ``arch`` [``--arch-kwargs``, JSON on the command line].
     activation : str, optional
@@ -316,6 +318,12 @@ class AnalysisOptions:
     )
     arch: str | None = _option(
         None, "--arch", "MODULE:CALLABLE or file.py:CALLABLE returning an nn.Module."
+    )
+    state_key: str | None = _option(
+        None,
+        "--state-key",
+        "Dotted path of the state dict inside a torch.save file that holds several, "
+        "e.g. model.state_dict (nrc inspect lists them).",
     )
     arch_kwargs: dict = _option(  # noqa: RUF009 (a field() with a factory)
         None,
