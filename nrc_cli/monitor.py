@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nrc_cli._glob import glob_match
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
@@ -75,6 +76,10 @@ class CollapseMonitor:
         Analysis rank k (default: the target dimension t).
     layers, exclude : sequence of str
         Module-path globs selecting / skipping weight layers (as ``--layers``/``--exclude``).
+    partial_layers : sequence of str
+        Globs of layers that may run for some samples only (skip a batch, or have no rows of
+        parts for some samples): measured over the samples they saw, targets restricted
+        alike (regression; such a state does not merge or join).
     svd : {"auto", "exact", "randomized"}
         Spectrum method; ``auto`` is exact up to width 2048.
     oversample, power_iters, seed : int
@@ -133,6 +138,7 @@ class CollapseMonitor:
         exclude: Collection[str] = (),
         svd: str = "auto",
         *,
+        partial_layers: Collection[str] = (),
         oversample: int = 10,
         power_iters: int = 4,
         seed: int = 0,
@@ -160,6 +166,7 @@ class CollapseMonitor:
             rank=rank,
             layers=tuple(layers),
             exclude=tuple(exclude),
+            partial_layers=tuple(partial_layers),
             svd=svd,
             oversample=oversample,
             power_iters=power_iters,
@@ -178,6 +185,9 @@ class CollapseMonitor:
             model, include=checked.layers, exclude=checked.exclude
         )
         self._by_name = {w.name: w for w in self.layers}
+        self._partial = {
+            w.name for w in self.layers if any(glob_match(w.name, p) for p in partial_layers)
+        }
         names = set(self._by_name)
         self.active: set[str] = set(names if active is None else active)
         unknown = self.active - names
@@ -334,7 +344,7 @@ class CollapseMonitor:
         again = [n for n in self._order if n in self.active] if first.n else []
         paired = paired_features(
             pending, b, mask=mask, ran=self._order, again=again,
-            segments=declared(segments), rows_before=self._rows,
+            segments=declared(segments), rows_before=self._rows, partial=self._partial,
         )  # fmt: skip
         features = paired.features
         check_finite(features, start)
@@ -355,7 +365,7 @@ class CollapseMonitor:
         with torch.inference_mode(False), torch.no_grad():
             if first.t is None:
                 self._start(y)
-            first.update(features, y, pred)
+            first.update(features, y, pred, keep=paired.keep, partial=self._partial)
 
     # -- the second pass (classification) ---------------------------------------------------
 
@@ -401,6 +411,11 @@ class CollapseMonitor:
 
     def _start(self, y: torch.Tensor) -> None:
         """First batch: the plan of this stream, fresh accumulators."""
+        if self._partial and self.family.second_pass:
+            raise ConfigError(
+                f"partial_layers: {self.task} measures every layer over every sample",
+                hint="exclude the layers that do not run on every batch instead",
+            )
         layers = [w for w in self.layers if w.name in self.active]
         if not self._sketch_given and self._budget is not None:
             b, t = y.shape
@@ -458,7 +473,8 @@ class CollapseMonitor:
             "precision": self.family.precision,
         }
         plan = self._plan_doc(methods)
-        record_rows(outcome.rows, plan["layers"], self._rows)
+        counts = {n: max(a.n for a in accs.values()) for n, accs in first.accs.items()}
+        record_rows(outcome.rows, plan["layers"], self._rows, counts, first.n)
         summary["warnings"] = [*summary.get("warnings", []), *self._warnings]
         return Results(checkpoint="", data="", summary=summary, layers=outcome.rows, plan=plan)
 

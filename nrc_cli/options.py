@@ -268,6 +268,10 @@ class AnalysisOptions:
         Activation of an inferred MLP [``--activation``].
     layers, exclude : tuple of str
         Module-path globs selecting / skipping weight layers [``--layers``, ``--exclude``].
+    partial_layers : tuple of str
+        Globs of layers that may run for some samples only (an angle layer skipped for
+        structures without angles) [``--partial-layers``]: each is measured over the samples
+        it saw, targets restricted alike; by default such a layer is refused.
     inputs : tuple of str
         Data arrays passed as forward keyword arguments [``--input``].
     mask_key : str, optional
@@ -352,6 +356,13 @@ class AnalysisOptions:
         "'**' across segments).",
         kind="repeat",
     )
+    partial_layers: tuple[str, ...] = _option(
+        (),
+        "--partial-layers",
+        "Accept layers matching this glob that run for some samples only (repeatable): each "
+        "is measured over the samples it saw (regression).",
+        kind="repeat",
+    )
     inputs: tuple[str, ...] = _option(
         (),
         "--input",
@@ -407,7 +418,7 @@ class AnalysisOptions:
     )
 
     def __post_init__(self) -> None:
-        for name in ("layers", "exclude", "inputs"):
+        for name in ("layers", "exclude", "partial_layers", "inputs"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)

@@ -329,6 +329,7 @@ class _Passes:
             "rank": config.rank,
             "layers": config.layers,
             "exclude": config.exclude,
+            "partial_layers": config.partial_layers,
             "svd": config.svd,
             "oversample": config.oversample,
             "power_iters": config.power_iters,
@@ -423,6 +424,10 @@ class _Passes:
         not_run = [w.name for w in probe.layers if w.name not in joined.order]
         if not_run:
             plan_doc["not_run"] = not_run
+        found = {row["layer"]: row for row in results.plan["layers"]}
+        for row in plan_doc["layers"]:  # the kind of rows and the samples each layer saw
+            seen = found.get(row["layer"], {})
+            row["rows"], row["n_samples"] = seen.get("rows", "sample"), seen.get("n_samples", 0)
         results.plan = plan_doc
         return results
 
@@ -546,6 +551,7 @@ def run_forward(
         rank=config.rank,
         layers=config.layers,
         exclude=config.exclude,
+        partial_layers=config.partial_layers,
         svd=config.svd,
         oversample=config.oversample,
         power_iters=config.power_iters,

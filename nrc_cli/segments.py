@@ -157,6 +157,9 @@ class Resolved:
     kind: str  # "sample", "graph", or the segments' kind
     segments: Segments | None  # None: the rows are samples
     warning: str | None = None
+    # Rows as many as the samples and as some declared rows: taken as samples in this batch,
+    # not recorded, so that a later batch with other counts decides the layer's kind.
+    tentative: bool = False
 
 
 class Declared:
@@ -203,6 +206,7 @@ class Declared:
             if kinds and before != self.sample_kind:
                 if before in kinds:
                     return Resolved(before, next(s for s in matches if s.kind == before))
+                found.tentative = before is None
                 found.warning = (
                     f"layer '{name}' sees {rows} rows in a batch of {b} samples, as many as "
                     f"the {kinds[0]} rows declared: taken as samples; if they are rows of "

@@ -7,7 +7,7 @@ layer has as many rows as the targets; :func:`check_finite` refuses a nan or inf
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from nrc_cli._threads import single_threaded
 from nrc_cli.capture import PendingPool
 from nrc_cli.errors import ConfigError, DataError
+from nrc_cli.families.passes import PARTIAL_HINT
 from nrc_cli.segments import Declared, segment_pool
 
 __all__ = ["Paired", "check_finite", "paired_features", "record_rows"]
@@ -28,6 +29,7 @@ class Paired:
     features: dict[str, torch.Tensor]
     rows: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    keep: dict[str, torch.Tensor] = field(default_factory=dict)  # partial layers: samples seen
 
 
 def paired_features(
@@ -39,6 +41,7 @@ def paired_features(
     again: Sequence[str] = (),
     segments: Declared | None = None,
     rows_before: Mapping[str, str] | None = None,
+    partial: Collection[str] = (),
 ) -> Paired:
     """The features one forward pass captured, pooled, each with the ``b`` rows of the targets.
 
@@ -46,7 +49,9 @@ def paired_features(
     ``ran`` the layers that ran in any forward pass so far; ``again`` those that ran in earlier
     batches and so must run in this one too. A layer whose row count is not ``b`` is pooled
     by the ``segments`` declared for the batch (its rows are parts of samples: atoms, edges,
-    points); ``rows_before`` holds each layer's kind of rows in earlier batches.
+    points); ``rows_before`` holds each layer's kind of rows in earlier batches. The layers in
+    ``partial`` may skip a batch or have no rows for some samples: ``keep`` then says which
+    samples they saw.
 
     Raises
     ------
@@ -79,36 +84,53 @@ def paired_features(
             with single_threaded(z.device):
                 z, counts = segment_pool(z, seg.owner(b), b, seg.reduce)
             empty = (counts == 0).nonzero()
-            if empty.numel():
+            if empty.numel() and name in partial:
+                out.keep[name] = counts > 0
+            elif empty.numel():
                 raise DataError(
                     f"layer '{name}': sample {int(empty[0])} of the batch has no {seg.kind} "
                     f"rows ({empty.numel()} of {b} samples have none), so the layer has no "
                     "features for it",
-                    hint="leave the layer out with --exclude, or feed only samples that "
-                    f"have {seg.kind} rows",
+                    hint=PARTIAL_HINT,
                 )
         out.features[name] = z
-        out.rows[name] = found.kind
-    missing = [n for n in again if n not in out.features]
+        if not found.tentative:
+            out.rows[name] = found.kind
+    missing = [n for n in again if n not in out.features and n not in partial]
     if missing:
         raise DataError(
             f"layer(s) {', '.join(missing)} ran in earlier batches but not in this one; "
             "their statistics would cover different samples",
-            hint="exclude layers that do not run on every batch",
+            hint=PARTIAL_HINT,
         )
     return out
 
 
-def record_rows(rows: list[dict], plan_layers: list[dict], kinds: Mapping[str, str]) -> None:
-    """Record each layer's kind of rows in its plan entry (``rows``), and in the note of a
-    layer pooled from rows of parts (``rows of nodes pooled per sample``)."""
+def record_rows(
+    rows: list[dict],
+    plan_layers: list[dict],
+    kinds: Mapping[str, str],
+    counts: Mapping[str, int],
+    n: int,
+) -> None:
+    """Record each layer's kind of rows (``rows``) and samples (``n_samples``) in its plan
+    entry, and in the note of a layer pooled from rows of parts (``rows of nodes pooled per
+    sample``) or seen by some of the ``n`` samples only (whose ``nrc4_ratio`` is null: the
+    model's error is over every sample)."""
     for entry in plan_layers:
         entry["rows"] = kinds.get(entry["layer"], "sample")
+        entry["n_samples"] = counts.get(entry["layer"], n)
     for row in rows:
-        kind = kinds.get(row["layer"], "sample")
-        if kind not in ("sample", "graph"):
-            said = f"rows of {kind}s pooled per sample"
-            row["note"] = f"{row['note']}; {said}" if row.get("note") else said
+        kind, seen = kinds.get(row["layer"], "sample"), counts.get(row["layer"], n)
+        said = [f"rows of {kind}s pooled per sample"] if kind not in ("sample", "graph") else []
+        if seen < n and "nrc4_ratio" in row:
+            row["nrc4_ratio"] = None
+            said.append(
+                f"seen by {seen} of {n} samples (partial_layers): its metrics are over those; "
+                "nrc4_ratio is null, the model's error being over all"
+            )
+        if said:
+            row["note"] = "; ".join([row["note"], *said] if row.get("note") else said)
 
 
 def check_finite(features: Mapping[str, torch.Tensor], start: int) -> None:

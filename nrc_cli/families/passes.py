@@ -64,6 +64,10 @@ __all__ = [
 ]
 
 _I64 = torch.int64
+PARTIAL_HINT = (
+    "exclude layers that do not run on every batch, or measure them over the samples they "
+    "saw with partial_layers=[...] (--partial-layers GLOB)"
+)
 
 # -- a batch ---------------------------------------------------------------------------------
 
@@ -283,7 +287,13 @@ class FirstPass:
             )
 
     def update(
-        self, features: Mapping[str, torch.Tensor], y: torch.Tensor, pred: torch.Tensor | None
+        self,
+        features: Mapping[str, torch.Tensor],
+        y: torch.Tensor,
+        pred: torch.Tensor | None,
+        *,
+        keep: Mapping[str, torch.Tensor] | None = None,
+        partial: Collection[str] = (),
     ) -> None:
         """Fold one batch in: each layer's ``features``, the targets ``y`` (b, t), the model's
         prediction (or None).
@@ -297,16 +307,22 @@ class FirstPass:
         late = [
             name
             for name in features
-            if any(acc.n != self.n for acc in self.accs.get(name, {}).values())
+            if name not in partial
+            and any(acc.n != self.n for acc in self.accs.get(name, {}).values())
         ]
         if late:
             raise DataError(
                 f"layer(s) {', '.join(late)} ran in this batch but not in earlier ones; "
                 "their statistics would cover fewer samples than the others'",
-                hint="exclude layers that do not run on every batch",
+                hint=PARTIAL_HINT,
             )
+        keep = keep or {}
         for name, accs in self.accs.items():
-            if name in features:
+            if name in keep:  # a partial layer: the samples that have its rows, targets alike
+                rows = keep[name].to(y.device)
+                if bool(rows.any()):
+                    self.family.update_layer(accs, features[name][rows], y[rows])
+            elif name in features:
                 self.family.update_layer(accs, features[name], y)
         if pred is not None:
             self.family.update_prediction(self.predictions, pred, y)
