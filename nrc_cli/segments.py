@@ -157,8 +157,9 @@ class Resolved:
     kind: str  # "sample", "graph", or the segments' kind
     segments: Segments | None  # None: the rows are samples
     warning: str | None = None
-    # Rows as many as the samples and as some declared rows: taken as samples in this batch,
-    # not recorded, so that a later batch with other counts decides the layer's kind.
+    # Rows as many as the samples and as some declared rows (or as two kinds of declared
+    # rows): taken as the first in this batch, not recorded, so that a later batch with other
+    # counts decides the layer's kind.
     tentative: bool = False
 
 
@@ -225,6 +226,7 @@ class Declared:
             chosen = next(s for s in matches if s.kind == before)
         found = Resolved(chosen.kind, chosen)
         if len(kinds) > 1 and before not in kinds:
+            found.tentative = before is None
             found.warning = (
                 f"layer '{name}' sees {rows} rows, as many as the {' and the '.join(kinds)} "
                 f"rows of this batch: taken as {chosen.kind} rows; declare "
