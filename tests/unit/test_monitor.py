@@ -458,7 +458,9 @@ def test_mismatched_updates_are_clear_errors_and_leave_the_state_unchanged():
     monitor = CollapseMonitor(model)
     with monitor, torch.no_grad():
         model(x[:32])
-        with pytest.raises(DataError, match=r"captured features for 32 samples, but y has 16"):
+        with pytest.raises(
+            DataError, match=r"sees 32 rows for 16 samples: rows of parts, not samples\?"
+        ):
             monitor.update(y[:16])
         with pytest.raises(DataError, match="found no captured features"):
             monitor.update(y[:32])
