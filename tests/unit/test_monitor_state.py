@@ -158,7 +158,14 @@ def _classification_forgeries(s: dict) -> dict[str, tuple[dict, str]]:
 
 @pytest.mark.parametrize(
     "case",
-    ["counts", "labels out of order", "one class fewer", "int32 counts", "second pass", "no second count"],
+    [
+        "counts",
+        "labels out of order",
+        "one class fewer",
+        "int32 counts",
+        "second pass",
+        "no second count",
+    ],
 )
 def test_a_forged_classification_state_is_refused_and_changes_nothing(case, tmp_path):
     monitor = _classifier()
