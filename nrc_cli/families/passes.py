@@ -43,6 +43,7 @@ from nrc_cli.families.combining import (
     covers,
     feature_width,
 )
+from nrc_cli.families.states import check_accumulator, check_counts, check_numbers, load_layer
 from nrc_cli.options import PRECISIONS
 from nrc_cli.planning import NARROW_NOTE, make_plan
 
@@ -200,16 +201,11 @@ def load_layer_states(
             if name not in names:
                 raise ConfigError(f"state of layer '{name}', which this monitor does not watch")
             grouped.setdefault(name, {}).setdefault(kind, {})[field] = value
-    layers = {}
-    for name, kinds in grouped.items():
-        accs = {}
-        for kind, fields in kinds.items():
-            device = next(iter(fields.values())).device
-            acc = family.empty_accumulator(kind, device, state.get(f"omega/{name}"))
-            acc.load_state_dict(fields)
-            accs[kind] = acc
-        layers[name] = accs
-    return layers
+    t = int(state.get("target_dim", torch.tensor(0)))
+    return {
+        name: load_layer(family, name, kinds, state.get(f"omega/{name}"), t=t)
+        for name, kinds in grouped.items()
+    }
 
 
 # -- the first pass --------------------------------------------------------------------------
@@ -317,6 +313,7 @@ class FirstPass:
                 hint=PARTIAL_HINT,
             )
         keep = keep or {}
+        self.family.check_batch(self.accs, y)
         for name, accs in self.accs.items():
             if name in keep:  # a partial layer: the samples that have its rows, targets alike
                 rows = keep[name].to(y.device)
@@ -434,9 +431,9 @@ class FirstPass:
         self.world_size = int(state.get("world_size", torch.tensor(1)))
         pred = int(state.get("prediction", torch.tensor(-1)))
         self.has_prediction = None if pred < 0 else bool(pred)
-        self.predictions.load_state_dict(
-            {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
-        )
+        sse = {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
+        check_accumulator(self.predictions, sse, "sse.", p=None, t=t)
+        self.predictions.load_state_dict(sse)
         for name, accs in load_layer_states(self.family, state, names).items():
             self.accs[name] = accs
             self.pass_of[name] = int(state.get(f"pass/{name}", torch.tensor(1)))
@@ -537,9 +534,9 @@ class SecondPass:
         self.world_size = int(state.get("second_world_size", torch.tensor(1)))
         for name, acc in self.accs.items():
             prefix = f"second/{name}/"
-            acc.load_state_dict(
-                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            )
+            fields = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            check_accumulator(acc, fields, prefix, p=None, t=0)
+            acc.load_state_dict(fields)
 
     def to(self, device: torch.device) -> SecondPass:
         """Move the state to ``device``; return self."""
@@ -604,7 +601,9 @@ def load_passes(
                     f"a state accumulated in {precision} precision, for a monitor of "
                     f"precision {family.precision}"
                 )
+        check_numbers(state)
         first.load_state_dict(state, layers)
+        check_counts(first.n, first.predictions)
         for name, accs in first.accs.items():
             width = feature_width(accs)
             if width is not None and width != layers[name].in_dim:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,11 @@ class RegressionFamily:
         if kind == "sketch" and omega is not None:
             return CovarianceSketch(omega.to(device))
         raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")
+
+    @staticmethod
+    def check_batch(layers: Mapping[str, Mapping[str, Accumulator]], y: torch.Tensor) -> None:
+        """Refuse a batch of targets ``y`` that no layer could take, before any layer takes
+        it (DataError); regression has nothing to check here."""
 
     @staticmethod
     def update_layer(accs: dict[str, Accumulator], z: torch.Tensor, y: torch.Tensor) -> None:

@@ -269,7 +269,10 @@ def _bad_states(state: dict, other: dict) -> dict[str, tuple[dict, str]]:
             {**state, "layer/net.2/moments/bogus": torch.tensor(1)},
             "unknown state",
         ),
-        "kind": ({**state, "layer/net.2/sketch/n": torch.tensor(1)}, "unknown accumulator kind"),
+        "kind": (
+            {**state, "layer/net.2/sketch/n": torch.tensor(1)},
+            r"'layer/net\.2/moments/' and 'layer/net\.2/sketch/', found both",
+        ),
         "width": (other, "layer 'net.0' has 6 input features, the state 7"),
         "short layer": (short, r"layer\(s\) net\.2 hold some of the 320 samples"),
         "no n": ({k: v for k, v in state.items() if k != "n"}, "'n'"),
