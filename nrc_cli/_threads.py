@@ -29,3 +29,54 @@ def single_threaded(device: torch.device | str | None = None):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# The entry points that set an OpenBLAS library's thread count, in the order tried: scipy's
+# wheels ship OpenBLAS with a ``scipy_`` prefix (``_64`` for the ILP64 build numpy uses).
+_OPENBLAS_SETTERS = (
+    "scipy_openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+)
+
+
+def _openblas_libraries() -> list[str]:
+    """Paths of the OpenBLAS libraries loaded into this process (Linux: /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/"))
+
+
+def blas_threads(threads: int) -> int:
+    """Set the thread count of scipy's BLAS (OpenBLAS) to ``threads``, like torch's.
+
+    torch's products use its own BLAS (MKL or OpenBLAS, set by ``torch.set_num_threads``);
+    the symmetric rank-k updates of :mod:`nrc_cli.accumulate.gram` go through scipy's, which
+    has a thread pool of its own, sized by the number of cores unless told. Loads
+    ``scipy.linalg.blas`` first (so that its library is mapped) and returns how many
+    libraries were set; 0 where none could be (another BLAS, another OS): those keep their
+    own default.
+    """
+    import ctypes
+
+    try:
+        import scipy.linalg.blas  # noqa: F401  (maps scipy's BLAS into the process)
+    except ImportError:
+        return 0
+    done = 0
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _OPENBLAS_SETTERS:
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(threads))
+                done += 1
+                break
+    return done
