@@ -17,6 +17,8 @@ import itertools
 
 import torch
 
+from nrc_cli._threads import blas_threads
+
 __all__ = ["GRAM_BLOCK", "SYRK_MIN_WIDTH", "add_gram_", "syrk_upper_", "upper_blocks"]
 
 _F64 = torch.float64
@@ -27,6 +29,19 @@ GRAM_BLOCK = 256
 # torch is as fast or faster (benchmarks/bench_gram.py, one thread: syrk/full 1.04-1.8 at
 # p = 64-160, 0.83-0.92 at 192, 0.51-0.8 from 256 to 4096).
 SYRK_MIN_WIDTH = 192
+
+
+# The thread count scipy's BLAS was last set to (see _follow_torch_threads).
+_blas_threads: list[int] = []
+
+
+def _follow_torch_threads() -> None:
+    """Give scipy's BLAS torch's current thread count, so that ``--threads`` and
+    :func:`nrc_cli._threads.single_threaded` hold for ``dsyrk`` too (one call per change)."""
+    threads = torch.get_num_threads()
+    if _blas_threads != [threads]:
+        blas_threads(threads)
+        _blas_threads[:] = [threads]
 
 
 @functools.cache
@@ -80,6 +95,7 @@ def syrk_upper_(target: torch.Tensor, a: torch.Tensor) -> bool:
     else:
         mat, trans = a.contiguous().numpy().T, 0
     c = target.detach().numpy().T  # Fortran view of the state, no copy
+    _follow_torch_threads()
     out = dsyrk(1.0, mat, beta=1.0, c=c, trans=trans, lower=1, overwrite_c=1)
     if out.ctypes.data != c.ctypes.data:  # pragma: no cover - f2py copies only on a mismatch
         c[...] = out

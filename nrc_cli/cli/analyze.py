@@ -44,14 +44,17 @@ def run_with_progress(
     """
     if group is not None and group.rank != 0:
         quiet = True
-    if threads is not None:
-        import torch
+    import torch
 
-        if threads < 1:
-            from nrc_cli.errors import ConfigError
+    if threads is not None and threads < 1:
+        from nrc_cli.errors import ConfigError
 
-            raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
-        torch.set_num_threads(threads)
+        raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
+    if threads is None:
+        from nrc_cli._threads import default_threads
+
+        threads = default_threads()
+    torch.set_num_threads(threads)
 
     if not quiet:
         print_precision_hint(options)
