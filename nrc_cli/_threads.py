@@ -68,13 +68,9 @@ def single_threaded(device: torch.device | str | None = None):
 
 
 # The entry points that set an OpenBLAS library's thread count, in the order tried: scipy's
-# wheels ship OpenBLAS with a ``scipy_`` prefix (``_64`` for the ILP64 build numpy uses).
-_OPENBLAS_SETTERS = (
-    "scipy_openblas_set_num_threads",
-    "scipy_openblas_set_num_threads64_",
-    "openblas_set_num_threads",
-    "openblas_set_num_threads64_",
-)
+# wheels ship OpenBLAS with a ``scipy_`` prefix. numpy's ILP64 build (``...64_``) is left as
+# it is: its products are not nrc's.
+_OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 
 
 def _openblas_libraries() -> list[str]:
