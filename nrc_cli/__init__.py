@@ -30,7 +30,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'nrc_cli' has no attribute {name!r}")
 
 
-def analyze(checkpoint_or_module, data, **options) -> Results:
+def analyze(checkpoint_or_module, data, *, forward=None, **options) -> Results:
     """Deep NRC of a model on a data set, layer by layer: what ``nrc analyze`` computes.
 
     Parameters
@@ -41,6 +41,11 @@ def analyze(checkpoint_or_module, data, **options) -> Results:
     data : str, os.PathLike, (x, y) or iterable of (x, y)
         A data file (``.npz``, ``.toml`` spec); an ``(x, y)`` pair of arrays or tensors; or an
         iterable of ``(x, y)`` batches (a list or a DataLoader; a generator allows one pass).
+    forward : callable(model, batch) -> (preds, target[, segments]), optional
+        Batches of any kind (a PyTorch Geometric ``Batch``, a dict, a custom object): each is
+        run by ``forward``, which returns the prediction (or None), the targets and, for
+        layers whose rows are parts of samples, their segments (docs/graphs.md). The model
+        must then be a module.
     **options
         The fields of :class:`nrc_cli.options.AnalysisOptions`, typed: ``rank=2``,
         ``batch_size=256``, ``arch_kwargs={"width": 64}``, ``memory_budget="4GB"``, ...
@@ -57,8 +62,10 @@ def analyze(checkpoint_or_module, data, **options) -> Results:
     'net.2'
     """
     from nrc_cli.options import AnalysisOptions
-    from nrc_cli.pipeline import run
+    from nrc_cli.pipeline import run, run_forward
 
+    if forward is not None:
+        return run_forward(checkpoint_or_module, data, forward, AnalysisOptions(**options))
     results = run(checkpoint_or_module, data, AnalysisOptions(**options))
     assert results is not None  # only a rank of a process group gets None
     return results

@@ -8,6 +8,7 @@ of a Linear input (token pooling).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,28 @@ from nrc_cli._threads import single_threaded
 from nrc_cli.errors import ConfigError, DataError, OptionError
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """``nn.Linear``, or PyTorch Geometric's own ``Linear`` (inside GCNConv, GATConv, SAGEConv,
+    ...), which holds a weight (out, in) and applies it as ``nn.Linear`` does.
+
+    PyTorch Geometric is recognised by the class's module, never imported.
+    """
+    if isinstance(module, nn.Linear):
+        return True
+    cls = type(module)
+    return cls.__name__ == "Linear" and cls.__module__ == "torch_geometric.nn.dense.linear"
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """A layer ``nrc`` measures: Linear (torch's or PyTorch Geometric's) or Conv1d/2d/3d."""
+    return isinstance(module, WEIGHT_TYPES) or is_linear(module)
+
+
+def out_dim(module: nn.Module) -> int:
+    """Outputs of a Linear (``out_features``, or PyTorch Geometric's ``out_channels``)."""
+    return int(getattr(module, "out_features", getattr(module, "out_channels", -1)))
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,8 @@ class WeightLayer:
         m = self.module
         if isinstance(m, nn.Linear):
             return m.in_features
+        if is_linear(m):
+            return int(m.in_channels)  # type: ignore[arg-type]
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return m.in_channels
         raise TypeError(f"{self.name}: {self.type} is not a weight layer")
@@ -63,7 +88,7 @@ def weight_layers(
     ConfigError
         When an ``include`` glob matches no layer (the message lists the layer names).
     """
-    found = [WeightLayer(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_TYPES)]
+    found = [WeightLayer(n, m) for n, m in model.named_modules() if is_weight_layer(m)]
     names = [w.name for w in found]
     for pattern in include:
         if not any(glob_match(n, pattern) for n in names):
@@ -81,6 +106,13 @@ def weight_layers(
         raise ConfigError(
             "no weight layer (Linear, Conv1d/2d/3d) is selected",
             hint=f"weight layers: {', '.join(names) or 'none in this model'}",
+        )
+    lazy = [w.name for w in found if w.in_dim < 0]
+    if lazy:
+        raise ConfigError(
+            f"layer '{lazy[0]}' does not know its input width yet (a lazy layer, in_channels=-1)",
+            hint="run the model once on a batch before measuring it, or build it with explicit "
+            "input sizes",
         )
     empty = [w.name for w in found if w.in_dim == 0]
     if empty:
@@ -145,7 +177,7 @@ def pool(
     """
     if buffers is not None and inp.device.type != "cpu":
         buffers = None
-    if isinstance(module, nn.Linear):
+    if is_linear(module):
         if inp.ndim == 2:
             return _at_least_float32(inp)
         if inp.ndim < 2:
@@ -207,6 +239,21 @@ def _sum64(
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+
+
+def _arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A forward call's arguments by name (positional ones bound to ``forward``'s signature)."""
+    named = dict(kwargs)
+    if args:
+        try:
+            params = list(inspect.signature(module.forward).parameters.values())
+        except (TypeError, ValueError):
+            return named
+        positional = [
+            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        named.update(zip(positional, args, strict=False))
+    return named
 
 
 @dataclass(frozen=True)
@@ -286,17 +333,39 @@ class Capture:
         self._handles: list = []
         # Each layer's pooled features (and copies), reused from batch to batch on the CPU.
         self._buffers = Buffers()
+        self.other_masks: list[str] = []  # mask-like arguments of this forward pass, unused
+        self.unmasked: list[str] = []  # layers whose tokens were pooled without a mask
 
     def next_batch(self, mask: torch.Tensor | None = None) -> None:
         """Start a forward pass; ``mask`` (batch, T) selects tokens for masked mean pooling."""
         self._seen.clear()
         self.mask = mask
+        self.other_masks, self.unmasked = [], []
 
     def _root_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.on_forward is not None:
             self.on_forward()
-        mask = kwargs.get(self.mask_key) if self.mask_key else None
+        named = _arguments(module, args, kwargs)
+        mask = named.get(self.mask_key) if self.mask_key else None
         self.next_batch(mask if isinstance(mask, torch.Tensor) else None)
+        self.other_masks = [
+            name
+            for name, value in named.items()
+            if "mask" in name.lower() and name != self.mask_key and isinstance(value, torch.Tensor)
+        ]
+
+    def unmasked_warning(self) -> str | None:
+        """A warning when this batch's tokens were averaged over padding that a mask-like
+        argument of the model (``atom_mask``, say) marks, because it is not the mask used."""
+        if not (self.other_masks and self.unmasked):
+            return None
+        names = ", ".join(repr(n) for n in self.other_masks)
+        return (
+            f"the model takes {names} but nrc pooled the tokens of {self.unmasked[0]!r}"
+            f"{' and others' if len(self.unmasked) > 1 else ''} without a mask, so padding "
+            f"is averaged into them; if it marks padding, pass mask_key={self.other_masks[0]!r} "
+            f"(--mask-key {self.other_masks[0]}) or update(..., mask=...)"
+        )
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -313,10 +382,12 @@ class Capture:
                 self.order.append(name)
             if self.active is None or name in self.active:
                 inp = args[0].detach()
+                if self.mask is None and is_linear(module) and inp.ndim >= 3:
+                    self.unmasked.append(name)
                 if (
                     self.defer_unmasked
                     and self.mask is None
-                    and isinstance(module, nn.Linear)
+                    and is_linear(module)
                     and inp.ndim >= 3
                 ):
                     pending = PendingPool(module, inp.clone() if self.copy_views else inp)

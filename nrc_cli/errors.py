@@ -9,6 +9,20 @@ and maps to exit code 1.
 from __future__ import annotations
 
 
+def printable(text: object) -> str:
+    r"""``text`` with every character that is not printable (a newline, a carriage return, an
+    escape sequence, a lone surrogate of an undecodable file name) written as Python writes it
+    in a string literal, so that a message that holds a user's name stays one line.
+
+    >>> printable("data\nerror: x.npz")
+    'data\\nerror: x.npz'
+    """
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
+
+
 class NrcError(Exception):
     """Base class for every error ``nrc`` raises on purpose (bad input, bad usage).
 
@@ -23,6 +37,8 @@ class NrcError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # One error is one line, whatever names it holds (see printable).
+        message = printable(message)
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -122,6 +138,6 @@ def os_error_line(exc: OSError) -> str:
     >>> os_error_line(PermissionError(errno.EACCES, "Permission denied", "run.json"))
     "error: 'run.json': permission denied (EACCES)"
     """
-    where = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    where = [printable(f) for f in (exc.filename, exc.filename2) if f is not None]
     paths = " -> ".join(f"'{w}'" for w in where)
     return f"error: {paths + ': ' if paths else ''}{os_error_reason(exc)}"

@@ -23,19 +23,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from nrc_cli._glob import glob_match
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
-from nrc_cli.distributed import Group
+from nrc_cli.distributed import Group, reduce_passes
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families import FAMILIES, FirstPass, SecondPass
+from nrc_cli.families.batch import check_finite, paired_features, record_rows
 from nrc_cli.families.calls import update_arguments
 from nrc_cli.families.combining import check_options
 from nrc_cli.families.passes import (
     as_targets,
-    check_finite,
     load_passes,
-    paired_features,
     plan_row,
     single_pass_sketches,
     sketched_size,
@@ -43,6 +43,7 @@ from nrc_cli.families.passes import (
 )
 from nrc_cli.options import PRECISIONS, parse_size
 from nrc_cli.results import Results
+from nrc_cli.segments import declared
 
 __all__ = ["CollapseMonitor"]
 
@@ -75,6 +76,10 @@ class CollapseMonitor:
         Analysis rank k (default: the target dimension t).
     layers, exclude : sequence of str
         Module-path globs selecting / skipping weight layers (as ``--layers``/``--exclude``).
+    partial_layers : sequence of str
+        Globs of layers that may run for some samples only (skip a batch, or have no rows of
+        parts for some samples): measured over the samples they saw, targets restricted
+        alike (regression; such a state does not merge or join).
     svd : {"auto", "exact", "randomized"}
         Spectrum method; ``auto`` is exact up to width 2048.
     oversample, power_iters, seed : int
@@ -133,6 +138,7 @@ class CollapseMonitor:
         exclude: Collection[str] = (),
         svd: str = "auto",
         *,
+        partial_layers: Collection[str] = (),
         oversample: int = 10,
         power_iters: int = 4,
         seed: int = 0,
@@ -160,6 +166,7 @@ class CollapseMonitor:
             rank=rank,
             layers=tuple(layers),
             exclude=tuple(exclude),
+            partial_layers=tuple(partial_layers),
             svd=svd,
             oversample=oversample,
             power_iters=power_iters,
@@ -178,6 +185,9 @@ class CollapseMonitor:
             model, include=checked.layers, exclude=checked.exclude
         )
         self._by_name = {w.name: w for w in self.layers}
+        self._partial = {
+            w.name for w in self.layers if any(glob_match(w.name, p) for p in partial_layers)
+        }
         names = set(self._by_name)
         self.active: set[str] = set(names if active is None else active)
         unknown = self.active - names
@@ -257,6 +267,8 @@ class CollapseMonitor:
         self._order: list[str] = getattr(self, "_order", [])
         self._order.clear()
         self._pending: dict[str, torch.Tensor | PendingPool] = {}
+        self._rows: dict[str, str] = {}  # the kind of each layer's rows (segments.py)
+        self._warnings: list[str] = []
         if not self._sketch_given:
             self.sketch = {}
 
@@ -280,9 +292,11 @@ class CollapseMonitor:
         target=None,
         preds=None,
         mask: torch.Tensor | None = None,
+        segments=None,
         start: int | None = None,
     ) -> None:
-        """Pair the features captured since the last update with the targets ``y``.
+        """Pair the features captured since the last update with the targets ``y``; the next
+        forward pass starts the next batch (whether it runs through ``model(...)`` or not).
 
         Parameters
         ----------
@@ -297,6 +311,12 @@ class CollapseMonitor:
         mask : Tensor, shape (b, T), optional
             Token mask for masked mean pooling, when the model did not receive it as its
             ``mask_key`` keyword argument.
+        segments : optional
+            For layers whose rows are parts of samples (atoms, edges, points): which sample
+            owns each row, to pool them per sample (:mod:`nrc_cli.segments`, docs/graphs.md):
+            an owner index tensor, a :class:`~nrc_cli.segments.Segments` (counts, ``sum``),
+            a list of them, a mapping from layer globs to them, or a PyTorch Geometric
+            ``Batch``. A layer whose row count is neither ``b`` nor declared is refused.
         start : int, optional
             Index of the batch's first sample in the caller's data, for error messages
             (default: the samples seen so far).
@@ -317,9 +337,20 @@ class CollapseMonitor:
         y = self.family.prepare_targets(as_targets(y), output, start)
         b = y.shape[0]
         pending, self._pending = self._pending, {}
+        notice = None
+        if self._capture is not None:
+            notice = None if mask is not None else self._capture.unmasked_warning()
+            self._capture.next_batch()
         again = [n for n in self._order if n in self.active] if first.n else []
-        features = paired_features(pending, b, mask=mask, ran=self._order, again=again)
+        paired = paired_features(
+            pending, b, mask=mask, ran=self._order, again=again,
+            segments=declared(segments), rows_before=self._rows, partial=self._partial,
+        )  # fmt: skip
+        features = paired.features
         check_finite(features, start)
+        self._rows.update(paired.rows)
+        said = [*paired.warnings, *([notice] if notice else [])]
+        self._warnings.extend(w for w in said if w not in self._warnings)
         if self._second is not None:
             pred = self.family.select_prediction(output, y) if output is not None else None
             self._second.update(features, y, pred, start=start, limit=first.n)
@@ -334,7 +365,7 @@ class CollapseMonitor:
         with torch.inference_mode(False), torch.no_grad():
             if first.t is None:
                 self._start(y)
-            first.update(features, y, pred)
+            first.update(features, y, pred, keep=paired.keep, partial=self._partial)
 
     # -- the second pass (classification) ---------------------------------------------------
 
@@ -380,6 +411,11 @@ class CollapseMonitor:
 
     def _start(self, y: torch.Tensor) -> None:
         """First batch: the plan of this stream, fresh accumulators."""
+        if self._partial and self.family.second_pass:
+            raise ConfigError(
+                f"partial_layers: {self.task} measures every layer over every sample",
+                hint="exclude the layers that do not run on every batch instead",
+            )
         layers = [w for w in self.layers if w.name in self.active]
         if not self._sketch_given and self._budget is not None:
             b, t = y.shape
@@ -436,13 +472,11 @@ class CollapseMonitor:
             "dtype": first.dtype,
             "precision": self.family.precision,
         }
-        return Results(
-            checkpoint="",
-            data="",
-            summary=summary,
-            layers=outcome.rows,
-            plan=self._plan_doc(methods),
-        )
+        plan = self._plan_doc(methods)
+        counts = {n: max(a.n for a in accs.values()) for n, accs in first.accs.items()}
+        record_rows(outcome.rows, plan["layers"], self._rows, counts, first.n)
+        summary["warnings"] = [*summary.get("warnings", []), *self._warnings]
+        return Results(checkpoint="", data="", summary=summary, layers=outcome.rows, plan=plan)
 
     def _plan_doc(self, methods: dict[str, str]) -> dict:
         """How this monitor accumulated: the pass and accumulator of each layer, its memory."""
@@ -500,6 +534,7 @@ class CollapseMonitor:
                 "pass, then run the second pass on the merged one",
             )
         self._first.merge(other._first)
+        self._rows.update(other._rows)
         for name in other._order:
             if name not in self._order:
                 self._order.append(name)
@@ -543,54 +578,8 @@ class CollapseMonitor:
         """
         if not isinstance(group, Group):  # a torch ProcessGroup, or None for the default one
             group = Group.of(group)
-        first, second = self._first, self._second
-        phase = 0 if first.t is None else 1 if second is None else 2
-        low, high = group.agree(phase, "min"), group.agree(phase, "max")
-        if low == 0:
-            raise ConfigError(
-                f"rank {group.rank}: CollapseMonitor.all_reduce() before any batch"
-                if phase == 0
-                else "CollapseMonitor.all_reduce(): another rank has seen no batch",
-                hint="give every rank at least one batch",
-            )
-        if low != high:
-            raise DataError(
-                "CollapseMonitor.all_reduce(): some ranks are in the second pass, others not",
-                hint="call begin_second_pass() on every rank, after all_reduce()",
-            )
         names = [w.name for w in self.layers]
-        reduced = (first if second is None else second).world_size > 1
-        if group.agree(int(reduced), "max"):
-            which = "first" if second is None else "second"
-            raise ConfigError(
-                f"CollapseMonitor.all_reduce(): the {which} pass was reduced already; "
-                "reducing it again would count the other ranks' samples twice",
-                hint="call all_reduce() once per pass; reset() before the next run",
-            )
-        if second is not None:
-            if group.agree(int(first.world_size != group.world_size), "max"):
-                raise ConfigError(
-                    "CollapseMonitor.all_reduce(): the second pass began before the first "
-                    "was reduced, so each rank's nearest class means were its own",
-                    hint="call all_reduce(group) after the first pass, then "
-                    "begin_second_pass() on every rank",
-                )
-            second.reduce(group, names)
-            return self
-        ran = len(self._order)
-        if group.agree(ran, "min") != group.agree(ran, "max"):
-            raise DataError(
-                "the ranks' forward passes ran different layers; their statistics would cover "
-                "different samples",
-                hint="exclude layers that do not run on every batch",
-            )
-        try:
-            first.reduce(group, names)
-        except ValueError as exc:
-            raise ConfigError(
-                f"CollapseMonitor.all_reduce(): {exc}",
-                hint="build every rank's monitor alike: the same model and options",
-            ) from None
+        reduce_passes(self._first, self._second, names, len(self._order), group)
         return self
 
     def join(self, other: CollapseMonitor) -> CollapseMonitor:

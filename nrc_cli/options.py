@@ -260,12 +260,18 @@ class AnalysisOptions:
         ``nrc1_noise<=0.2``, or ``nc1_trace<=0.2`` for a classifier.
     arch : str, optional
         ``MODULE:CALLABLE`` or ``file.py:CALLABLE`` building the model [``--arch``].
+    state_key : str, optional
+        Dotted path of the state dict inside a ``torch.save`` file [``--state-key``].
     arch_kwargs : dict
         Keyword arguments for ``arch`` [``--arch-kwargs``, JSON on the command line].
     activation : str, optional
         Activation of an inferred MLP [``--activation``].
     layers, exclude : tuple of str
         Module-path globs selecting / skipping weight layers [``--layers``, ``--exclude``].
+    partial_layers : tuple of str
+        Globs of layers that may run for some samples only (an angle layer skipped for
+        structures without angles) [``--partial-layers``]: each is measured over the samples
+        it saw, targets restricted alike; by default such a layer is refused.
     inputs : tuple of str
         Data arrays passed as forward keyword arguments [``--input``].
     mask_key : str, optional
@@ -317,6 +323,12 @@ class AnalysisOptions:
     arch: str | None = _option(
         None, "--arch", "MODULE:CALLABLE or file.py:CALLABLE returning an nn.Module."
     )
+    state_key: str | None = _option(
+        None,
+        "--state-key",
+        "Dotted path of the state dict inside a torch.save file that holds several, "
+        "e.g. model.state_dict (nrc inspect lists them).",
+    )
     arch_kwargs: dict = _option(  # noqa: RUF009 (a field() with a factory)
         None,
         "--arch-kwargs",
@@ -342,6 +354,13 @@ class AnalysisOptions:
         "--exclude",
         "Skip layers whose module path matches this glob (repeatable; '*' within a segment, "
         "'**' across segments).",
+        kind="repeat",
+    )
+    partial_layers: tuple[str, ...] = _option(
+        (),
+        "--partial-layers",
+        "Accept layers matching this glob that run for some samples only (repeatable): each "
+        "is measured over the samples it saw (regression).",
         kind="repeat",
     )
     inputs: tuple[str, ...] = _option(
@@ -399,7 +418,7 @@ class AnalysisOptions:
     )
 
     def __post_init__(self) -> None:
-        for name in ("layers", "exclude", "inputs"):
+        for name in ("layers", "exclude", "partial_layers", "inputs"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)

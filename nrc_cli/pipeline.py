@@ -69,7 +69,7 @@ def prepare(
     checkpoint: str, data_path: str, config: AnalysisOptions
 ) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
     """Open the inputs, build the model and check that they fit, before anything runs."""
-    ckpt = open_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint, state_key=config.state_key)
     data = open_dataset(
         data_path,
         x_key=config.x_key,
@@ -258,7 +258,7 @@ def _open(model, data, config: AnalysisOptions):
         ckpt_meta = built.checkpoint.metadata if built.checkpoint is not None else {}
         return built, opened, str(model), dict(ckpt_meta)
     if _is_path(model):
-        ckpt = open_checkpoint(str(model))
+        ckpt = open_checkpoint(str(model), state_key=config.state_key)
         source: BuiltModel | nn.Module = build_model(
             ckpt, arch=config.arch, arch_kwargs=config.arch_kwargs, activation=config.activation
         )
@@ -329,6 +329,7 @@ class _Passes:
             "rank": config.rank,
             "layers": config.layers,
             "exclude": config.exclude,
+            "partial_layers": config.partial_layers,
             "svd": config.svd,
             "oversample": config.oversample,
             "power_iters": config.power_iters,
@@ -423,6 +424,10 @@ class _Passes:
         not_run = [w.name for w in probe.layers if w.name not in joined.order]
         if not_run:
             plan_doc["not_run"] = not_run
+        found = {row["layer"]: row for row in results.plan["layers"]}
+        for row in plan_doc["layers"]:  # the kind of rows and the samples each layer saw
+            seen = found.get(row["layer"], {})
+            row["rows"], row["n_samples"] = seen.get("rows", "sample"), seen.get("n_samples", 0)
         results.plan = plan_doc
         return results
 
@@ -508,3 +513,98 @@ def _n_outputs(model: nn.Module) -> int:
     """Outputs of the model's last Linear (the classes of a classifier's head), at least 2."""
     heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return max(heads[-1].out_features, 2) if heads else 2
+
+
+def run_forward(
+    model: nn.Module,
+    batches: Any,
+    forward: Callable[[nn.Module, Any], tuple],
+    config: AnalysisOptions,
+    *,
+    progress: Progress | None = None,
+) -> Results:
+    """Analyze ``model`` on ``batches`` of any kind, each run by ``forward(model, batch)``.
+
+    ``forward`` returns ``(preds, target)`` or ``(preds, target, segments)`` (``preds`` may be
+    None); it runs the model however the model's own API does (a graph network's
+    ``predict``, a call of ``forward`` itself): batch boundaries are the calls of
+    ``forward``, not of ``model(...)``. The model runs where it is (``forward`` moves each
+    batch to it), in eval mode under ``torch.no_grad``, and is restored afterwards. A
+    classifier's nearest-class-mean pass runs ``batches`` a second time when they can be
+    iterated again (a list, a DataLoader); a generator gives one pass, and those columns
+    are null with a note.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"forward: needs the model as a torch.nn.Module, found {type(model).__name__}",
+            hint="load the model in Python, or drop forward= to analyze a checkpoint file",
+        )
+    if not callable(forward):
+        raise ConfigError(f"forward: expected a function (model, batch), found {forward!r}")
+    if config.max_samples is not None:
+        raise ConfigError(
+            "max_samples: cannot cut the opaque batches of forward= at a sample",
+            hint="limit the batches you pass instead",
+        )
+    monitor = CollapseMonitor(
+        model,
+        rank=config.rank,
+        layers=config.layers,
+        exclude=config.exclude,
+        partial_layers=config.partial_layers,
+        svd=config.svd,
+        oversample=config.oversample,
+        power_iters=config.power_iters,
+        seed=config.seed,
+        collapse_rule=config.collapse_rule,
+        output_key=config.output_key,
+        mask_key=config.mask_key or "attention_mask",
+        memory_budget=config.memory_budget,
+        precision=config.precision,
+        task=config.task,
+    )
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    seen = [0]
+
+    def one_pass(items) -> None:
+        with monitor, torch.no_grad():
+            for i, batch in enumerate(items):
+                got = forward(model, batch)
+                if not isinstance(got, tuple) or len(got) not in (2, 3):
+                    raise DataError(
+                        f"forward(model, batch) returned {type(got).__name__} for batch {i}; "
+                        "expected a tuple (preds, target) or (preds, target, segments)"
+                    )
+                preds, target, *rest = got
+                if not config.prediction:
+                    preds = None
+                monitor.update(target, preds, segments=rest[0] if rest else None)
+                seen[0] = monitor.n_samples + monitor.second_pass_samples
+                if progress is not None:
+                    progress(seen[0], 0)
+
+    try:
+        one_pass(batches)
+        if monitor.n_samples == 0:
+            raise DataError("the batches hold no samples")
+        note = None
+        if monitor.family.second_pass and config.ncc:
+            if iter(batches) is batches:
+                note = (
+                    "the batches could be read once only (a generator), so the "
+                    "nearest-class-mean columns are null; pass a list or a DataLoader"
+                )
+            else:
+                monitor.begin_second_pass()
+                one_pass(batches)
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+    results = monitor.compute()
+    if note is not None:
+        results.summary["notes"] = [*(results.summary.get("notes") or []), note]
+    results.checkpoint = type(model).__name__
+    results.data = f"{type(batches).__name__} (forward=)"
+    _describe_build(results.summary, model)
+    return results

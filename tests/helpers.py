@@ -593,17 +593,17 @@ def check_accumulator_contract(
             for h in halves:
                 h.reshift_(cz, cy)
         else:  # per-class sums: one shift per class, over the label values of either half
-            size = max(len(h.counts) for h in halves)
-            shift = torch.zeros(size, halves[0].width, dtype=torch.float64)
+            labels = torch.unique(torch.cat([h.labels for h in halves]))
+            shift = torch.zeros(len(labels), halves[0].width, dtype=torch.float64)
             for h in reversed(halves):  # the first half's shift where it saw the class
                 seen = h.counts > 0
-                shift[: len(seen)][seen] = h.shift[seen]
+                shift[torch.searchsorted(labels, h.labels[seen])] = h.shift[seen]
             for h in halves:
-                h.reshift_(shift)
+                h.reshift_(shift, labels)
         summed = case.make()
         summed.load_state_dict(halves[0].state_dict())
         for name, value in halves[1].state_dict().items():
-            if name not in ("cz", "cy", "shift"):
+            if name not in ("cz", "cy", "shift", "labels"):
                 summed.load_state_dict({**summed.state_dict(), name: getattr(summed, name) + value})
         assert_results_close(case.result(summed), whole, rtol, "reshifted sum")
 

@@ -25,7 +25,9 @@ can cause into :class:`nrc_cli.errors.NrcError`.
 
 from __future__ import annotations
 
+import math
 import zlib
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
@@ -37,6 +39,9 @@ class Collective(Protocol):
     """What :meth:`Accumulator.align_` asks of a process group
     (:class:`nrc_cli.distributed.Group` is one). Both are collectives: every process calls
     them, in the same order."""
+
+    rank: int  # this process's place, 0..world_size − 1
+    world_size: int  # the number of processes
 
     def agree(self, value: int, op: str = "max") -> int:
         """``value`` combined over the processes (``max``, ``min`` or ``sum``)."""
@@ -62,6 +67,8 @@ class Accumulator:
     def __init__(self) -> None:
         self._defaults: dict[str, Any] = {}
         self._reduce: dict[str, str | None] = {}
+        self._shapes: dict[str, tuple[str, ...]] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
 
     # Each subclass takes the tensors it needs: (*args: Any, **kwargs: Any) lets it narrow them.
     def update(self, *args: Any, **kwargs: Any) -> None:
@@ -77,16 +84,28 @@ class Accumulator:
         form in which adding every summed state over the processes is exactly a merge. Every
         process calls it (a collective); plain sums need nothing, which is the default."""
 
-    def add_state(self, name: str, default: int | float | None, *, reduce: str | None = "sum"):
+    def add_state(
+        self,
+        name: str,
+        default: int | float | None,
+        *,
+        reduce: str | None = "sum",
+        shape: tuple[str, ...] = (),
+        dtype: torch.dtype = _F64,
+    ):
         """Declare a state: a plain number, or a tensor created by the first update (None).
 
         ``reduce="sum"``: merging adds the two states; ``None``: the state is not summed
-        (a shift, which :class:`ShiftedSums` handles itself).
+        (a shift, which :class:`ShiftedSums` handles itself). A tensor state declares its
+        ``shape`` in named dimensions (``("p", "p")``: p, the feature width, see
+        :meth:`state_problem`) and its ``dtype``.
         """
         if reduce not in ("sum", None):
             raise ValueError(f"reduce must be 'sum' or None, got {reduce!r}")
         self._defaults[name] = default
         self._reduce[name] = reduce
+        self._shapes[name] = shape
+        self._dtypes[name] = dtype
         setattr(self, name, default)
 
     @property
@@ -199,6 +218,71 @@ class Accumulator:
                 out[name] = torch.tensor(int(value), dtype=torch.int64)
         return out
 
+    def known_dims(self) -> dict[str, int]:
+        """Dimensions this accumulator fixes itself (a sketch's s, from its Ω); none here."""
+        return {}
+
+    def state_problem(
+        self, state: Mapping[str, Any], dims: Mapping[str, int] | None = None, prefix: str = ""
+    ) -> str | None:
+        """Why ``state`` is not a state this accumulator could have written, or None. Pure.
+
+        Checked whole: no unknown entry; every plain number there, a finite number (counts
+        whole and >= 0); once ``n`` > 0 every tensor there, of its declared dtype and shape
+        (each named dimension the same wherever it occurs, and equal to ``dims`` where given:
+        ``p`` the feature width, ``t`` the target width), with finite values; then what the
+        subclass checks of the numbers themselves (:meth:`_consistency`). Messages name the
+        entry as ``prefix`` + its name.
+        """
+        unknown = sorted(set(state) - set(self._defaults))
+        if unknown:
+            return (
+                f"unknown state(s) {', '.join(repr(prefix + k) for k in unknown)}; expected "
+                f"some of {', '.join(self._defaults)}"
+            )
+        sizes = {**(dims or {}), **self.known_dims()}
+        n = 0
+        for name, default in self._defaults.items():
+            key = repr(prefix + name)
+            if default is not None:
+                if name not in state:
+                    return f"entry {key} is missing"
+                problem = _number_problem(state[name], isinstance(default, float))
+                if problem:
+                    return f"entry {key}: {problem}"
+                if name == "n":
+                    n = int(state[name])
+                continue
+            if name not in state:
+                if n > 0:
+                    return f"entry {key} is missing (the state holds {n} samples)"
+                continue
+            value = state[name]
+            if not isinstance(value, torch.Tensor):
+                return f"entry {key}: expected a tensor, found {type(value).__name__}"
+            want = self._dtypes[name]
+            if value.dtype != want:
+                return f"entry {key}: expected dtype {_dtype(want)}, found {_dtype(value.dtype)}"
+            shape = self._shapes[name]
+            if value.ndim != len(shape):
+                return (
+                    f"entry {key}: expected {len(shape)} dimension(s) "
+                    f"({', '.join(shape)}), found shape {tuple(value.shape)}"
+                )
+            for dim, size in zip(shape, value.shape, strict=True):
+                sizes.setdefault(dim, int(size))  # a dimension is what it first was
+            expected = tuple(sizes[d] for d in shape)
+            if expected != tuple(value.shape):
+                return f"entry {key}: expected shape {expected}, found {tuple(value.shape)}"
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return f"entry {key}: non-finite values (nan or inf)"
+        problem = self._consistency(state)
+        return None if problem is None else f"{prefix.rstrip('/')}: {problem}"
+
+    def _consistency(self, state: Mapping[str, Any]) -> str | None:
+        """What a subclass checks of a well-formed state's numbers (counts that add up)."""
+        return None
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Replace this state by one from :meth:`state_dict` (missing tensors stay None)."""
         unknown = set(state) - set(self._defaults)
@@ -219,6 +303,28 @@ class Accumulator:
                 setattr(self, name, float(value))
             else:
                 setattr(self, name, int(value))
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _number_problem(value: Any, floating: bool) -> str | None:
+    """Why ``value`` (a plain number or a 0-d tensor) is not a finite float (``floating``) or a
+    whole number >= 0, or None."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.ndim > 1:
+            return f"expected a number, found a tensor of shape {tuple(value.shape)}"
+        if value.is_complex():
+            return f"expected a real number, found dtype {_dtype(value.dtype)}"
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expected a number, found {type(value).__name__}"
+    if not math.isfinite(value):
+        return f"expected a finite number, found {value}"
+    if not floating and (value != int(value) or value < 0):
+        return f"expected a whole number >= 0, found {value}"
+    return None
 
 
 def _check_same_shape(name: str, mine: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -287,10 +393,10 @@ class ShiftedSums(Accumulator):
         super().__init__()
         self._comoments: dict[str, tuple[str, str, str]] = {}
         self.add_state("n", 0)
-        self.add_state("cz", None, reduce=None)
-        self.add_state("cy", None, reduce=None)
-        self.add_state("sz", None)
-        self.add_state("sy", None)
+        self.add_state("cz", None, reduce=None, shape=("p",))
+        self.add_state("cy", None, reduce=None, shape=("t",))
+        self.add_state("sz", None, shape=("p",))
+        self.add_state("sy", None, shape=("t",))
 
     def add_comoment(self, name: str, left: str, right: str, *, form: str = "full") -> None:
         """Declare a second-order sum Σ(a − c_a)(b − c_b)ᵀ with a, b each ``"z"`` or ``"y"``.
@@ -299,7 +405,9 @@ class ShiftedSums(Accumulator):
         a = b), or ``"sketch"`` (the full sum times the test matrix ``self.omega``, for
         a = b = z).
         """
-        self.add_state(name, None)
+        dim = {"z": "p", "y": "t"}
+        shape = {"full": (dim[left], dim[right]), "diagonal": (dim[left],), "sketch": ("p", "s")}
+        self.add_state(name, None, shape=shape[form])
         self._comoments[name] = (left, right, form)
 
     @property

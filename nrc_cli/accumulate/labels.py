@@ -119,3 +119,17 @@ def show_values(row: torch.Tensor, limit: int = 6) -> str:
     """The first ``limit`` values of ``row`` for a message: ``[0, 1, 0.5, ...]``."""
     values = [f"{float(v):g}" for v in row[:limit]]
     return "[" + ", ".join(values) + (", ...]" if row.numel() > limit else "]")
+
+
+def floating(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``, as float32 or float64 (other dtypes become float64)."""
+    dtype = x.dtype if x.dtype in (torch.float32, _F64) else _F64
+    return x.to(device=device, dtype=dtype)
+
+
+def check_label_batch(labels: torch.Tensor, b: int) -> None:
+    """Refuse ``labels`` that are not ``b`` integers in one dimension (ValueError)."""
+    if labels.ndim != 1 or labels.shape[0] != b:
+        raise ValueError(f"expected labels of shape ({b},), got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"expected integer labels, got dtype {labels.dtype}")

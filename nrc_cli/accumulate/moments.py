@@ -411,7 +411,7 @@ class NormalizedGram(Accumulator):
         self.workspace = workspace
         self.precision = check_precision(precision)
         self.add_state("n", 0)
-        self.add_state("gram", None)
+        self.add_state("gram", None, shape=("p", "p"))
 
     def update(self, z: torch.Tensor) -> None:
         """Add a batch ``z`` of shape (b, p); it is not modified.

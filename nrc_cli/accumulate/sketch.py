@@ -65,6 +65,9 @@ class CovarianceSketch(ShiftedSums):
         self.add_comoment("czy", "z", "y")
         self.add_comoment("cyy", "y", "y")
 
+    def known_dims(self) -> dict[str, int]:
+        return {"p": int(self.omega.shape[0]), "s": int(self.omega.shape[1])}
+
     def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch: ``z`` (b, p), ``y`` (b, t); neither is modified."""
         if z.shape[0] == 0:

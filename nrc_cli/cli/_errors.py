@@ -8,7 +8,7 @@ import traceback
 
 from typer import Abort, Exit
 
-from nrc_cli.errors import NrcError, os_error_hint, os_error_line
+from nrc_cli.errors import NrcError, os_error_hint, os_error_line, printable
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -25,7 +25,9 @@ def debug_enabled(args=None) -> bool:
 
 
 def _say(line: str) -> None:
-    sys.stderr.write(line.rstrip("\n") + "\n")
+    """Write one line to stderr: a name in it that holds a newline or another control
+    character is escaped (:func:`~nrc_cli.errors.printable`), so it cannot split the line."""
+    sys.stderr.write(printable(line.rstrip("\n")) + "\n")
 
 
 def report_nrc_error(err: NrcError) -> int:
@@ -39,7 +41,9 @@ def report_nrc_error(err: NrcError) -> int:
     # An option error names the flag here, the Python parameter elsewhere.
     _say(f"error: {getattr(err, 'cli_message', err.message)}")
     if err.hint:
-        _say(f"hint: {err.hint}")
+        # A hint may span lines on purpose (an expression and a caret under it).
+        for i, line in enumerate(err.hint.split("\n")):
+            _say(f"hint: {line}" if i == 0 else line)
     return err.exit_code
 
 
@@ -76,7 +80,7 @@ def report_interrupt() -> int:
 
 def report_internal_error(exc: BaseException, args=None) -> int:
     """A bug: one short message; the traceback only with --debug or NRC_DEBUG=1."""
-    _say(f"error: internal error: {type(exc).__name__}: {exc}")
+    _say(f"error: internal error: {type(exc).__name__}: {exc}".replace("\n", " "))
     if debug_enabled(args):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     else:

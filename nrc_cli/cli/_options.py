@@ -112,6 +112,7 @@ ArchKwargs = _single("arch_kwargs")
 Activation = _single("activation")
 Layers = _single("layers")
 Exclude = _single("exclude")
+StateKey = _single("state_key")
 
 
 def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,7 +23,7 @@ from nrc_cli.cli._errors import ClickException
 from nrc_cli.cli._output import emit
 from nrc_cli.cli._progress import SafeProgress
 from nrc_cli.cli.analyze import print_precision_hint
-from nrc_cli.errors import CheckFailed, ConfigError
+from nrc_cli.errors import CheckFailed, ConfigError, printable
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
 from nrc_cli.results import plain
@@ -222,7 +222,7 @@ def _audit(o: dict, group) -> None:
     skipped: list[str] = []
     found = lib.discover(o["paths"], skipped=skipped)
     for line in skipped if lead else ():
-        sys.stderr.write(f"warning: skipped {line}\n")
+        sys.stderr.write(f"warning: skipped {printable(line)}\n")
     for label in found:
         check_not_input(output, {f"the checkpoint '{label}'": label}, flag="--output")
         check_not_input(errors, {f"the checkpoint '{label}'": label}, flag="--errors")
@@ -409,10 +409,8 @@ def _report(
     err = sys.stderr
     if not quiet:
         for record in result.errors.to_dict("records")[:_MAX_LISTED]:
-            err.write(
-                f"warning: failed: {record['checkpoint']}: {record['error_type']}: "
-                f"{record['message']}\n"
-            )
+            line = f"failed: {record['checkpoint']}: {record['error_type']}: {record['message']}"
+            err.write(f"warning: {printable(line)}\n")
         if result.failed > _MAX_LISTED:
             err.write(f"warning: ... and {result.failed - _MAX_LISTED} more failed\n")
     where = f" -> {output}" if output else ""

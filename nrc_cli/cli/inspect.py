@@ -36,6 +36,7 @@ def describe(
     activation=None,
     layers: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    state_key: str | None = None,
 ) -> dict:
     """The inspect document: tensors, metadata, and the model (or why none can be built).
 
@@ -43,7 +44,7 @@ def describe(
     same ``--layers``/``--exclude`` would measure (an include glob that matches nothing is the
     same error as there).
     """
-    ckpt = open_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint, state_key=state_key)
     doc: dict = {
         "checkpoint": str(checkpoint),
         "format": ckpt.format,
@@ -52,6 +53,9 @@ def describe(
         "config_json": getattr(ckpt, "config", None) is not None,
         "n_parameters": ckpt.n_parameters,
         "metadata": dict(ckpt.metadata),
+        # torch.save files: every dict of tensors inside, by dotted path ("" = the top level).
+        "state_key": ckpt.state_key,
+        "state_paths": list(ckpt.state_paths),
         "tensors": [
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel}
             for t in ckpt.tensors.values()
@@ -111,6 +115,15 @@ def _render(doc: dict):
     for t in doc["tensors"]:
         tensors.add_row(escape(t["name"]), str(t["shape"]), t["dtype"], f"{t['numel']:,}")
     parts: list[RenderableType] = [tensors, Text(f"parameters: {doc['n_parameters']:,}")]
+    paths = [p or "(top level)" for p in doc.get("state_paths") or ()]
+    if len(paths) > 1:
+        chosen = doc.get("state_key") or "the first of the usual wrappers"
+        parts.append(
+            Text(
+                f"state dicts in this file: {', '.join(paths)}; shown: {chosen} "
+                "(pick one with --state-key)"
+            )
+        )
     if doc["metadata"]:
         meta = Table(title="metadata", title_justify="left", show_header=False)
         meta.add_column("key")
@@ -168,6 +181,7 @@ def inspect(
     activation: o.Activation = None,
     layers: o.Layers = None,
     exclude: o.Exclude = None,
+    state_key: o.StateKey = None,
     format: o.Format = None,
     output: o.Output = None,
     debug: o.Debug = False,
@@ -184,6 +198,7 @@ def inspect(
             activation=activation,
             layers=layers or (),
             exclude=exclude or (),
+            state_key=state_key,
         )
     emit(
         fmt,

@@ -38,7 +38,27 @@ def update_arguments(y: Any, output: Any, target: Any, preds: Any) -> tuple[Any,
     problem = swapped_problem(y, output)
     if problem is not None:
         raise DataError(f"update(): {problem}", hint=_ORDER_HINT)
+    _check_real("y", y)
+    if isinstance(output, dict):
+        parts = list(output.values())
+    else:
+        parts = list(output) if isinstance(output, (tuple, list)) else [output]
+    for part in parts:
+        _check_real("output", part)
     return y, output
+
+
+def _check_real(what: str, v: Any) -> None:
+    """Refuse a complex tensor or array: its imaginary part would be dropped silently."""
+    complex_ = (isinstance(v, torch.Tensor) and v.dtype.is_complex) or (
+        isinstance(v, np.ndarray) and np.iscomplexobj(v)
+    )
+    if complex_:
+        raise DataError(
+            f"update(): {what} is complex (dtype {str(v.dtype).removeprefix('torch.')}); "
+            "expected real numbers (floats, or integer labels)",
+            hint="pass the real part (x.real) or the magnitude (x.abs()) if that is what you mean",
+        )
 
 
 def _array(v: Any) -> bool:

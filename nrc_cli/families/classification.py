@@ -7,6 +7,7 @@ with the class means of the first.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from nrc_cli.accumulate.classes import (
     ClassSketch,
     ClassStats,
     NearestClassMean,
+    max_classes,
 )
 from nrc_cli.accumulate.labels import as_labels, predicted_classes
 from nrc_cli.accumulate.moments import Workspace
@@ -122,6 +124,29 @@ class ClassificationFamily(RegressionFamily):
         if kind == "sketch" and omega is not None:
             return ClassSketch(omega.to(device), device)
         raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")
+
+    @staticmethod
+    def check_batch(layers: Mapping[str, Mapping[str, Accumulator]], y: torch.Tensor) -> None:
+        """Refuse labels that would take the run past the limit on classes
+        (:func:`~nrc_cli.accumulate.classes.max_classes`), before any layer takes them."""
+        mains = [a.get("classes") or a.get("sketch") for a in layers.values()]
+        seen = next(
+            (m.labels for m in mains if isinstance(m, (ClassMoments, ClassSketch)) and m.n), None
+        )
+        values = torch.unique(y[:, 0].to(torch.int64))
+        if seen is not None:
+            values = torch.unique(torch.cat([seen.to(values.device), values]))
+        try:
+            limit = max_classes()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if values.numel() > limit:
+            raise DataError(
+                f"the labels hold {values.numel()} distinct values so far, more than the "
+                f"limit of {limit} classes per run (NRC_MAX_CLASSES)",
+                hint="set NRC_MAX_CLASSES to raise the limit (each class costs 2·p float64 "
+                "numbers per layer), or check the label array (--y-key)",
+            )
 
     @staticmethod
     def update_layer(accs: dict[str, Accumulator], z: torch.Tensor, y: torch.Tensor) -> None:

@@ -192,8 +192,8 @@ def _targets_seen(accs: Mapping[str, Accumulator]) -> torch.Tensor | None:
             cov = acc.cyy / acc.n - torch.outer(dy, dy)
             return torch.cat([acc.cy + dy, cov.reshape(-1)]).cpu()
         if isinstance(acc, (ClassMoments, ClassSketch)) and acc.n:
-            counts = acc.counts.cpu()
-            return counts[: int(counts.nonzero().max()) + 1].to(torch.float64)
+            seen = acc.counts > 0
+            return torch.cat([acc.labels[seen], acc.counts[seen]]).cpu().to(torch.float64)
     return None
 
 

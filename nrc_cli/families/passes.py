@@ -3,8 +3,8 @@
 :class:`~nrc_cli.monitor.CollapseMonitor` owns the hooks and the bookkeeping of a stream
 (samples, forward order, merging); these are the steps of a pass it shares between families:
 
-* :func:`as_targets` and :func:`paired_features`: a batch's targets and the features its
-  forward pass captured, checked against each other (:func:`check_finite` for the features);
+* :func:`as_targets`: a batch's targets (the features its forward pass captured are paired
+  with them in :mod:`nrc_cli.families.batch`);
 * :func:`first_accumulators` (with :func:`single_pass_sketches` under a memory budget): each
   layer's accumulators, made at the first batch, when the target width is known; and
   :func:`plan_row`, how a layer was accumulated;
@@ -34,7 +34,7 @@ from nrc_cli.accumulate.base import Accumulator
 from nrc_cli.accumulate.classes import ClassSketch
 from nrc_cli.accumulate.moments import Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
-from nrc_cli.capture import PendingPool, WeightLayer
+from nrc_cli.capture import WeightLayer
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families.combining import (
     check_alike,
@@ -43,6 +43,7 @@ from nrc_cli.families.combining import (
     covers,
     feature_width,
 )
+from nrc_cli.families.states import check_accumulator, check_counts, check_numbers, load_layer
 from nrc_cli.options import PRECISIONS
 from nrc_cli.planning import NARROW_NOTE, make_plan
 
@@ -53,12 +54,10 @@ __all__ = [
     "FirstPass",
     "SecondPass",
     "as_targets",
-    "check_finite",
     "first_accumulators",
     "layer_state",
     "load_layer_states",
     "load_passes",
-    "paired_features",
     "plan_row",
     "single_pass_sketches",
     "sketched_size",
@@ -66,6 +65,10 @@ __all__ = [
 ]
 
 _I64 = torch.int64
+PARTIAL_HINT = (
+    "exclude layers that do not run on every batch, or measure them over the samples they "
+    "saw with partial_layers=[...] (--partial-layers GLOB)"
+)
 
 # -- a batch ---------------------------------------------------------------------------------
 
@@ -84,82 +87,6 @@ def as_targets(y) -> torch.Tensor:
     if not bool(torch.isfinite(y).all()):
         raise DataError("update(): y has non-finite values (nan or inf)")
     return y
-
-
-def paired_features(
-    pending: Mapping[str, torch.Tensor | PendingPool],
-    b: int,
-    *,
-    mask: torch.Tensor | None = None,
-    ran: Sequence[str] = (),
-    again: Sequence[str] = (),
-) -> dict[str, torch.Tensor]:
-    """The features one forward pass captured, pooled, each with the ``b`` rows of the targets.
-
-    ``pending`` holds what the hooks captured (a :class:`PendingPool` is pooled with ``mask``);
-    ``ran`` the layers that ran in any forward pass so far; ``again`` those that ran in earlier
-    batches and so must run in this one too.
-    """
-    if not pending:
-        if not ran:
-            raise ConfigError(
-                "none of the selected weight layers ran during the forward pass",
-                hint="run the model inside 'with monitor:' before update(); check the "
-                "layer selection",
-            )
-        raise DataError(
-            "update() found no captured features: run the model on the batch inside "
-            "'with monitor:' first",
-        )
-    features: dict[str, torch.Tensor] = {}
-    for name, z in pending.items():
-        if isinstance(z, PendingPool):
-            z = z.pool(mask)
-        if z.shape[0] != b:
-            raise DataError(
-                f"layer '{name}': the forward pass captured features for {z.shape[0]} "
-                f"samples, but y has {b} rows",
-                hint="call update(y, output) once per forward pass, with that pass's targets",
-            )
-        features[name] = z
-    missing = [n for n in again if n not in features]
-    if missing:
-        raise DataError(
-            f"layer(s) {', '.join(missing)} ran in earlier batches but not in this one; "
-            "their statistics would cover different samples",
-            hint="exclude layers that do not run on every batch",
-        )
-    return features
-
-
-def check_finite(features: Mapping[str, torch.Tensor], start: int) -> None:
-    """Refuse features with a nan or inf (``start``: the batch's first sample, for messages)."""
-    # One reduction per layer finds any nan/inf (they propagate into the sum; a float32 sum
-    # that merely overflows is taken again in float64), read together: on a GPU each read
-    # stalls the stream.
-    sums = {}
-    for name, z in features.items():
-        with single_threaded(z.device):
-            sums[name] = z.sum()
-    if bool(torch.isfinite(torch.stack([s.to(torch.float64) for s in sums.values()])).all()):
-        return
-    for name, z in features.items():
-        if bool(torch.isfinite(sums[name])):
-            continue
-        if z.dtype != torch.float64 and bool(torch.isfinite(z.sum(dtype=torch.float64))):
-            continue  # finite features whose float32 sum overflowed: float64 holds them
-        bad = ~torch.isfinite(z).all(dim=1)
-        row = int(bad.nonzero()[0]) if bool(bad.any()) else None
-        if row is None:
-            raise DataError(
-                f"layer '{name}': features too large to sum in float64 in the batch "
-                f"starting at sample {start}",
-                hint="check the input scale",
-            )
-        raise DataError(
-            f"layer '{name}': non-finite features (nan or inf) at sample {start + row}",
-            hint="the model overflows on this input; check the input scale, or use --dtype float32",
-        )
 
 
 # -- the accumulators of a pass --------------------------------------------------------------
@@ -274,16 +201,11 @@ def load_layer_states(
             if name not in names:
                 raise ConfigError(f"state of layer '{name}', which this monitor does not watch")
             grouped.setdefault(name, {}).setdefault(kind, {})[field] = value
-    layers = {}
-    for name, kinds in grouped.items():
-        accs = {}
-        for kind, fields in kinds.items():
-            device = next(iter(fields.values())).device
-            acc = family.empty_accumulator(kind, device, state.get(f"omega/{name}"))
-            acc.load_state_dict(fields)
-            accs[kind] = acc
-        layers[name] = accs
-    return layers
+    t = int(state.get("target_dim", torch.tensor(0)))
+    return {
+        name: load_layer(family, name, kinds, state.get(f"omega/{name}"), t=t)
+        for name, kinds in grouped.items()
+    }
 
 
 # -- the first pass --------------------------------------------------------------------------
@@ -361,7 +283,13 @@ class FirstPass:
             )
 
     def update(
-        self, features: Mapping[str, torch.Tensor], y: torch.Tensor, pred: torch.Tensor | None
+        self,
+        features: Mapping[str, torch.Tensor],
+        y: torch.Tensor,
+        pred: torch.Tensor | None,
+        *,
+        keep: Mapping[str, torch.Tensor] | None = None,
+        partial: Collection[str] = (),
     ) -> None:
         """Fold one batch in: each layer's ``features``, the targets ``y`` (b, t), the model's
         prediction (or None).
@@ -375,16 +303,23 @@ class FirstPass:
         late = [
             name
             for name in features
-            if any(acc.n != self.n for acc in self.accs.get(name, {}).values())
+            if name not in partial
+            and any(acc.n != self.n for acc in self.accs.get(name, {}).values())
         ]
         if late:
             raise DataError(
                 f"layer(s) {', '.join(late)} ran in this batch but not in earlier ones; "
                 "their statistics would cover fewer samples than the others'",
-                hint="exclude layers that do not run on every batch",
+                hint=PARTIAL_HINT,
             )
+        keep = keep or {}
+        self.family.check_batch(self.accs, y)
         for name, accs in self.accs.items():
-            if name in features:
+            if name in keep:  # a partial layer: the samples that have its rows, targets alike
+                rows = keep[name].to(y.device)
+                if bool(rows.any()):
+                    self.family.update_layer(accs, features[name][rows], y[rows])
+            elif name in features:
                 self.family.update_layer(accs, features[name], y)
         if pred is not None:
             self.family.update_prediction(self.predictions, pred, y)
@@ -496,9 +431,9 @@ class FirstPass:
         self.world_size = int(state.get("world_size", torch.tensor(1)))
         pred = int(state.get("prediction", torch.tensor(-1)))
         self.has_prediction = None if pred < 0 else bool(pred)
-        self.predictions.load_state_dict(
-            {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
-        )
+        sse = {k.removeprefix("sse."): v for k, v in state.items() if k.startswith("sse.")}
+        check_accumulator(self.predictions, sse, "sse.", p=None, t=t)
+        self.predictions.load_state_dict(sse)
         for name, accs in load_layer_states(self.family, state, names).items():
             self.accs[name] = accs
             self.pass_of[name] = int(state.get(f"pass/{name}", torch.tensor(1)))
@@ -599,9 +534,9 @@ class SecondPass:
         self.world_size = int(state.get("second_world_size", torch.tensor(1)))
         for name, acc in self.accs.items():
             prefix = f"second/{name}/"
-            acc.load_state_dict(
-                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            )
+            fields = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            check_accumulator(acc, fields, prefix, p=None, t=0)
+            acc.load_state_dict(fields)
 
     def to(self, device: torch.device) -> SecondPass:
         """Move the state to ``device``; return self."""
@@ -666,7 +601,9 @@ def load_passes(
                     f"a state accumulated in {precision} precision, for a monitor of "
                     f"precision {family.precision}"
                 )
+        check_numbers(state)
         first.load_state_dict(state, layers)
+        check_counts(first.n, first.predictions)
         for name, accs in first.accs.items():
             width = feature_width(accs)
             if width is not None and width != layers[name].in_dim:

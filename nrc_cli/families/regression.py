@@ -6,16 +6,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from nrc_cli.accumulate.base import Accumulator
 from nrc_cli.accumulate.moments import CrossMoments, NormalizedGram, SquaredError, Workspace
 from nrc_cli.accumulate.sketch import CovarianceSketch
-from nrc_cli.capture import WeightLayer
+from nrc_cli.capture import WeightLayer, is_linear, out_dim
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families.outputs import describe_output, pick_output
 from nrc_cli.linalg import gaussian_test_matrix, resolve_svd_method
@@ -114,7 +114,7 @@ class RegressionFamily:
         The head is known only after the first forward pass, so the normalised Gram of the
         last-layer NRC is kept for every such Linear (in practice only the head has that width).
         """
-        return isinstance(layer.module, nn.Linear) and layer.module.out_features == t
+        return is_linear(layer.module) and out_dim(layer.module) == t
 
     def rank_for(self, t: int) -> int:
         return self.rank or t
@@ -171,6 +171,11 @@ class RegressionFamily:
         if kind == "sketch" and omega is not None:
             return CovarianceSketch(omega.to(device))
         raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")
+
+    @staticmethod
+    def check_batch(layers: Mapping[str, Mapping[str, Accumulator]], y: torch.Tensor) -> None:
+        """Refuse a batch of targets ``y`` that no layer could take, before any layer takes
+        it (DataError); regression has nothing to check here."""
 
     @staticmethod
     def update_layer(accs: dict[str, Accumulator], z: torch.Tensor, y: torch.Tensor) -> None:

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import torch
 
-from nrc_cli.errors import CheckpointError
+from nrc_cli.errors import CheckpointError, ConfigError
 from nrc_cli.io.files import require_regular
+from nrc_cli.io.nested import find_state, state_paths, unwrap_state_dict
 
 __all__ = [
     "SUFFIXES",
@@ -71,9 +72,12 @@ _ST_ITEMSIZE.update({"F8_E4M3": 1, "F8_E5M2": 1, "C64": 8})
 # A header larger than this is not a real safetensors header (the format caps it at 100 MB).
 _MAX_HEADER = 100_000_000
 
-SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-# torch.save files; .ckpt is what PyTorch Lightning writes ({"state_dict": ..., "epoch": ...}).
-_PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# What nrc audit takes for a checkpoint in a folder (any .tar opens, but only a .pth.tar is
+# surely a torch save rather than an archive of something else).
+SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pth.tar")
+# torch.save files; .ckpt is what PyTorch Lightning writes ({"state_dict": ..., "epoch": ...}),
+# .tar (.pth.tar) what much research code writes (a dict of dicts, legacy format or zip).
+_PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 _NOT_ST_HINT = "is this really a .safetensors file? re-save it with safetensors.torch.save_file"
 _PICKLE_HINT = (
     "nrc never unpickles files; save a plain state dict "
@@ -156,6 +160,9 @@ class Checkpoint:
     config: dict | None = None
     # tensor name -> the file that stores it (sharded checkpoints).
     _file_of: dict[str, Path] = field(default_factory=dict, repr=False)
+    # The dotted paths of every dict of tensors in a torch.save file ("" for the top level).
+    state_paths: list[str] = field(default_factory=list)
+    state_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -193,7 +200,7 @@ class Checkpoint:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, *, state_key: str | None = None) -> Checkpoint:
     """Open a checkpoint file or folder and validate its headers without loading tensor data.
 
     Parameters
@@ -201,6 +208,9 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path : str or PathLike
         A ``.safetensors`` file, a ``.pt``/``.pth``/``.bin`` state dict, a Hugging Face style
         folder, or a ``*.index.json`` file (see the module docstring for the folder rules).
+    state_key : str, optional
+        The dotted path of the state dict inside a ``torch.save`` file that holds several
+        (``model.state_dict``; :mod:`nrc_cli.io.nested`).
 
     Returns
     -------
@@ -216,6 +226,12 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint not found", hint="check the path")
+    if state_key is not None and (p.is_dir() or p.suffix not in _PT_SUFFIXES):
+        raise ConfigError(
+            f"--state-key applies to torch.save files ({', '.join(_PT_SUFFIXES)}); "
+            f"{p} holds one flat state dict",
+            hint="drop --state-key",
+        )
     if p.is_dir():
         return _open_folder(p)
     require_regular(p, str(p), CheckpointError, expected="a checkpoint file")
@@ -223,12 +239,19 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         fmt = "pt-sharded" if p.name.endswith(".bin.index.json") else "safetensors-sharded"
         return _open_sharded(p, p.parent, fmt, container="folder", path=p)
     if p.suffix in _PT_SUFFIXES:
-        state = _load_pt(p)
-        return Checkpoint(p, "pt", {}, _infos(state), _loaded=state)
+        obj = _load_pt(p)
+        paths = state_paths(obj)
+        if state_key is not None:
+            state = find_state(obj, state_key, where=str(p))
+        else:
+            state = unwrap_state_dict(obj, where=str(p), paths=paths)
+        return Checkpoint(
+            p, "pt", {}, _infos(state), _loaded=state, state_paths=paths, state_key=state_key
+        )
     if p.suffix != ".safetensors":
         raise CheckpointError(
-            f"{p}: unknown checkpoint type '{p.suffix}', expected .safetensors, .pt, .pth, .bin, .ckpt, "
-            "a *.index.json file or a model folder",
+            f"{p}: unknown checkpoint type '{p.suffix}', expected .safetensors, .pt, .pth, .bin, "
+            ".ckpt, .tar, a *.index.json file or a model folder",
         )
     meta, tensors = _read_safetensors_header(p)
     return Checkpoint(p, "safetensors", meta, tensors)
@@ -247,7 +270,7 @@ def _open_folder(folder: Path) -> Checkpoint:
         return _open_sharded(file, folder, fmt, container="folder", path=folder)
     config = _read_config(folder)
     if fmt == "pt":
-        state = _load_pt(file)
+        state = unwrap_state_dict(_load_pt(file), where=str(file))
         return Checkpoint(
             folder,
             "pt",
@@ -402,7 +425,7 @@ def _open_sharded(
         file = _shard_path(folder, shard, index)
         files.append(file)
         if loaded is not None:
-            state = _load_pt(file)
+            state = unwrap_state_dict(_load_pt(file), where=str(file))
             loaded.update(state)
             held, meta = _infos(state), {}
         else:
@@ -574,8 +597,8 @@ def _infos(state: dict[str, torch.Tensor]) -> dict[str, TensorInfo]:
     }
 
 
-def _load_pt(p: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` and unwrap; refuse anything that needs pickle."""
+def _load_pt(p: Path) -> object:
+    """``torch.load(weights_only=True)``; refuse anything that needs pickle."""
     import pickle
 
     require_regular(p, str(p), CheckpointError, expected="a checkpoint file")
@@ -601,7 +624,7 @@ def _load_pt(p: Path) -> dict[str, torch.Tensor]:
             f"{p}: cannot read as a PyTorch checkpoint: {type(exc).__name__}: {_torch_reason(exc)}",
             hint="the file may be corrupt or truncated",
         ) from exc
-    return unwrap_state_dict(obj, where=str(p))
+    return obj
 
 
 def _is_torchscript(p: Path) -> bool:
@@ -643,35 +666,6 @@ def _torch_reason(exc: BaseException) -> str:
 def _first_line(text: str) -> str:
     text = _ANSI.sub("", text).strip()
     return text.splitlines()[0] if text else "no details"
-
-
-def unwrap_state_dict(obj: object, *, where: str) -> dict[str, torch.Tensor]:
-    """Return the tensor dict inside a loaded ``.pt`` object.
-
-    Training scripts often write ``{"model": state_dict, "optimizer": ..., "epoch": ...}`` or
-    ``{"state_dict": ...}``; those wrappers are unwrapped. Non-tensor entries are refused.
-    """
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if (
-                isinstance(inner, dict)
-                and inner
-                and all(isinstance(v, torch.Tensor) for v in inner.values())
-            ):
-                return {str(k): v for k, v in inner.items()}
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return {str(k): v for k, v in obj.items()}
-        bad = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
-        raise CheckpointError(
-            f"{where}: expected a state dict of tensors (or one under 'model'/'state_dict'), "
-            f"found non-tensor entries: {', '.join(bad[:8]) or 'none (the dict is empty)'}",
-            hint="save with torch.save(model.state_dict(), path)",
-        )
-    raise CheckpointError(
-        f"{where}: expected a state dict (a dict of tensors), found {type(obj).__name__}",
-        hint="save with torch.save(model.state_dict(), path)",
-    )
 
 
 def parse_arch_metadata(ckpt: Checkpoint) -> dict | None:

@@ -283,7 +283,7 @@ class SpecDataset:
         info = ArrayInfo(info.key, info.shape, info.dtype, info.compressed, file=str(fs.file))
         check_dtype(info, role, source.where)
         dtype = fs.dtype if fs.dtype is not None else info.dtype.newbyteorder("=")
-        self._check_shape(info, role, what, source.where)
+        self._check_shape(info, role, what, source.where, named=bool(name))
         out = ArrayInfo(info.key, info.shape, dtype, info.compressed, file=info.file)
         return _Field(name, role, source, (key,), dtype, out)
 
@@ -310,8 +310,11 @@ class SpecDataset:
             raise DataError(f"{fs.file}: inputs must be float16, float32 or float64, not {dtype}")
         return _Field(name, role, source, tuple(columns), dtype, info)
 
-    def _check_shape(self, info: ArrayInfo, role: str, what: str, where: str) -> None:
-        if role == "x" and len(info.shape) < 2:
+    def _check_shape(
+        self, info: ArrayInfo, role: str, what: str, where: str, *, named: bool = False
+    ) -> None:
+        # A named input may be one number per sample (a count of atoms, a length): (N,).
+        if role == "x" and len(info.shape) < (1 if named else 2):
             raise DataError(
                 f"{where}: array '{info.key}' ({what}) must be 2-D or more, (N, features...), "
                 f"but has shape {info.shape}",

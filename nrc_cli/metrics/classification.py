@@ -91,16 +91,29 @@ def equinorm(stats: ClassStats) -> float | None:
 
 
 def etf_distance(stats: ClassStats) -> float | None:
-    """‖ MᵀM/‖MᵀM‖_F − E/‖E‖_F ‖_F with E = I − 11ᵀ/C; None when M = 0."""
+    """‖ MᵀM/‖MᵀM‖_F − E/‖E‖_F ‖_F with E = I − 11ᵀ/C; None when M = 0.
+
+    With C ≤ p + 1 classes the C×C Gram costs no more than M itself and the difference is
+    formed as it is. With more classes it is never formed: ‖MᵀM‖_F = ‖MMᵀ‖_F (p×p) and
+    ⟨MᵀM, E⟩ = ‖M‖_F² − ‖M1‖²/C give the distance through ‖A − B‖² = 2 − 2⟨A, B⟩ for the two
+    unit-norm matrices, in O(C·p + p²) memory. That form cancels only near 0, which it cannot
+    reach here: MᵀM has rank ≤ p < C − 1, so ⟨A, B⟩ ≤ √(p/(C − 1)) < 1.
+    """
     m = stats.centred_means
-    c = m.shape[1]
-    gram = m.T @ m
-    fro = float(torch.linalg.matrix_norm(gram))
+    p, c = m.shape
+    if c <= p + 1:
+        gram = m.T @ m
+        fro = float(torch.linalg.matrix_norm(gram))
+        if fro == 0 or not math.isfinite(fro):
+            return None
+        etf = torch.eye(c, dtype=gram.dtype, device=gram.device) - 1.0 / c
+        etf /= math.sqrt(c - 1)  # ‖E‖_F² = C − 1
+        return float(torch.linalg.matrix_norm(gram / fro - etf))
+    fro = float(torch.linalg.matrix_norm(m @ m.T))
     if fro == 0 or not math.isfinite(fro):
         return None
-    etf = torch.eye(c, dtype=gram.dtype, device=gram.device) - 1.0 / c
-    etf /= math.sqrt(c - 1)  # ‖E‖_F² = C − 1
-    return float(torch.linalg.matrix_norm(gram / fro - etf))
+    inner = (float((m * m).sum()) - float((m.sum(dim=1) ** 2).sum()) / c) / fro
+    return math.sqrt(max(2.0 - 2.0 * inner / math.sqrt(c - 1), 0.0))
 
 
 def class_layer_metrics(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nrc_cli.accumulate.moments import Moments
+from nrc_cli.capture import is_linear
 from nrc_cli.linalg import (
     exact_eigh,
     nystrom_eigh,
@@ -133,7 +134,7 @@ def weight_input_basis(
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"expected a Linear or Conv layer, found {type(module).__name__}")
     w = weight.detach().to(torch.float64)
-    if isinstance(module, nn.Linear):
+    if is_linear(module):
         a = w  # input space = row space of W
     elif getattr(module, "groups", 1) != 1:
         return None

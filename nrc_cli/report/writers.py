@@ -91,16 +91,35 @@ def check_not_input(output: str | None, inputs: dict, *, flag: str = "--output")
     Raises
     ------
     ConfigError
-        ``output`` is the same file as an input (after following links).
+        ``output`` is the same file as an input (after following links, or by device and
+        inode), or as a file that a TOML data spec among the inputs reads.
     """
     if output is None or writes_through(Path(output).expanduser()):
         return
+    inputs = dict(inputs)  # with the files each data spec among them reads
+    for what, path in list(inputs.items()):
+        for read in spec_files(path):
+            inputs[f"the file '{read}' read by {what}"] = read
     for what, path in inputs.items():
         if path is not None and _same_file(output, path):
             raise ConfigError(
                 f"{flag} '{output}' is {what} of this run; writing it would destroy that input",
                 hint=f"give {flag} another path",
             )
+
+
+def spec_files(path: str | os.PathLike | None) -> tuple[Path, ...]:
+    """The data files that ``path`` reads when it is a TOML data spec; none otherwise (and
+    for a spec that cannot be read: the run says why, later)."""
+    if path is None or Path(path).suffix.lower() != ".toml" or not Path(path).is_file():
+        return ()
+    from nrc_cli.errors import NrcError
+    from nrc_cli.io.spec import read_spec
+
+    try:
+        return read_spec(path).files
+    except (NrcError, OSError):
+        return ()
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

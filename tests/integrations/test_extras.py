@@ -13,7 +13,7 @@ def test_import_nrc_cli_imports_no_framework():
     code = (
         "import sys, nrc_cli\n"
         "nrc_cli.CollapseMonitor, nrc_cli.History, nrc_cli.Results\n"
-        "import nrc_cli.cli, nrc_cli.integrations\n"
+        "import nrc_cli.cli, nrc_cli.integrations, nrc_cli.segments\n"
         "heavy = sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers',"
         " 'accelerate', 'torch_geometric') if m in sys.modules)\n"
         "print(','.join(heavy))\n"

@@ -17,14 +17,13 @@ from nrc_cli.families import (
     RegressionFamily,
     SecondPass,
 )
+from nrc_cli.families.batch import check_finite, paired_features
 from nrc_cli.families.outputs import describe_output, pick_output
 from nrc_cli.families.passes import (
     as_targets,
-    check_finite,
     first_accumulators,
     layer_state,
     load_layer_states,
-    paired_features,
     plan_row,
     single_pass_sketches,
     sketched_size,
@@ -77,16 +76,18 @@ def test_targets_become_float64_columns_and_bad_ones_are_refused():
 
 def test_captured_features_are_paired_with_the_targets_rows():
     z = torch.randn(4, 3)
-    assert paired_features({"a": z}, 4)["a"] is z
+    assert paired_features({"a": z}, 4).features["a"] is z
     tokens = PendingPool(nn.Linear(3, 2), torch.randn(4, 5, 3))
     mask = torch.ones(4, 5)
-    pooled = paired_features({"a": tokens}, 4, mask=mask)["a"]
+    pooled = paired_features({"a": tokens}, 4, mask=mask).features["a"]
     assert pooled.shape == (4, 3)
     with pytest.raises(ConfigError, match="none of the selected weight layers ran"):
         paired_features({}, 4)
     with pytest.raises(DataError, match="found no captured features"):
         paired_features({}, 4, ran=["a"])
-    with pytest.raises(DataError, match="captured features for 4 samples, but y has 5 rows"):
+    with pytest.raises(
+        DataError, match="layer 'a' sees 4 rows for 5 samples: rows of parts, not samples"
+    ):
         paired_features({"a": z}, 5)
     with pytest.raises(DataError, match=r"layer\(s\) b ran in earlier batches"):
         paired_features({"a": z}, 4, again=["a", "b"])

@@ -24,7 +24,8 @@ LAYERS = [
     ("options",),
     ("io",),
     ("model",),
-    ("capture",),
+    # Rows of parts (atoms, edges) pooled per sample: beside the pooling of capture.py.
+    ("capture", "segments"),
     ("accumulate",),
     ("linalg",),
     ("metrics",),

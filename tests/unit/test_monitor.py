@@ -269,7 +269,10 @@ def _bad_states(state: dict, other: dict) -> dict[str, tuple[dict, str]]:
             {**state, "layer/net.2/moments/bogus": torch.tensor(1)},
             "unknown state",
         ),
-        "kind": ({**state, "layer/net.2/sketch/n": torch.tensor(1)}, "unknown accumulator kind"),
+        "kind": (
+            {**state, "layer/net.2/sketch/n": torch.tensor(1)},
+            r"'layer/net\.2/moments/' and 'layer/net\.2/sketch/', found both",
+        ),
         "width": (other, "layer 'net.0' has 6 input features, the state 7"),
         "short layer": (short, r"layer\(s\) net\.2 hold some of the 320 samples"),
         "no n": ({k: v for k, v in state.items() if k != "n"}, "'n'"),
@@ -458,7 +461,9 @@ def test_mismatched_updates_are_clear_errors_and_leave_the_state_unchanged():
     monitor = CollapseMonitor(model)
     with monitor, torch.no_grad():
         model(x[:32])
-        with pytest.raises(DataError, match=r"captured features for 32 samples, but y has 16"):
+        with pytest.raises(
+            DataError, match=r"sees 32 rows for 16 samples: rows of parts, not samples\?"
+        ):
             monitor.update(y[:16])
         with pytest.raises(DataError, match="found no captured features"):
             monitor.update(y[:32])

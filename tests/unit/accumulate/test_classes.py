@@ -147,14 +147,15 @@ def test_per_class_sums_moved_to_common_shifts_add_up_to_one_stream(make):
     parts = [make(), make()]
     parts[0].update(z[first], labels[first])
     parts[1].update(z[second], labels[second])
-    assert (len(parts[0].counts), len(parts[1].counts)) == (4, 7)
+    assert (parts[0].labels.tolist(), parts[1].labels.tolist()) == ([0, 2, 3], [2, 3, 6])
     whole = make()
     whole.update(z[first], labels[first])
     whole.update(z[second], labels[second])
-    shift = torch.randn(8, z.shape[1], dtype=F64) + 50  # more label values than either has
+    values = torch.tensor([0, 2, 3, 6, 9])  # more label values than either has
+    shift = torch.randn(5, z.shape[1], dtype=F64) + 50
     for part in parts:
-        part.reshift_(shift)
-        assert torch.equal(part.shift, shift)
+        part.reshift_(shift, values)
+        assert torch.equal(part.shift, shift) and torch.equal(part.labels, values)
     total = parts[0]
     for name in total.summed_states:
         setattr(total, name, getattr(total, name) + getattr(parts[1], name))
