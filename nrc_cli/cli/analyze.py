@@ -62,7 +62,7 @@ def run_with_progress(
     def on_plan(plan: dict) -> None:
         if not quiet:
             for line in describe_plan(plan):
-                stderr_console().print(escape(line), style="dim")
+                stderr_console().print(escape(line), style="dim", soft_wrap=True)
 
     with stdout_to_stderr():
         results = _run(checkpoint, data, options, quiet=quiet, on_plan=on_plan, group=group)
@@ -107,8 +107,10 @@ def describe_plan(plan: dict) -> list[str]:
     layers = plan["layers"]
     special = [row for row in layers if row["accumulator"] != "exact" or row["spectrum"] != "exact"]
     ncc = plan.get("ncc_pass")
+    note = plan.get("ncc_note")
+    again = [note] if note and not note.endswith("--spill-budget 0") else []
     if plan["passes"] - (ncc is not None) == 1 and not special:
-        return []  # the nearest-class-mean pass of a classifier is not worth a note by itself
+        return again  # the nearest-class-mean pass of a classifier is not worth a note itself
     lines = [f"plan: {plan['passes']} data pass(es) within memory budget {plan['memory_budget']}"]
     for row in layers:
         size = f", sketch size {row['sketch_size']}" if row["sketch_size"] else ""
@@ -117,8 +119,9 @@ def describe_plan(plan: dict) -> list[str]:
             f"{row['spectrum']} spectrum{size}, {row['bytes'] / 1e6:.1f} MB"
         )
     if ncc is not None:
-        lines.append(f"  pass {ncc}: nearest class means of every layer")
-    return lines
+        source = "spilled features" if plan.get("ncc_source") == "spill" else "the model again"
+        lines.append(f"  pass {ncc}: nearest class means of every layer ({source})")
+    return lines + again
 
 
 def emit_results(
