@@ -108,10 +108,12 @@ def report(args, info: dict, results: dict, elapsed: float | None) -> str:
         f"- batch size {args.batch_size}; {args.repeat} interleaved repeat(s) of "
         f"{', '.join(args.variants)}, each a fresh process, after one untimed warm-up each",
         *([f"- extra nrc arguments: `{args.nrc_args}`"] if args.nrc_args else []),
+        f"- forward pass threads: {args.floor_threads or 'torch default'}; load: the 1-minute "
+        "load average before each run, in run order",
         "",
         "| workload | N | variant | wall s: median (min–max) | each run, wall s | CPU s | "
-        "peak RSS MB | others busy | wall ÷ floor |",
-        "|---|---:|---|---:|---|---:|---:|---:|---:|",
+        "peak RSS MB | others busy | load | wall ÷ floor |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     summary = []
     for (name, n), runs in results.items():
@@ -121,6 +123,7 @@ def report(args, info: dict, results: dict, elapsed: float | None) -> str:
             if not ms:
                 continue
             walls = [m["wall_s"] for m in ms]
+            loads = [r["load"] for r in runs[variant]]
             med[variant] = statistics.median(walls)
             floor = med.get("forward")
             ratio = f"{med[variant] / floor:.2f}×" if floor else "–"
@@ -129,7 +132,8 @@ def report(args, info: dict, results: dict, elapsed: float | None) -> str:
                 f"{' / '.join(fmt(x) for x in walls)} | "
                 f"{fmt(statistics.median(m['cpu_s'] for m in ms))} | "
                 f"{statistics.median(m['maxrss_mb'] for m in ms):.0f} | "
-                f"{statistics.median((m['other_cores_busy'] or 0) for m in ms):.2f} | {ratio} |"
+                f"{statistics.median((m['other_cores_busy'] or 0) for m in ms):.2f} | "
+                f"{' / '.join(f'{load:.1f}' for load in loads)} | {ratio} |"
             )
         ex, mx = runs.get("exact", []), runs.get("mixed", [])
         if ex and mx:
@@ -161,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    ap.add_argument("--workloads", default="mlp512", help="comma list of mlp512, mlp, wide")
+    ap.add_argument("--workloads", default="mlp512", help="comma list of mlp512, mlp, wide, conv")
+    ap.add_argument(
+        "--floor-threads", type=int, default=0, help="threads of the forward pass (0: torch's)"
+    )
     ap.add_argument("--n", type=parse_n, default=200_000, help="samples per run")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats")
     ap.add_argument("--batch-size", type=int, default=1024)
@@ -183,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     all_workloads = common.workloads()
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for name in names:
-        if name not in all_workloads or name == "conv":
-            ap.error(f"--workloads: expected mlp512, mlp or wide, found {name!r}")
+        if name not in all_workloads:
+            ap.error(f"--workloads: expected mlp512, mlp, wide or conv, found {name!r}")
 
     info = machine_info()
     info["gflops"] = calibrate()
@@ -192,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     snap = out / "nrc_snapshot" / f"run-{os.getpid()}"
     path, digest = snapshot_package(snap)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")]))
+    env_for = dict.fromkeys(VARIANTS, env)
+    if args.floor_threads:
+        env_for["forward"] = dict(env, OMP_NUM_THREADS=str(args.floor_threads))
     info["nrc"] += f"; measured from a snapshot of nrc_cli/ (sha256 {digest[:12]})"
     started = time.perf_counter()
     results: dict[tuple[str, int], dict[str, list]] = {}
@@ -220,16 +230,19 @@ def main(argv: list[str] | None = None) -> None:
                     stem = run_dir / f"{name}_n{args.n}_{variant}_{rep}"
                     out_json = stem.with_suffix(".out.json")
                     cmd = command(variant, w, ckpt, data, args.n, out_json, args)
-                    m = measure(cmd, stem, env, out)
+                    load = os.getloadavg()[0]
+                    m = measure(cmd, stem, env_for[variant], out)
                     if m["rc"] != 0:
                         raise SystemExit(f"{variant} failed (exit {m['rc']}): see {stem}.log")
                     with open(out_json) as f:
                         output = json.load(f)
-                    cell.setdefault(variant, []).append({"measure": m, "output": output})
+                    cell.setdefault(variant, []).append(
+                        {"measure": m, "output": output, "load": load}
+                    )
                     log(
                         f"{name} N={args.n:,} {variant:7s} run {rep + 1}: {m['wall_s']:.1f} s "
                         f"wall, {m['cpu_s']:.1f} s CPU, {m['maxrss_mb']:.0f} MB, others busy "
-                        f"{m['other_cores_busy'] or 0:.2f}"
+                        f"{m['other_cores_busy'] or 0:.2f}, load before {load:.2f}"
                     )
                     results_path.write_text(report(args, info, results, None))
     finally:

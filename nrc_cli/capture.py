@@ -9,6 +9,7 @@ of a Linear input (token pooling).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -122,7 +123,39 @@ def weight_layers(
     return found
 
 
-def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+class Buffers:
+    """Tensors kept from one batch to the next, one per key, grown to the largest batch seen.
+
+    Pooling writes every batch's means (and the float64 blocks they are summed from) into
+    these instead of new arrays: allocated and freed every batch, arrays of a few MB left
+    glibc's heap fragmented, and the peak memory of a classification run grew with N although
+    no state did (issue 24). A tensor from :meth:`take` is valid until the next ``take`` of the
+    same key.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[str, torch.Tensor] = {}
+
+    def take(
+        self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """An uninitialised tensor of ``shape``, ``dtype`` and ``device`` for ``key``."""
+        numel = math.prod(shape)
+        buf = self._store.get(key)
+        if buf is None or buf.dtype != dtype or buf.device != device or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._store[key] = buf
+        return buf[:numel].view(shape)
+
+
+def pool(
+    module: nn.Module,
+    inp: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    buffers: Buffers | None = None,
+    key: str = "",
+) -> torch.Tensor:
     """Pool a layer input to (batch, p): float64 means, or a 2-D Linear input as it is.
 
     A 2-D Linear input is passed on as it is (half precision widened to float32, exactly): the
@@ -137,7 +170,13 @@ def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None)
 
     ``mask`` (batch, T), when given, turns the token mean of a (batch, T, p) Linear input into a
     masked mean over the tokens where the mask is non-zero (padding ignored).
+
+    ``buffers`` (CPU inputs only): the means go into ``buffers``' tensor for ``key`` and the
+    float64 blocks into a shared scratch tensor, instead of new arrays; the result is then
+    valid until the next call with the same ``key``. The numbers are the same either way.
     """
+    if buffers is not None and inp.device.type != "cpu":
+        buffers = None
     if is_linear(module):
         if inp.ndim == 2:
             return _at_least_float32(inp)
@@ -146,11 +185,12 @@ def pool(module: nn.Module, inp: torch.Tensor, mask: torch.Tensor | None = None)
         tokens = inp.reshape(inp.shape[0], -1, inp.shape[-1])  # (batch, T, p)
         if mask is not None and inp.ndim == 3 and tuple(mask.shape) == tuple(inp.shape[:2]):
             w = (mask != 0).to(torch.float64)
-            return _sum64(tokens, 1, w) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return _sum64(tokens, 1) / tokens.shape[1]
+            sums = _sum64(tokens, 1, w, buffers=buffers, key=key)
+            return sums.div_(w.sum(dim=1, keepdim=True).clamp_min(1.0))
+        return _sum64(tokens, 1, buffers=buffers, key=key).div_(tokens.shape[1])
     # Conv: (batch, channels, *spatial) -> mean over spatial positions.
     spatial = inp.reshape(inp.shape[0], inp.shape[1], -1)
-    return _sum64(spatial, 2) / spatial.shape[2]
+    return _sum64(spatial, 2, buffers=buffers, key=key).div_(spatial.shape[2])
 
 
 # Elements converted to float64 at a time: 2 MB on the CPU, which stays in cache (measured best
@@ -159,20 +199,42 @@ _CPU_BLOCK = 1 << 18
 _GPU_BLOCK = 1 << 24
 
 
-def _sum64(x: torch.Tensor, axis: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+def _sum64(
+    x: torch.Tensor,
+    axis: int,
+    weight: torch.Tensor | None = None,
+    *,
+    buffers: Buffers | None = None,
+    key: str = "",
+) -> torch.Tensor:
     """Sum of the 3-D ``x`` over ``axis`` (1 or 2) in float64, a block of samples at a time.
 
-    ``weight`` (batch, x.shape[1]), float64, multiplies axis 1 first (a token mask).
+    ``weight`` (batch, x.shape[1]), float64, multiplies axis 1 first (a token mask). The sums
+    of each block go straight into their rows of the result (``buffers``' tensor for ``key``,
+    or a new one); a block of a float32 or half input is widened into a scratch block.
     """
     block_size = _CPU_BLOCK if x.device.type == "cpu" else _GPU_BLOCK
     per = max(1, block_size // max(1, x[0].numel()))
-    parts = []
-    for i in range(0, x.shape[0], per):
-        block = x[i : i + per].to(torch.float64)
-        if weight is not None:
-            block = block * weight[i : i + per].unsqueeze(-1)
-        parts.append(block.sum(dim=axis))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    b = x.shape[0]
+    shape = (b, x.shape[2] if axis == 1 else x.shape[1])
+    if buffers is None:
+        out = torch.empty(shape, dtype=torch.float64, device=x.device)
+    else:
+        out = buffers.take(key, shape, torch.float64, x.device)
+    for i in range(0, b, per):
+        part = x[i : i + per]
+        if part.dtype == torch.float64:
+            block = part if weight is None else part * weight[i : i + per].unsqueeze(-1)
+        else:
+            if buffers is None:
+                block = part.to(torch.float64)
+            else:
+                block = buffers.take("\0 scratch", tuple(part.shape), torch.float64, x.device)
+                block.copy_(part)
+            if weight is not None:
+                block.mul_(weight[i : i + per].unsqueeze(-1))
+        torch.sum(block, dim=axis, out=out[i : i + per])
+    return out
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +285,9 @@ class Capture:
     callback : callable(name, features)
         Receives the layer name and its pooled features, shape (batch, p): float64 means, or a
         2-D Linear input as it is (float32 or float64). They may share memory with the
-        activation: read (or copy) them before the forward pass goes on. With
+        activation: read (or copy) them before the forward pass goes on. On the CPU the means
+        (and the copies of ``copy_views``) are written into one tensor per layer, reused by
+        the next batch: a callback that keeps them past the next forward pass copies them. With
         ``defer_unmasked``, a Linear input with a token axis seen while no mask is known
         arrives as a :class:`PendingPool` instead, to be pooled later.
     active : set of str, optional
@@ -267,6 +331,8 @@ class Capture:
         self.mask: torch.Tensor | None = None
         self._seen: set[str] = set()
         self._handles: list = []
+        # Each layer's pooled features (and copies), reused from batch to batch on the CPU.
+        self._buffers = Buffers()
         self.other_masks: list[str] = []  # mask-like arguments of this forward pass, unused
         self.unmasked: list[str] = []  # layers whose tokens were pooled without a mask
 
@@ -328,9 +394,15 @@ class Capture:
                     self.callback(name, pending)
                     return
                 with single_threaded(inp.device):
-                    features = pool(module, inp, self.mask)
+                    features = pool(module, inp, self.mask, buffers=self._buffers, key=name)
                     if self.copy_views and features.data_ptr() == inp.data_ptr():
-                        features = features.clone()
+                        if inp.device.type == "cpu":
+                            copy = self._buffers.take(
+                                f"{name} copy", tuple(features.shape), features.dtype, inp.device
+                            )
+                            features = copy.copy_(features)
+                        else:
+                            features = features.clone()
                 self.callback(name, features)
 
         return hook

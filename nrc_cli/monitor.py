@@ -8,10 +8,9 @@ prints. Checkpoints, data files and multi-pass plans are the pipeline's concern
 :class:`~nrc_cli.families.FirstPass` (and a :class:`~nrc_cli.families.SecondPass` once one
 begins); the steps of a pass that every family shares are in :mod:`nrc_cli.families.passes`.
 
-Multi-pass plans and sketches: a monitor sees each batch once and accumulates its ``active``
-layers in one stream, sketching those in ``sketch`` (or, with ``memory_budget``, those it
-picks at the first batch; a budget that needs several passes is refused). The pipeline plans
-the passes (:mod:`nrc_cli.planning`), feeds one monitor per pass and ``join``s them.
+Multi-pass plans and sketches: a monitor accumulates its ``active`` layers in one stream,
+sketching those in ``sketch`` (or, with ``memory_budget``, those it picks at the first batch;
+a budget that needs several passes is refused); the pipeline plans the passes and ``join``s.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from nrc_cli.families.passes import (
 from nrc_cli.options import PRECISIONS, parse_size
 from nrc_cli.results import Results
 from nrc_cli.segments import declared
+from nrc_cli.spill import FeatureSpill
 
 __all__ = ["CollapseMonitor"]
 
@@ -269,6 +269,7 @@ class CollapseMonitor:
         self._pending: dict[str, torch.Tensor | PendingPool] = {}
         self._rows: dict[str, str] = {}  # the kind of each layer's rows (segments.py)
         self._warnings: list[str] = []
+        self._spill: FeatureSpill | None = None  # where first-pass batches are kept, if set
         if not self._sketch_given:
             self.sketch = {}
 
@@ -366,6 +367,8 @@ class CollapseMonitor:
             if first.t is None:
                 self._start(y)
             first.update(features, y, pred, keep=paired.keep, partial=self._partial)
+        if self._spill is not None and self.family.second_pass:
+            self._spill.write(start, features, y, pred)
 
     # -- the second pass (classification) ---------------------------------------------------
 
@@ -396,6 +399,19 @@ class CollapseMonitor:
             raise ConfigError("the second pass was already begun")
         self._second = SecondPass(self.family, self._first.accs)
         self._hook_accumulated()
+
+    def keep_features(self, spill: FeatureSpill) -> None:
+        """Classification: also write each first-pass batch (features, labels, predicted
+        classes) to ``spill``, for :meth:`second_pass_from`; :meth:`reset` forgets it."""
+        self._spill = spill
+
+    def second_pass_from(self, spill: FeatureSpill) -> None:
+        """Begin the second pass and feed it every batch ``spill`` kept (:meth:`keep_features`),
+        without running the model: the same numbers as a second forward pass."""
+        self.begin_second_pass()
+        assert self._second is not None
+        for start, features, y, pred in spill.read(self._first.device):
+            self._second.update(features, y, pred, start=start, limit=self._first.n)
 
     def _hook_accumulated(self) -> None:
         """Every accumulated layer is hooked (a joined plan's monitor watched one pass's)."""
@@ -484,16 +500,12 @@ class CollapseMonitor:
         ordered = sorted(first.accs, key=lambda n: (first.pass_of.get(n, 1), names.index(n)))
         rows = [
             plan_row(
-                self.family,
-                self._by_name[name],
-                first.t or 1,
-                first.batch,
-                pass_index=first.pass_of.get(name, 1),
-                sketch_size=self.sketch.get(name),
+                self.family, self._by_name[name], first.t or 1, first.batch,
+                pass_index=first.pass_of.get(name, 1), sketch_size=self.sketch.get(name),
                 spectrum=methods.get(name),
             )
             for name in ordered
-        ]
+        ]  # fmt: skip
         doc: dict[str, Any] = {
             "memory_budget": self.memory_budget if self.memory_budget is not None else "none",
             "passes": first.passes,
@@ -619,11 +631,9 @@ class CollapseMonitor:
                 f"the two monitors measure different tasks ({self.task}, {other.task})"
             )
         check_options(
-            self._options,
-            other._options,
-            (self.mask_key, other.mask_key),
+            self._options, other._options, (self.mask_key, other.mask_key),
             other_outputs=bool(other._first.has_prediction),
-        )
+        )  # fmt: skip
 
     # -- state dicts ------------------------------------------------------------------------
 

@@ -162,19 +162,20 @@ _UNITS = {
 _MAX_SIZE = 1e18
 
 
-def parse_size(text: str) -> int:
-    """Parse a memory size such as ``4GB``, ``512MiB`` or ``1e9`` into bytes."""
+def parse_size(text: str, flag: str = "--memory-budget") -> int:
+    """Parse a size such as ``4GB``, ``512MiB`` or ``1e9`` into bytes (``flag`` names the
+    option in messages)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
     if m is None or m.group(2).lower() not in _UNITS:
         raise option_error(
-            f"--memory-budget: expected a size like 4GB, 512MB or 2GiB, found '{text}'",
+            f"{flag}: expected a size like 4GB, 512MB or 2GiB, found '{text}'",
         )
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value < 1:
-        raise option_error(f"--memory-budget: expected a positive size, found '{text}'")
+        raise option_error(f"{flag}: expected a positive size, found '{text}'")
     if not value < _MAX_SIZE:  # also inf: 1e400GB overflows a float
         raise option_error(
-            f"--memory-budget: '{text}' is too large; expected a size below 1 EB (1e18 bytes)"
+            f"{flag}: '{text}' is too large; expected a size below 1 EB (1e18 bytes)"
         )
     return int(value)
 
@@ -297,6 +298,13 @@ class AnalysisOptions:
     memory_budget : int, str or None
         Bytes, or a size such as ``"4GB"``, for the accumulators; None: half the memory
         available [``--memory-budget``].
+    spill_dir : str, optional
+        Classification: where the pooled features of the first pass are kept for the
+        nearest-class-mean pass, instead of running the model again [``--spill-dir``];
+        default the system temporary directory.
+    spill_budget : int, str or None
+        Bytes, or a size such as ``"20GB"``, that file may take; ``0`` runs the model again
+        instead; None: half the free space of ``spill_dir`` [``--spill-budget``].
 
     Raises
     ------
@@ -416,6 +424,19 @@ class AnalysisOptions:
         "the GPU's on CUDA). "
         "Layers are split over several passes, or sketched, to fit.",
     )
+    spill_dir: str | None = _option(
+        None,
+        "--spill-dir",
+        "Classification: where the first pass keeps the pooled features for the "
+        "nearest-class-mean pass, so it need not run the model again (default: the system "
+        "temporary directory; the file has no name and is gone when nrc ends).",
+    )
+    spill_budget: int | str | None = _option(
+        None,
+        "--spill-budget",
+        "Disk space that file may take, e.g. 20GB; 0: run the model again instead "
+        "(default: half the free space of --spill-dir).",
+    )
 
     def __post_init__(self) -> None:
         for name in ("layers", "exclude", "partial_layers", "inputs"):
@@ -507,6 +528,7 @@ class AnalysisOptions:
                 f"--task: expected one of {', '.join(TASKS)}, found {self.task!r}",
             )
         self.budget_bytes()  # a bad size is refused now, not after the model is built
+        self.spill_bytes()
         if self.collapse_rule is not None:
             CollapseRule.parse(self.collapse_rule, None if self.task == "auto" else self.task)
 
@@ -528,6 +550,21 @@ class AnalysisOptions:
         if not budget < _MAX_SIZE:
             raise option_error(
                 f"--memory-budget: {budget} is too large; expected a size below 1 EB (1e18 bytes)"
+            )
+        return int(budget)
+
+    def spill_bytes(self) -> int | None:
+        """``spill_budget`` in bytes (0: no spill); None when not given (the run picks it)."""
+        budget = self.spill_budget
+        if budget is None:
+            return None
+        if isinstance(budget, str):
+            return (
+                0 if budget.strip() in ("0", "0B", "0b") else parse_size(budget, "--spill-budget")
+            )
+        if budget < 0 or not budget < _MAX_SIZE:
+            raise option_error(
+                f"--spill-budget: expected a size from 0 to 1 EB (1e18 bytes), found {budget}"
             )
         return int(budget)
 

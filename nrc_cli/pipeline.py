@@ -31,6 +31,8 @@ from nrc_cli.monitor import CollapseMonitor
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.planning import Plan, default_budget, make_plan
 from nrc_cli.results import Results
+from nrc_cli.spill import FeatureSpill, default_directory, size_text, spill_bytes
+from nrc_cli.spill import default_budget as default_spill_budget
 
 Progress = Callable[[int, int], None]
 T = TypeVar("T")
@@ -380,12 +382,64 @@ class _Passes:
             for w in probe.layers
         }
         plan_doc = plan.to_dict(methods, self.config.budget_label, requested=self.config.svd)
-        if self.on_plan is not None:
-            self.on_plan(plan_doc)
         second = probe.family.second_pass and self.config.ncc
+        spill = None
         if second:
             plan_doc["passes"] += 1
             plan_doc["ncc_pass"] = plan_doc["passes"]
+            spill = self._spill(probe, plan, plan_doc)
+        if self.on_plan is not None:
+            self.on_plan(plan_doc)
+        try:
+            return self._run_passes(probe, plan, plan_doc, second, spill)
+        finally:
+            if spill is not None:
+                spill.close()
+
+    def _spill(self, probe: CollapseMonitor, plan: Plan, plan_doc: dict) -> FeatureSpill | None:
+        """A spill file for the nearest-class-mean pass, or None (with the reason in the
+        plan) when that pass runs the model again."""
+        widths = {w.name: w.in_dim for w in probe.layers}
+        n = self.data.n_samples
+        if n is not None and self.config.max_samples is not None:
+            n = min(n, self.config.max_samples)
+        directory = self.config.spill_dir or default_directory()
+        if not os.path.isdir(directory):
+            raise ConfigError(
+                f"--spill-dir: {directory!r} is not a directory",
+                hint="give an existing directory, or --spill-budget 0 to run the model again",
+            )
+        budget = self.config.spill_bytes()
+        reason = None
+        if budget == 0:
+            reason = "--spill-budget 0"
+        elif self.group is not None:
+            reason = "a distributed run"
+        elif len(plan.passes) > 1:
+            reason = f"a plan of {len(plan.passes)} passes"
+        else:  # of unknown length (batches in memory): as far as the budget goes
+            need = spill_bytes(n, widths) if n is not None else 0
+            if budget is None:
+                budget = default_spill_budget(directory)
+            if need > budget:
+                reason = (
+                    f"the pooled features take {size_text(need)}, more than the spill "
+                    f"budget of {size_text(budget)} (--spill-budget, --spill-dir)"
+                )
+        plan_doc["ncc_source"] = "forward" if reason else "spill"
+        if reason:
+            plan_doc["ncc_note"] = f"the nearest-class-mean pass runs the model again: {reason}"
+            return None
+        return FeatureSpill(directory, budget)
+
+    def _run_passes(
+        self,
+        probe: CollapseMonitor,
+        plan: Plan,
+        plan_doc: dict,
+        second: bool,
+        spill: FeatureSpill | None,
+    ) -> Results | None:
         n = self.data.n_samples
         if n is not None and self.group is not None:
             start, stop = self._share()
@@ -400,6 +454,8 @@ class _Passes:
                 active=group,
                 sketch={n: plan.sketch_size[n] for n in group if plan.mode[n] == "sketch"},
             )
+            if spill is not None:
+                monitor.keep_features(spill)
             # The model's prediction is read in the first pass only.
             seen = self._data_pass(monitor, i == 0 and self.config.prediction, seen, total)
             if self.group is not None:
@@ -412,8 +468,19 @@ class _Passes:
             # The nearest-class-mean columns: the same data again, fed the class means (in a
             # distributed run, those of every rank's samples: each rank runs its share, and
             # the counts are summed).
-            joined.begin_second_pass()
-            seen = self._data_pass(joined, self.config.prediction, seen, total)
+            if spill is not None and spill.complete:
+                joined.second_pass_from(spill)
+                seen += joined.second_pass_samples
+                if self.progress is not None:
+                    self.progress(seen, total)
+            else:
+                if spill is not None:  # it outgrew its budget or the disk after all
+                    plan_doc["ncc_source"] = "forward"
+                    plan_doc["ncc_note"] = (
+                        f"the nearest-class-mean pass runs the model again: {spill.reason}"
+                    )
+                joined.begin_second_pass()
+                seen = self._data_pass(joined, self.config.prediction, seen, total)
             if self.group is not None:
                 joined.all_reduce(self.group)
         if self.group is not None:
@@ -421,6 +488,9 @@ class _Passes:
             if self.group.rank != 0:
                 return None
         results = joined.compute()
+        if spill is not None and not spill.complete:  # found after the plan was shown
+            notes = results.summary.get("notes") or []
+            results.summary["notes"] = [*notes, plan_doc["ncc_note"]]
         not_run = [w.name for w in probe.layers if w.name not in joined.order]
         if not_run:
             plan_doc["not_run"] = not_run
@@ -530,9 +600,10 @@ def run_forward(
     ``predict``, a call of ``forward`` itself): batch boundaries are the calls of
     ``forward``, not of ``model(...)``. The model runs where it is (``forward`` moves each
     batch to it), in eval mode under ``torch.no_grad``, and is restored afterwards. A
-    classifier's nearest-class-mean pass runs ``batches`` a second time when they can be
-    iterated again (a list, a DataLoader); a generator gives one pass, and those columns
-    are null with a note.
+    classifier's nearest-class-mean pass reads the features the first pass kept on disk
+    (``spill_dir``, ``spill_budget``); where they did not fit, it runs ``batches`` a second
+    time when they can be iterated again (a list, a DataLoader), and otherwise (a generator)
+    those columns are null with a note.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(
@@ -584,21 +655,30 @@ def run_forward(
                 if progress is not None:
                     progress(seen[0], 0)
 
+    spill = None
+    if config.ncc and config.spill_bytes() != 0 and config.task != "regression":
+        spill = FeatureSpill(config.spill_dir, config.spill_bytes())
+        monitor.keep_features(spill)  # kept by a classifier only
     try:
         one_pass(batches)
         if monitor.n_samples == 0:
             raise DataError("the batches hold no samples")
         note = None
         if monitor.family.second_pass and config.ncc:
-            if iter(batches) is batches:
+            if spill is not None and spill.complete:
+                monitor.second_pass_from(spill)
+            elif iter(batches) is batches:
                 note = (
-                    "the batches could be read once only (a generator), so the "
+                    "the batches could be read once only (a generator) and their features "
+                    f"were not kept ({spill.reason if spill else '--spill-budget 0'}), so the "
                     "nearest-class-mean columns are null; pass a list or a DataLoader"
                 )
             else:
                 monitor.begin_second_pass()
                 one_pass(batches)
     finally:
+        if spill is not None:
+            spill.close()
         for m, training in modes.items():
             m.train(training)
     results = monitor.compute()

@@ -2,7 +2,9 @@
 # The checks that need a CUDA device, in one run (CI has no GPU, so these run by hand):
 #   1. tests/unit/test_cuda.py and the CUDA cases of tests/unit/test_linalg.py;
 #   2. the MLP scale benchmark with nrc and the bare forward pass on the GPU;
-#   3. the whole test suite with the GPU visible (--device auto then picks it).
+#   3. the README's speed table (exact and mixed against the bare forward pass: MLP 512x6 at
+#      N = 2e5, MLP 1024x8 at 1e5, conv at 1e4; 3 interleaved repeats each) on the GPU;
+#   4. the whole test suite with the GPU visible (--device auto then picks it).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (logs and the benchmark report land in OUT_DIR)
 set -uo pipefail
 out=${1:-${OUT:-/tmp/nrc-gpu-check}}
@@ -25,6 +27,14 @@ timeout 300 "$py" benchmarks/bench_scale.py --device cuda --workloads mlp --size
     --methods forward,nrc --compare-n 0 --repeat 3 --out-dir /tmp/nrc-bench \
     --results "$out/bench_gpu.md" >"$out/bench_gpu.log" 2>&1
 grep -E "^\| mlp|device|machine" "$out/bench_gpu.md" || tail -20 "$out/bench_gpu.log"
+
+echo "== speed table (README, Performance), on the GPU"
+for cell in "mlp512 2e5" "mlp 1e5" "conv 1e4"; do
+    set -- $cell
+    timeout 400 "$py" benchmarks/bench_precision.py --device cuda --workloads "$1" --n "$2" \
+        --repeat 3 --out-dir /tmp/nrc-bench --results "$out/table_$1.md" >"$out/table_$1.log" 2>&1
+    grep -E "^\| $1 |exact ÷ mixed" "$out/table_$1.md" || tail -5 "$out/table_$1.log"
+done
 
 echo "== whole suite, GPU visible"
 timeout "${SUITE_TIMEOUT:-200}" "$py" -m pytest -q -p no:cacheprovider --maxfail=25 tests 2>&1 | tee "$out/suite.log" | tail -15

@@ -19,10 +19,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import json
 import math
+import os
+import subprocess
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -708,3 +711,20 @@ def moments_result(acc: CrossMoments) -> dict:
     return tensor_results(
         n=m.n, mean_z=m.mean_z, mean_y=m.mean_y, cov_z=m.cov_z, cov_zy=m.cov_zy, cov_y=m.cov_y
     )
+
+
+# A small file system for disk-full cases (root only; skipped elsewhere).
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -14,7 +14,6 @@ docs/metrics.md, "Mixed precision", for the error this costs).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +23,10 @@ import torch
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator, ShiftedSums, shift_correction
+from nrc_cli.accumulate.gram import GRAM_BLOCK, add_gram_, upper_blocks
 
 __all__ = [
+    "GRAM_BLOCK",
     "PRECISIONS",
     "CrossMoments",
     "Moments",
@@ -133,40 +134,11 @@ def _out(
     return None if workspace is None else workspace.take(tuple(like.shape), like.device, dtype)
 
 
-# Width of the blocks of a symmetric product on the CPU (see add_gram_).
-GRAM_BLOCK = 256
 # Rows per float32 product in mixed precision: each float32 sum runs over at most this many
 # samples before it is added into float64 (see add_gram_mixed_).
 MIXED_ROWS = 128
 # Rows of a float32 batch widened to float64 at a time for the float64 cross-product.
 CROSS_ROWS = 256
-
-
-def _upper_blocks(p: int, device: torch.device) -> list[tuple[slice, slice]]:
-    """The column blocks (rows, columns) of a p×p product on and above its diagonal.
-
-    On the CPU a wide product is taken block by block (blocks of ``GRAM_BLOCK`` columns), only
-    for the blocks on and above the diagonal: at p = 1024 that is 10 of 16 blocks, measured 25%
-    faster than the full product on 2 threads. On a GPU the one full product is faster than ten
-    small ones.
-    """
-    if device.type != "cpu" or p <= GRAM_BLOCK:
-        return [(slice(0, p), slice(0, p))]
-    edges = [*range(0, p, GRAM_BLOCK), p]
-    blocks = [slice(lo, hi) for lo, hi in itertools.pairwise(edges)]
-    return [(left, right) for i, left in enumerate(blocks) for right in blocks[i:]]
-
-
-def add_gram_(target: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """target += aᵀa on and above the diagonal, in place; read it back with :func:`symmetric`.
-
-    The product goes straight into the float64 state, block by block on the CPU (see
-    ``_upper_blocks``), with no p×p temporary. The blocks below the diagonal are left as they
-    were.
-    """
-    for rows, cols in _upper_blocks(a.shape[1], a.device):
-        target[rows, cols].addmm_(a[:, rows].T, a[:, cols])
-    return target
 
 
 @contextmanager
@@ -212,7 +184,7 @@ def add_gram_mixed_(
     stacked = a[:whole].reshape(chunks, MIXED_ROWS, a.shape[1]) if chunks else None
     parts = [a[start : start + MIXED_ROWS] for start in range(whole, b, MIXED_ROWS)]
     with _ieee_float32(device):
-        for rows, cols in _upper_blocks(a.shape[1], device):
+        for rows, cols in upper_blocks(a.shape[1], device):
             width = (rows.stop - rows.start, cols.stop - cols.start)
             if stacked is not None:
                 out = _scratch(workspace, (chunks, *width), device)

@@ -326,10 +326,11 @@ def _error_fields(err: NrcError) -> dict:
 
 
 def _run_here(configs, threads, finish) -> None:
-    if threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    from nrc_cli._threads import default_threads
+
+    torch.set_num_threads(default_threads() if threads is None else threads)
     for count, (label, key, cfg) in enumerate(configs, start=1):
         finish(label, key, _analyze_one(cfg), count)
 

@@ -30,7 +30,12 @@ Data = Annotated[
     typer.Option("--data", "-d", help="Data set: .npz with arrays x and y, or a .toml data spec."),
 ]
 Threads = Annotated[
-    int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads (default: the cores that other work leaves free, by the 1-minute "
+        "load average, at least 1; OMP_NUM_THREADS where set).",
+    ),
 ]
 Format = Annotated[
     str | None,

@@ -44,14 +44,17 @@ def run_with_progress(
     """
     if group is not None and group.rank != 0:
         quiet = True
-    if threads is not None:
-        import torch
+    import torch
 
-        if threads < 1:
-            from nrc_cli.errors import ConfigError
+    if threads is not None and threads < 1:
+        from nrc_cli.errors import ConfigError
 
-            raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
-        torch.set_num_threads(threads)
+        raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
+    if threads is None:
+        from nrc_cli._threads import default_threads
+
+        threads = default_threads()
+    torch.set_num_threads(threads)
 
     if not quiet:
         print_precision_hint(options)
@@ -59,7 +62,7 @@ def run_with_progress(
     def on_plan(plan: dict) -> None:
         if not quiet:
             for line in describe_plan(plan):
-                stderr_console().print(escape(line), style="dim")
+                stderr_console().print(escape(line), style="dim", soft_wrap=True)
 
     with stdout_to_stderr():
         results = _run(checkpoint, data, options, quiet=quiet, on_plan=on_plan, group=group)
@@ -104,8 +107,10 @@ def describe_plan(plan: dict) -> list[str]:
     layers = plan["layers"]
     special = [row for row in layers if row["accumulator"] != "exact" or row["spectrum"] != "exact"]
     ncc = plan.get("ncc_pass")
+    note = plan.get("ncc_note")
+    again = [note] if note and not note.endswith("--spill-budget 0") else []
     if plan["passes"] - (ncc is not None) == 1 and not special:
-        return []  # the nearest-class-mean pass of a classifier is not worth a note by itself
+        return again  # the nearest-class-mean pass of a classifier is not worth a note itself
     lines = [f"plan: {plan['passes']} data pass(es) within memory budget {plan['memory_budget']}"]
     for row in layers:
         size = f", sketch size {row['sketch_size']}" if row["sketch_size"] else ""
@@ -114,8 +119,9 @@ def describe_plan(plan: dict) -> list[str]:
             f"{row['spectrum']} spectrum{size}, {row['bytes'] / 1e6:.1f} MB"
         )
     if ncc is not None:
-        lines.append(f"  pass {ncc}: nearest class means of every layer")
-    return lines
+        source = "spilled features" if plan.get("ncc_source") == "spill" else "the model again"
+        lines.append(f"  pass {ncc}: nearest class means of every layer ({source})")
+    return lines + again
 
 
 def emit_results(

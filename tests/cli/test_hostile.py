@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_case
-from helpers import error_line, invoke, save_model
+from helpers import error_line, invoke, save_model, small_tmpfs
 from safetensors.torch import save_file
 from torch import nn
 
@@ -213,22 +213,6 @@ def test_os_errors_become_one_line_naming_path_and_reason(exc, reason, hint):
 
 def test_an_os_error_without_errno_still_reads_well():
     assert os_error_line(OSError("something odd")) == "error: something odd"
-
-
-@contextlib.contextmanager
-def small_tmpfs(folder: Path, size: str):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def _fill(folder: Path) -> None:

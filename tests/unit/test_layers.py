@@ -24,8 +24,9 @@ LAYERS = [
     ("options",),
     ("io",),
     ("model",),
-    # Rows of parts (atoms, edges) pooled per sample: beside the pooling of capture.py.
-    ("capture", "segments"),
+    # Rows of parts (atoms, edges) pooled per sample, and pooled features kept on disk: beside
+    # the pooling of capture.py.
+    ("capture", "segments", "spill"),
     ("accumulate",),
     ("linalg",),
     ("metrics",),
