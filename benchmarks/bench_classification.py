@@ -7,9 +7,14 @@ the inputs. For each N, three freshly started processes, each under ``measure.py
 peak RSS):
 
 * ``forward``  the bare forward pass (``bare_forward.py``), the floor;
-* ``nrc``      ``nrc analyze --task classification``: one pass for the per-class moments, a
-  second for the nearest-class-mean columns;
-* ``nrc --no-ncc``  the same without the second pass.
+* ``nrc``      ``nrc analyze --task classification``: one forward pass for the per-class
+  moments, the nearest-class-mean columns from the features spilled to disk meanwhile;
+* ``nrc --spill-budget 0``  the same with no spill: a second forward pass for the NCC columns;
+* ``nrc --no-ncc``  no NCC columns at all.
+
+With ``--repeat R`` the four cells run R times, interleaved (forward, spill, two-forward,
+no-ncc, forward, ...), so drift in the machine's load hits every variant alike; the table gives
+medians.
 
 Data and checkpoints go to ``benchmarks/out/`` (git-ignored) and are reused. Prints a markdown
 table (also written to ``--results``).
@@ -109,6 +114,24 @@ def measure(name: str, cmd: list[str], folder: Path, timeout: float) -> dict:
     return json.loads(out.read_text())
 
 
+VARIANTS = (
+    ("nrc", []),
+    ("nrc_two_forward", ["--spill-budget", "0"]),
+    ("nrc_no_ncc", ["--no-ncc"]),
+)
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run of median wall time, with every run's wall time and the largest peak RSS."""
+    order = sorted(runs, key=lambda r: r["wall_s"])
+    cell = dict(order[len(order) // 2])
+    cell["walls"] = [r["wall_s"] for r in runs]
+    cell["maxrss_mb"] = max(r["maxrss_mb"] for r in runs)
+    busy = [r["other_cores_busy"] for r in runs if r.get("other_cores_busy") is not None]
+    cell["other_cores_busy"] = max(busy) if busy else None
+    return cell
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1e4,1e5", help="comma list of sample counts")
@@ -116,6 +139,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--results", default=str(OUT / "classification.md"))
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved repeats (medians)")
+    ap.add_argument("--skip", default="", help="comma list of cells to leave out at the largest N")
     ap.add_argument("--quick", action="store_true", help="smoke run: width 8")
     args = ap.parse_args()
     sizes = sorted({int(float(s)) for s in args.sizes.split(",") if s.strip()})
@@ -124,6 +149,7 @@ def main() -> None:
     ckpt = common.make_checkpoint(w, OUT / "data" / f"{w.tag()}.safetensors")
     data = make_data(w, max(sizes), OUT / "data" / f"{w.tag()}_n{max(sizes)}.npz")
     arch = ["--arch", f"{HERE / 'models.py'}:{w.factory}", "--arch-kwargs", w.kwargs_json]
+    skip = {c.strip() for c in args.skip.split(",") if c.strip()}
     rows = []
     for n in sizes:
         folder = OUT / "runs" / f"classification_{w.tag()}_n{n}"
@@ -134,10 +160,18 @@ def main() -> None:
         nrc = [sys.executable, "-m", "nrc_cli", "analyze", str(ckpt), "--data", str(data), *arch]
         nrc += ["--task", "classification", "--max-samples", str(n)]
         nrc += ["--batch-size", str(args.batch_size), "--format", "json", "--quiet"]
-        cells = {"forward": measure("forward", forward, folder, args.timeout)}
-        for name, extra in (("nrc", []), ("nrc_no_ncc", ["--no-ncc"])):
-            cmd = [*nrc, *extra, "--output", str(folder / f"{name}_report.json")]
-            cells[name] = measure(name, cmd, folder, args.timeout)
+        variants = [("forward", forward)]
+        for name, extra in VARIANTS:
+            if n == max(sizes) and name in skip:
+                continue
+            variants.append((name, [*nrc, *extra]))
+        runs: dict[str, list[dict]] = {name: [] for name, _ in variants}
+        for r in range(args.repeat):
+            for name, cmd in variants:
+                if name != "forward":
+                    cmd = [*cmd, "--output", str(folder / f"{name}_report.json")]
+                runs[name].append(measure(f"{name}_{r}", cmd, folder, args.timeout))
+        cells = {name: _median(rs) for name, rs in runs.items()}
         rows.append((n, cells))
         print(f"N={n}: " + ", ".join(f"{k} {v['wall_s']:.1f}s" for k, v in cells.items()))
 
@@ -148,17 +182,30 @@ def main() -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}; {w.description}; "
         f"{N_CLASSES} classes; batch size {args.batch_size}; every cell a fresh process.",
         "",
-        "| N | forward (floor) s | nrc (2 passes, NCC) s | ratio | nrc --no-ncc s | ratio "
-        "| RSS MB forward / nrc / --no-ncc |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"Medians of {args.repeat} interleaved run(s); RSS the largest peak of the runs.",
+        "",
+        "| N | forward (floor) s | nrc, spill s | ratio | nrc, two forward passes s | ratio "
+        "| nrc --no-ncc s | ratio | peak RSS MB forward / spill / two-pass / no-ncc |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(c: dict, k: str, f: dict) -> str:
+        if k not in c:
+            return "– | –"
+        return f"{c[k]['wall_s']:.1f} | {c[k]['wall_s'] / f['wall_s']:.2f}×"
+
     for n, c in rows:
-        f, a, b = c["forward"], c["nrc"], c["nrc_no_ncc"]
-        lines.append(
-            f"| {n:,} | {f['wall_s']:.1f} | {a['wall_s']:.1f} | {a['wall_s'] / f['wall_s']:.2f}× "
-            f"| {b['wall_s']:.1f} | {b['wall_s'] / f['wall_s']:.2f}× "
-            f"| {f['maxrss_mb']:.0f} / {a['maxrss_mb']:.0f} / {b['maxrss_mb']:.0f} |"
+        f = c["forward"]
+        rss = " / ".join(
+            f"{c[k]['maxrss_mb']:.0f}" if k in c else "–"
+            for k in ("forward", "nrc", "nrc_two_forward", "nrc_no_ncc")
         )
+        lines.append(
+            f"| {n:,} | {f['wall_s']:.1f} | {cell(c, 'nrc', f)} | {cell(c, 'nrc_two_forward', f)} "
+            f"| {cell(c, 'nrc_no_ncc', f)} | {rss} |"
+        )
+    walls = {f"{n}/{k}": v["walls"] for n, c in rows for k, v in c.items()}
+    lines += ["", "Every run's wall time (s): " + json.dumps(walls)]
     busy = [c[k].get("other_cores_busy") for _, c in rows for k in c]
     busy = [b for b in busy if b is not None]
     if busy:

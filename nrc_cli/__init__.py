@@ -10,6 +10,9 @@ Python use::
 
 from __future__ import annotations
 
+# First, so that the window over which other processes' CPU use is read (the default thread
+# count, nrc_cli._threads.others_busy) spans the imports that follow.
+from nrc_cli import _threads  # noqa: F401  (torch-free)
 from nrc_cli._version import __version__
 from nrc_cli.errors import NrcError
 from nrc_cli.results import Results

@@ -36,6 +36,7 @@ import torch
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator, Collective, checksum, same_everywhere
+from nrc_cli.accumulate.gram import add_cross_
 from nrc_cli.accumulate.labels import check_label_batch, floating
 from nrc_cli.accumulate.moments import Workspace, add_gram_, symmetric
 
@@ -467,7 +468,7 @@ class ClassSketch(_ClassSums):
         self.diag = torch.zeros(p, dtype=_F64, device=device)
 
     def _add_second(self, u: torch.Tensor) -> None:
-        self.s_omega.addmm_(u.T, u @ self.omega)
+        add_cross_(self.s_omega, u, u @ self.omega)
         self.diag.add_((u * u).sum(dim=0))
 
     def align_(self, collective: Collective) -> None:

@@ -19,7 +19,15 @@ import torch
 
 from nrc_cli._threads import blas_threads
 
-__all__ = ["GRAM_BLOCK", "SYRK_MIN_WIDTH", "add_gram_", "syrk_upper_", "upper_blocks"]
+__all__ = [
+    "GRAM_BLOCK",
+    "SYRK_MIN_WIDTH",
+    "add_cross_",
+    "add_gram_",
+    "ssyrk_upper_into",
+    "syrk_upper_",
+    "upper_blocks",
+]
 
 _F64 = torch.float64
 
@@ -52,6 +60,31 @@ def _dsyrk():
     except ImportError:  # pragma: no cover - scipy is a dependency
         return None
     return dsyrk
+
+
+@functools.cache
+def _ssyrk():
+    """scipy's ``ssyrk`` (float32), or None where scipy is not installed."""
+    try:
+        from scipy.linalg.blas import ssyrk
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return None
+    return ssyrk
+
+
+def ssyrk_upper_into(out: torch.Tensor, a: torch.Tensor) -> bool:
+    """out = aᵀa on and above the diagonal through BLAS ``ssyrk`` (float32; below it, ``out``
+    is left as it was). ``out``: a C-contiguous p×p float32 CPU tensor; ``a``: a C-contiguous
+    (b, p) float32 CPU batch. Returns False (and changes nothing) without scipy."""
+    ssyrk = _ssyrk()
+    if ssyrk is None:
+        return False
+    c = out.numpy().T  # Fortran view, no copy (see syrk_upper_)
+    _follow_torch_threads()
+    res = ssyrk(1.0, a.numpy().T, beta=0.0, c=c, trans=0, lower=1, overwrite_c=1)
+    if res.ctypes.data != c.ctypes.data:  # pragma: no cover - f2py copies only on a mismatch
+        c[...] = res
+    return True
 
 
 def upper_blocks(p: int, device: torch.device) -> list[tuple[slice, slice]]:
@@ -122,3 +155,18 @@ def add_gram_(target: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     for rows, cols in upper_blocks(a.shape[1], a.device):
         target[rows, cols].addmm_(a[:, rows].T, a[:, cols])
     return target
+
+
+def add_cross_(target: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """target += uᵀv in place: a (b, p) batch's cross-product with a narrow (b, t) one.
+
+    On the CPU, for 2 ≤ t ≤ p, taken as (vᵀu)ᵀ: the BLAS kernel for a t×p result from t rows
+    streams the batch once, where the p×t one does not. Measured on 2 cores (b = 1024,
+    float64): p = 512, t = 4 took 0.26 ms against 1.7 ms on one thread (0.15 against 0.84 on
+    two), p = 1024, t = 16 1.8 against 4.8 ms; for t = 1 or t > p the two are alike or the
+    direct product is faster.
+    """
+    t, p = v.shape[1], u.shape[1]
+    if u.device.type == "cpu" and 2 <= t <= p:
+        return target.add_(torch.mm(v.T, u).T)
+    return target.addmm_(u.T, v)

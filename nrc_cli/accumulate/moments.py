@@ -23,7 +23,14 @@ import torch
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator, ShiftedSums, shift_correction
-from nrc_cli.accumulate.gram import GRAM_BLOCK, add_gram_, upper_blocks
+from nrc_cli.accumulate.gram import (
+    GRAM_BLOCK,
+    SYRK_MIN_WIDTH,
+    add_cross_,
+    add_gram_,
+    ssyrk_upper_into,
+    upper_blocks,
+)
 
 __all__ = [
     "GRAM_BLOCK",
@@ -75,11 +82,14 @@ class Workspace:
 
     Each named ``slot`` is one buffer of bytes, viewed as the dtype asked for: ``"batch"`` holds
     a shifted batch (float64, or float32 in mixed precision), ``"product"`` the float32 product
-    of mixed precision before it is added into its float64 sum.
+    of mixed precision before it is added into its float64 sum, ``"syrk"`` the one-triangle
+    float32 product of a wide layer on the CPU (its other triangle kept zero).
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        # The (shape, dtype) a slot was last taken as with zeroed=True (see take).
+        self._zeroed: dict[str, tuple[tuple[int, ...], torch.dtype] | None] = {}
 
     def reserve(
         self,
@@ -101,7 +111,9 @@ class Workspace:
             self.reserve(batch * width, device)
             return
         self.reserve(batch * width, device, _F32)
-        if device.type == "cpu":
+        if device.type == "cpu" and width >= SYRK_MIN_WIDTH:
+            self.take((width, width), device, _F32, slot="syrk", zeroed=True)
+        elif device.type == "cpu":
             side = min(width, GRAM_BLOCK)
             self.reserve(max(batch // MIXED_ROWS, 1) * side * side, device, _F32, "product")
         else:
@@ -113,18 +125,30 @@ class Workspace:
         device: torch.device | str,
         dtype: torch.dtype = _F64,
         slot: str = "batch",
+        zeroed: bool = False,
     ) -> torch.Tensor:
-        """An uninitialised tensor of ``shape`` and ``dtype``, valid until the slot's next take."""
+        """An uninitialised tensor of ``shape`` and ``dtype``, valid until the slot's next take.
+
+        ``zeroed``: filled with zeros where the slot was (re)allocated or last taken with
+        another shape or dtype; otherwise as the last user left it (for a caller that writes
+        only the part it wrote before, such as one triangle).
+        """
         item = torch.empty((), dtype=dtype).element_size()
         nbytes = math.prod(shape) * item
         device = torch.device(device)
         buf = self._buffers.get(slot)
-        if buf is None or buf.device != device or buf.numel() < nbytes:
+        fresh = buf is None or buf.device != device or buf.numel() < nbytes
+        if fresh:
             # Whole float64 words, so that every dtype's view of the start is aligned.
             words = -(-nbytes // 8)
             buf = torch.empty(words, dtype=_F64, device=device).view(torch.uint8)
             self._buffers[slot] = buf
-        return buf[:nbytes].view(dtype).view(shape)
+        assert buf is not None
+        view = buf[:nbytes].view(dtype).view(shape)
+        if zeroed and (fresh or self._zeroed.get(slot) != (shape, dtype)):
+            view.zero_()
+        self._zeroed[slot] = (shape, dtype) if zeroed else None
+        return view
 
 
 def _out(
@@ -179,6 +203,13 @@ def add_gram_mixed_(
         raise ValueError(f"add_gram_mixed_: expected a float32 batch, got {a.dtype}")
     device = a.device
     b = a.shape[0]
+    if (
+        device.type == "cpu"
+        and a.shape[1] >= SYRK_MIN_WIDTH
+        and target.is_contiguous()
+        and _add_gram_mixed_syrk(target, a.contiguous(), workspace)
+    ):
+        return target
     chunks = b // MIXED_ROWS if device.type == "cpu" and b >= 2 * MIXED_ROWS else 0
     whole = chunks * MIXED_ROWS
     stacked = a[:whole].reshape(chunks, MIXED_ROWS, a.shape[1]) if chunks else None
@@ -200,6 +231,32 @@ def add_gram_mixed_(
                 with single_threaded(device):
                     target[rows, cols].add_(out)
     return target
+
+
+def _add_gram_mixed_syrk(
+    target: torch.Tensor, a: torch.Tensor, workspace: Workspace | None
+) -> bool:
+    """The CPU route of :func:`add_gram_mixed_` for wide batches: each chunk of at most
+    ``MIXED_ROWS`` rows goes through BLAS ``ssyrk`` (one triangle, half the multiply-adds of a
+    product) into one float32 p×p whose lower part stays zero, which is then added into
+    ``target`` (float64). Returns False (nothing done) without scipy.
+
+    Measured on one core of a busy 2-core machine (p = 512, b = 1024, CPU time): the eight
+    chunk products 3.1-4.3 ms and their float64 additions 1.1 ms, against 5.6-6.3 ms for the
+    blocked float32 products with their additions and 5.5-5.8 ms for the exact ``dsyrk``.
+    """
+    b, p = a.shape
+    product = (
+        torch.zeros((p, p), dtype=_F32)
+        if workspace is None
+        else workspace.take((p, p), a.device, _F32, slot="syrk", zeroed=True)
+    )
+    for start in range(0, b, MIXED_ROWS):
+        if not ssyrk_upper_into(product, a[start : start + MIXED_ROWS]):
+            return False
+        with single_threaded(a.device):
+            target.add_(product)
+    return True
 
 
 def _scratch(
@@ -307,7 +364,7 @@ class CrossMoments(ShiftedSums):
             v = y - self.cy
             self.sz.add_(u.sum(dim=0))
             self.sy.add_(v.sum(dim=0))
-            self.czy.addmm_(u.T, v)
+            add_cross_(self.czy, u, v)
             self.cyy.addmm_(v.T, v)
         # The p×p product goes straight into the state (no p×p temporary), with every thread.
         add_gram_(self.czz, u)
@@ -366,7 +423,7 @@ class CrossMoments(ShiftedSums):
             # and the probe's error is its error magnified by tr Σ_Y / probe MSE.
             for start in range(0, b, CROSS_ROWS):
                 rows = slice(start, start + CROSS_ROWS)
-                self.czy.addmm_(u[rows].to(_F64).T, w[rows])
+                add_cross_(self.czy, u[rows].to(_F64), w[rows])
             self.czy.add_(shift_correction(su, d, w.sum(dim=0), e, b))
             # s dᵀ + d sᵀ + b d dᵀ = a dᵀ + d aᵀ with a = s + (b/2) d: one rank-2 update.
             a = su + (b / 2) * d

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from nrc_cli.accumulate.base import Accumulator, Collective, ShiftedSums, checksum, same_everywhere
+from nrc_cli.accumulate.gram import add_cross_
 from nrc_cli.accumulate.moments import Moments
 
 _F64 = torch.float64
@@ -88,9 +89,9 @@ class CovarianceSketch(ShiftedSums):
         v = y - self.cy
         self.sz += u.sum(0)
         self.sy += v.sum(0)
-        self.s_omega += u.T @ (u @ self.omega)
+        add_cross_(self.s_omega, u, u @ self.omega)
         self.diag += (u * u).sum(0)
-        self.czy += u.T @ v
+        add_cross_(self.czy, u, v)
         self.cyy += v.T @ v
         self.n += z.shape[0]
 

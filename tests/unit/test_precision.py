@@ -197,6 +197,31 @@ def test_add_gram_mixed_fills_the_upper_triangle(p):
     assert torch.equal(symmetric(got - 7.0), want)
 
 
+def test_the_wide_route_ignores_what_another_width_left_in_the_workspace():
+    """The one-triangle float32 product of a wide layer (p >= SYRK_MIN_WIDTH) reuses a
+    workspace slot whose other triangle must be zero: a slot last filled with NaN by another
+    width is zeroed again, and the lower triangle of the state is left as it was."""
+    ws = Workspace()
+    ws.take((600, 600), "cpu", torch.float32, slot="syrk").fill_(float("nan"))
+    for p in (300, 400, 300):
+        a = torch.randint(-3, 4, (520, p), generator=torch.Generator().manual_seed(p)).float()
+        got = add_gram_mixed_(torch.full((p, p), 7.0, dtype=torch.float64), a, ws)
+        upper = torch.triu(torch.ones(p, p, dtype=torch.bool))
+        assert torch.equal(got[upper], (a.double().T @ a.double())[upper] + 7.0)
+        assert torch.all(got[~upper] == 7.0)
+
+
+def test_workspace_zeroed_slots_keep_their_contents_for_the_same_shape():
+    ws = Workspace()
+    first = ws.take((4, 4), "cpu", torch.float32, slot="s", zeroed=True)
+    assert torch.all(first == 0)
+    first[0, 1] = 3.0
+    again = ws.take((4, 4), "cpu", torch.float32, slot="s", zeroed=True)
+    assert again[0, 1] == 3.0  # same shape: as the last user left it
+    other = ws.take((2, 8), "cpu", torch.float32, slot="s", zeroed=True)
+    assert torch.all(other == 0)  # another shape: zeroed
+
+
 def test_add_gram_mixed_wants_float32():
     with pytest.raises(ValueError, match="expected a float32 batch"):
         add_gram_mixed_(

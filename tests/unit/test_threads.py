@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -32,12 +35,50 @@ def test_threads_for_load(cores, load, want):
 
 def test_default_threads_follows_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert default_threads() == torch.get_num_threads()
+    assert default_threads(load=100.0) == torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (100.0, 0.0, 0.0))
-    assert default_threads() == 1
-    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert default_threads() == torch.get_num_threads()
+    assert default_threads(load=100.0) == 1
+    assert default_threads(load=0.0) == torch.get_num_threads()
+
+
+_SPIN = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
+
+
+def test_others_busy_sees_another_process_and_not_this_one():
+    """A child spinning on a core counts (about 1); this process's own spinning does not."""
+    if _threads._cpu_sample() is None:
+        pytest.skip("no /proc/stat")
+    child = subprocess.Popen([sys.executable, "-c", _SPIN])
+    try:
+        time.sleep(0.3)  # let it start
+        _threads.others_busy()  # start a fresh window
+        time.sleep(0.5)
+        assert _threads.others_busy() >= 0.6
+    finally:
+        child.kill()
+        child.wait()
+    time.sleep(0.2)
+    _threads.others_busy()
+    time.sleep(0.5)
+    baseline = _threads.others_busy()  # whatever else the machine is doing
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:  # a full core of this process's own
+        pass
+    busy = _threads.others_busy()
+    assert 0.0 <= busy < baseline + 0.6
+
+
+def test_others_busy_waits_out_a_short_window_and_forgets_an_old_one(monkeypatch):
+    if _threads._cpu_sample() is None:
+        pytest.skip("no /proc/stat")
+    _threads.others_busy()
+    t0 = time.monotonic()
+    assert _threads.others_busy() >= 0.0
+    assert time.monotonic() - t0 >= _threads.MIN_WINDOW_S * 0.9  # waited for a window
+    monkeypatch.setattr(_threads, "MAX_WINDOW_S", 0.0)  # every start is too old: read afresh
+    t0 = time.monotonic()
+    assert _threads.others_busy() >= 0.0
+    assert time.monotonic() - t0 >= _threads.MIN_WINDOW_S * 0.9
 
 
 def _openblas_counts() -> list[int]:

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from nrc_cli.accumulate.gram import SYRK_MIN_WIDTH, add_gram_, syrk_upper_
+from nrc_cli.accumulate.gram import (
+    SYRK_MIN_WIDTH,
+    add_cross_,
+    add_gram_,
+    ssyrk_upper_into,
+    syrk_upper_,
+)
 
 
 def _batch(b: int, p: int, seed: int) -> np.ndarray:
@@ -83,3 +89,24 @@ def test_add_gram_on_either_side_of_the_syrk_width(p):
     upper = np.triu(np.ones((p, p), dtype=bool))
     err = np.abs(target.numpy()[upper] + 2.0 - (x.T @ x)[upper]).max() / np.abs(x.T @ x).max()
     assert err < 1e-12, err
+
+
+@pytest.mark.parametrize(("p", "t"), [(300, 1), (300, 4), (300, 16), (8, 20), (1, 1)])
+def test_add_cross_is_the_float64_cross_product(p, t):
+    """target += uᵀv in either orientation of the product, to 1e-12 of numpy's."""
+    u, v = _batch(500, p, seed=p), _batch(500, t, seed=t + 1)
+    target = torch.full((p, t), 2.0, dtype=torch.float64)
+    got = add_cross_(target, torch.from_numpy(u), torch.from_numpy(v))
+    assert got is target
+    want = u.T @ v
+    err = np.abs(target.numpy() - 2.0 - want).max() / np.abs(want).max()
+    assert err < 1e-12, err
+
+
+def test_ssyrk_fills_one_triangle_of_a_float32_product():
+    a = torch.randint(-3, 4, (128, 256), generator=torch.Generator().manual_seed(1)).float()
+    out = torch.full((256, 256), 5.0)
+    assert ssyrk_upper_into(out, a)
+    upper = torch.triu(torch.ones(256, 256, dtype=torch.bool))
+    assert torch.equal(out[upper], (a.T @ a)[upper])  # small integers: float32 is exact
+    assert torch.all(out[~upper] == 5.0)
