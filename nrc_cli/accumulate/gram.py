@@ -160,13 +160,14 @@ def add_gram_(target: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 def add_cross_(target: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """target += uᵀv in place: a (b, p) batch's cross-product with a narrow (b, t) one.
 
-    On the CPU, for 2 ≤ t ≤ p, taken as (vᵀu)ᵀ: the BLAS kernel for a t×p result from t rows
-    streams the batch once, where the p×t one does not. Measured on 2 cores (b = 1024,
-    float64): p = 512, t = 4 took 0.26 ms against 1.7 ms on one thread (0.15 against 0.84 on
-    two), p = 1024, t = 16 1.8 against 4.8 ms; for t = 1 or t > p the two are alike or the
-    direct product is faster.
+    On the CPU, for p ≥ ``SYRK_MIN_WIDTH`` and 2 ≤ t ≤ p, taken as (vᵀu)ᵀ: the BLAS kernel
+    for a t×p result from t rows streams the batch once, where the p×t one does not. Measured
+    on 2 cores (b = 1024, float64): p = 512, t = 4 took 0.26 ms against 1.7 ms on one thread
+    (0.15 against 0.84 on two), p = 1024, t = 16 1.8 against 4.8 ms; for t = 1 or t > p the
+    two are alike or the direct product is faster, and for narrow layers the time is small
+    either way (so their sums keep the order, and the bits, they had).
     """
     t, p = v.shape[1], u.shape[1]
-    if u.device.type == "cpu" and 2 <= t <= p:
+    if u.device.type == "cpu" and p >= SYRK_MIN_WIDTH and 2 <= t <= p:
         return target.add_(torch.mm(v.T, u).T)
     return target.addmm_(u.T, v)

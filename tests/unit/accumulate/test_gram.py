@@ -91,7 +91,7 @@ def test_add_gram_on_either_side_of_the_syrk_width(p):
     assert err < 1e-12, err
 
 
-@pytest.mark.parametrize(("p", "t"), [(300, 1), (300, 4), (300, 16), (8, 20), (1, 1)])
+@pytest.mark.parametrize(("p", "t"), [(300, 1), (300, 4), (300, 16), (200, 300), (8, 4), (1, 1)])
 def test_add_cross_is_the_float64_cross_product(p, t):
     """target += uᵀv in either orientation of the product, to 1e-12 of numpy's."""
     u, v = _batch(500, p, seed=p), _batch(500, t, seed=t + 1)
