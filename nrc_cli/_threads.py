@@ -22,7 +22,7 @@ def threads_for_load(cores: int, load: float) -> int:
 
     ``load`` is the 1-minute load average (runnable processes). Free cores are ``cores −
     load``, rounded half up: on 2 cores, 2 threads up to a load of 0.5, 1 above it. On a
-    shared 2-core machine (README, Performance), two threads with one core taken by other
+    shared 2-core machine (docs/performance.md), two threads with one core taken by other
     jobs made every multi-threaded product wait on a descheduled partner thread: a 512-wide
     float64 Gram took 24 ms on two threads against 1.5 ms on one, and a whole exact analysis
     2-3.5 times as long; on an idle machine two threads are faster.
