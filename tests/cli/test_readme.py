@@ -59,6 +59,7 @@ def test_the_side_by_side_tables_are_what_nrc_prints(monkeypatch, page):
         "docs/metrics.md",
         "docs/data-spec.md",
         "docs/api.md",
+        "docs/reference.md",
         "docs/analyzing.md",
         "docs/python.md",
         "docs/audits.md",
@@ -93,6 +94,7 @@ def test_the_development_commands_are_those_of_the_development_page():
     page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
     readme = README[README.index("## Development\n") :]
     assert blocks(readme)[0] == blocks(page)[0]
+    assert "mkdocs build --strict" in blocks(page)[0]
 
 
 # The pages whose text was the README's, and the tests that run their shell blocks in order, as
