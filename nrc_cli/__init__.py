@@ -57,8 +57,8 @@ def analyze(checkpoint_or_module, data, *, forward=None, **options) -> Results:
     -------
     Results
 
-    Example
-    -------
+    Examples
+    --------
     >>> from nrc_cli import analyze
     >>> results = analyze("sample_checkpoints/mlp_wd.safetensors", "sample_checkpoints/lowrank.npz")
     >>> results.summary["first_collapsed_layer"]

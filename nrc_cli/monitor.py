@@ -53,8 +53,8 @@ _I64 = torch.int64
 class CollapseMonitor:
     """Streaming Deep NRC of a model's weight layers: ``update`` per batch, ``compute`` any time.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from nrc_cli import CollapseMonitor
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
@@ -81,9 +81,8 @@ class CollapseMonitor:
         parts for some samples): measured over the samples they saw, targets restricted
         alike (regression; such a state does not merge or join).
     svd : {"auto", "exact", "randomized"}
-        Spectrum method; ``auto`` is exact up to width 2048.
-    oversample, power_iters, seed : int
-        Randomized SVD knobs (keyword only).
+        Spectrum method; ``auto`` is exact up to width 2048. The randomized steps' knobs are
+        keyword only: ``oversample`` (default 10), ``power_iters`` (4) and ``seed`` (0).
     collapse_rule : str, optional
         Comma-separated ``COLUMN<=V`` / ``COLUMN>=V`` terms (default: the task's,
         ``nrc1_noise<=0.2`` or ``nc1_trace<=0.2``).

@@ -245,8 +245,10 @@ class AnalysisOptions:
 
     Parameters
     ----------
-    x_key, y_key : str
-        Input and target arrays of an ``.npz`` data file [``--x-key``, ``--y-key``].
+    x_key : str
+        Input array of an ``.npz`` data file [``--x-key``].
+    y_key : str
+        Target array of an ``.npz`` data file [``--y-key``].
     batch_size : int
         Samples per forward pass [``--batch-size``].
     max_samples : int, optional
@@ -267,8 +269,10 @@ class AnalysisOptions:
         Keyword arguments for ``arch`` [``--arch-kwargs``, JSON on the command line].
     activation : str, optional
         Activation of an inferred MLP [``--activation``].
-    layers, exclude : tuple of str
-        Module-path globs selecting / skipping weight layers [``--layers``, ``--exclude``].
+    layers : tuple of str
+        Module-path globs selecting weight layers [``--layers``].
+    exclude : tuple of str
+        Module-path globs skipping weight layers [``--exclude``].
     partial_layers : tuple of str
         Globs of layers that may run for some samples only (an angle layer skipped for
         structures without angles) [``--partial-layers``]: each is measured over the samples
@@ -286,8 +290,12 @@ class AnalysisOptions:
         columns [``--no-ncc``].
     svd : {"auto", "exact", "randomized"}
         Spectrum method [``--svd``].
-    oversample, power_iters, seed : int
-        Randomized SVD knobs [``--oversample``, ``--power-iters``, ``--seed``].
+    oversample : int
+        Randomized SVD oversampling [``--oversample``].
+    power_iters : int
+        Randomized SVD power iterations [``--power-iters``].
+    seed : int
+        Seed of every randomized step [``--seed``].
     device : str
         ``auto``, ``cpu`` or ``cuda[:i]`` [``--device``].
     dtype : {"float32", "bfloat16", "float16"}

@@ -63,8 +63,8 @@ class Segments:
         A name for these rows, recorded per layer in the report (``node``, ``edge``,
         ``point``, ...); default ``part``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from nrc_cli.segments import Segments
     >>> s = Segments(counts=torch.tensor([2, 1]))

@@ -2,7 +2,7 @@
 # The checks that need a CUDA device, in one run (CI has no GPU, so these run by hand):
 #   1. tests/unit/test_cuda.py and the CUDA cases of tests/unit/test_linalg.py;
 #   2. the MLP scale benchmark with nrc and the bare forward pass on the GPU;
-#   3. the README's speed table (exact and mixed against the bare forward pass: MLP 512x6 at
+#   3. the speed table of docs/performance.md (exact and mixed against the bare forward pass: MLP 512x6 at
 #      N = 2e5, MLP 1024x8 at 1e5, conv at 1e4; 3 interleaved repeats each) on the GPU;
 #   4. the whole test suite with the GPU visible (--device auto then picks it).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (logs and the benchmark report land in OUT_DIR)
@@ -28,7 +28,7 @@ timeout 300 "$py" benchmarks/bench_scale.py --device cuda --workloads mlp --size
     --results "$out/bench_gpu.md" >"$out/bench_gpu.log" 2>&1
 grep -E "^\| mlp|device|machine" "$out/bench_gpu.md" || tail -20 "$out/bench_gpu.log"
 
-echo "== speed table (README, Performance), on the GPU"
+echo "== speed table (docs/performance.md), on the GPU"
 for cell in "mlp512 2e5" "mlp 1e5" "conv 1e4"; do
     set -- $cell
     timeout 400 "$py" benchmarks/bench_precision.py --device cuda --workloads "$1" --n "$2" \

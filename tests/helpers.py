@@ -4,7 +4,7 @@
   ``tmp_path``.
 * CLI: :func:`invoke` runs ``nrc`` in-process through ``typer.testing.CliRunner``;
   :func:`analyze_json` runs ``nrc analyze --format json`` and parses stdout;
-  :func:`assert_usage_error` checks the exit-code-2 contract (README, "Exit codes").
+  :func:`assert_usage_error` checks the exit-code-2 contract (docs/analyzing.md, "Exit codes").
 * A dense float64 reference of ``docs/metrics.md`` computed from full feature matrices with
   numpy. It is written from the spec, not from ``nrc_cli``: eigenvalues of the covariance for
   NRC1, matrix norms for CKA and stable ranks, an actual least-squares fit (``np.linalg.lstsq``)
@@ -210,7 +210,7 @@ def analyze_json(checkpoint: Path, data: Path, *extra: object) -> dict:
 
 
 def error_line(result) -> str:
-    """Check the exit-code-2 contract (README, "Exit codes") and return the ``error:`` line.
+    """Check the exit-code-2 contract (docs/analyzing.md, "Exit codes") and return the ``error:`` line.
 
     Exit 2, nothing on stdout, exactly one ``error: …`` line on stderr, optionally followed by
     one ``hint: …`` line, and no traceback.

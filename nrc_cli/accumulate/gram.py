@@ -7,7 +7,7 @@ goes through BLAS ``dsyrk`` (a symmetric rank-k update: one triangle, half the m
 on the tensors' own memory, through scipy; where scipy's BLAS is missing, and on a GPU (where
 one full product is faster than anything triangular), through torch: column blocks on and above
 the diagonal on the CPU, one full product on a GPU. ``benchmarks/bench_gram.py`` measures the
-three (README, Performance).
+three (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one place where errors become exit codes and one-line messages (README, "Exit codes")."""
+"""The one place where errors become exit codes and one-line messages (docs/analyzing.md, "Exit codes")."""
 
 from __future__ import annotations
 

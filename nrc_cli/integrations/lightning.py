@@ -37,6 +37,10 @@ __all__ = ["CollapseCallback"]
 class CollapseCallback(pl.Callback):
     """Measure collapse every ``every_n_epochs`` on the validation data and log it.
 
+    ``layers``, ``exclude``, ``task``, ``rank``, ``precision``, ``svd``, ``seed``,
+    ``collapse_rule``, ``output_key``, ``mask_key`` and ``memory_budget`` are as for
+    :class:`nrc_cli.CollapseMonitor` (and ``nrc analyze``).
+
     Parameters
     ----------
     every_n_epochs : int
@@ -48,9 +52,6 @@ class CollapseCallback(pl.Callback):
     module : str, optional
         The attribute path of the submodule to measure, when ``validation_step`` calls it
         rather than the LightningModule itself (``module="net"`` for ``self.net(x)``).
-    layers, exclude, task, rank, precision, svd, seed, collapse_rule, output_key, mask_key,
-    memory_budget :
-        As for :class:`nrc_cli.CollapseMonitor` (and ``nrc analyze``).
     ncc : bool
         Classification: fill the nearest-class-mean columns, at the cost of one more pass over
         the data per measured epoch (default True).

@@ -63,12 +63,14 @@ def _to_device(obj: Any, device: torch.device) -> Any:
 class CollapseCallback(TrainerCallback):
     """Measure collapse at each evaluation of a ``Trainer`` and report it with the metrics.
 
+    ``layers``, ``exclude``, ``task``, ``rank``, ``precision``, ``svd``, ``seed``,
+    ``collapse_rule``, ``mask_key`` and ``memory_budget`` are as for
+    :class:`nrc_cli.CollapseMonitor` (and ``nrc analyze``).
+
     Parameters
     ----------
     dataloader : DataLoader, optional
         Measure on this instead of the evaluation dataloader.
-    layers, exclude, task, rank, precision, svd, seed, collapse_rule, mask_key, memory_budget :
-        As for :class:`nrc_cli.CollapseMonitor` (and ``nrc analyze``).
     output_key : str
         The prediction inside the model's output (default ``"logits"``, a ModelOutput's).
     ncc : bool

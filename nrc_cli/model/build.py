@@ -1,6 +1,6 @@
 """Tensors + an architecture -> an ``nn.Module`` in eval mode, loaded strictly.
 
-Routes, first match wins (README, "Analyzing your own model"): a user factory named by ``--arch``
+Routes, first match wins (docs/analyzing.md): a user factory named by ``--arch``
 (the only way user code is ever imported) or a Hugging Face model from ``config.json`` (``--arch
 hf``), the declarative ``nrc.arch`` metadata, and inference of a plain MLP from the tensors.
 """

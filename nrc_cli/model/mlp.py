@@ -1,4 +1,4 @@
-"""Plain MLPs rebuilt from their tensors alone (README, "Analyzing your own model", routes 2 and 3).
+"""Plain MLPs rebuilt from their tensors alone (docs/analyzing.md, routes 2 and 3).
 
 The rules: 2-D ``<path>.weight`` tensors, in natural-sort order of ``<path>``, form a chain of
 Linear layers whose shapes must chain. A module with 1-D ``weight``/``bias`` of the previous

@@ -265,7 +265,7 @@ class Results:
         return task if task in _LAYER_COLUMNS else "regression"
 
     def to_dict(self) -> dict:
-        """The JSON document (README, "Output"): nrc_version, checkpoint, data, summary, layers."""
+        """The JSON document (docs/analyzing.md, "Output"): nrc_version, checkpoint, data, summary, layers."""
         task = self.task
         summary = {n: clean(self.summary.get(n)) for n, _ in summary_fields(task)}
         summary["task"] = task

@@ -31,8 +31,8 @@ class Entry:
 class History:
     """Reports over training, in the order they were measured.
 
-    Example
-    -------
+    Examples
+    --------
     >>> history = History()
     >>> history.add(results, step=100, epoch=1)  # doctest: +SKIP
     >>> history.write("history.parquet")  # doctest: +SKIP

@@ -1,5 +1,5 @@
 """``nrc check`` through the command line: exit codes, messages, outputs, JUnit, and the commands
-of the README's "Use in CI" section run as written. Real checkpoints, real reports, real files in ``tmp_path``."""
+of docs/ci-gates.md ("Use in CI") run as written. Real checkpoints, real reports, real files in ``tmp_path``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from nrc_cli.results import METRIC_COLUMNS
 ROOT = Path(__file__).resolve().parents[2]
 RELU = ROOT / "tests" / "reference_cases" / "mlp_relu"
 SAMPLES = ROOT / "sample_checkpoints"
-DOCS = ROOT / "README.md"
+DOCS = ROOT / "docs" / "ci-gates.md"
 
 runner = CliRunner()
 
@@ -459,14 +459,13 @@ def test_junit_for_requirements(tmp_path, relu_report):
     assert [p.name for p in junit.parent.iterdir()] == ["nrc.xml"]
 
 
-# ------------------------------------------------------------- README "Use in CI", as written
+# ------------------------------------------------------- docs/ci-gates.md "Use in CI", as written
 
 
 def doc_blocks() -> list[tuple[str, str]]:
-    """Fenced blocks of the README's "Use in CI" section."""
+    """Fenced blocks of docs/ci-gates.md, the page "Use in CI"."""
     text = DOCS.read_text(encoding="utf-8")
-    text = text[text.index("## Use in CI") :]
-    text = text[: text.index("\n## ", 1)]
+    assert text.startswith("# Use in CI\n")
     return re.findall(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)
 
 
@@ -491,7 +490,7 @@ def run_all(commands: list[list[str]]) -> list[object]:
 
 
 def test_docs_commands_run_as_written(tmp_path, monkeypatch):
-    # In a fresh clone: the samples, and no baselines/ folder until the README makes one.
+    # In a fresh clone: the samples, and no baselines/ folder until the page makes one.
     if not (SAMPLES / "mlp_wd.safetensors").exists():
         pytest.skip("sample_checkpoints/ not generated (scripts/make_samples.py)")
     monkeypatch.chdir(tmp_path)

@@ -256,17 +256,16 @@ def test_a_wide_classifier_sketched_in_several_passes_on_two_ranks(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# The README section "Beyond one machine", run as far as this machine allows
+# The page docs/distributed.md ("Beyond one machine"), run as far as this machine allows
 # ------------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-HEADING = "## Beyond one machine"
+DOC_PAGE = REPO / "docs" / "distributed.md"
 
 
 def doc_blocks() -> list[tuple[str, str]]:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    text = readme[readme.index(HEADING) :]
-    text = text[: text.find("\n## ", 1)]
+    text = DOC_PAGE.read_text(encoding="utf-8")
+    assert text.startswith("# Beyond one machine\n")
     return re.findall(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)
 
 

@@ -1,6 +1,6 @@
 """Hostile input and faults: never a crash, a hang, a replaced device, or a lost table.
 
-One test (or one parametrized family) per cause. Each checks the contract of the README's "Bad
+One test (or one parametrized family) per cause. Each checks the contract of docs/analyzing.md, "Bad
 input and faults": the documented exit code, exactly one ``error:`` line (and at most a
 ``hint:``), no traceback, no output or temporary file, and the previous output byte-identical.
 Real files in ``tmp_path``; the disk-full and read-only cases mount a small tmpfs and run only

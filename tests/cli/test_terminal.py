@@ -1,4 +1,4 @@
-"""The README's commands as a person runs them: in a real pseudo-terminal, narrow and wide.
+"""The documented commands as a person runs them: in a real pseudo-terminal, narrow and wide.
 
 Every other test pipes stderr, so none of them sees what a terminal shows: progress bars,
 colour, the width of the window. These run ``nrc`` with stdin, stdout and stderr on a pty of
@@ -307,7 +307,7 @@ def test_torchrun_example(folder):
     nrc = Path(sys.executable).with_name("nrc")
     if not nrc.exists():
         pytest.skip("the nrc script is not installed beside this Python")
-    # README "Beyond one machine": torchrun --standalone --nproc-per-node 2 --no-python nrc ...
+    # docs/distributed.md ("Beyond one machine"): torchrun --standalone --nproc-per-node 2 --no-python nrc ...
     screen = run_in_pty(
         [
             sys.executable,

@@ -175,6 +175,7 @@ def test_a_graph_batch_without_segments_is_refused_with_the_counts(trained):
 
 def test_the_graphs_page_example_runs_as_written(tmp_path):
     text = (REPO / "docs" / "graphs.md").read_text(encoding="utf-8")
+    text = text[text.index("## A complete PyTorch Geometric example\n") :]
     source = re.findall(r"```python\n(.*?)```", text, re.S)[0]
     done = run_script(tmp_path, source, timeout=300)
     lines = done.stdout.splitlines()

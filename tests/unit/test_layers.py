@@ -1,4 +1,4 @@
-"""The package's shape, checked over its import graph (README, docs/architecture.md).
+"""The package's shape, checked over its import graph (docs/architecture.md, docs/development.md).
 
 * a module imports only from the layers above it;
 * no import cycle among the modules of ``nrc_cli`` (imports inside functions count too);
@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "nrc_cli"
-# The README's line, top first; helpers shared by every layer sit above it.
+# The line of docs/architecture.md, top first; helpers shared by every layer sit above it.
 LAYERS = [
     ("_version", "_threads", "_memory", "_glob"),
     # The atomic file write raises the errors of errors.py: a helper of every layer below it.
@@ -53,7 +53,7 @@ def _layer(module: str) -> int:
     for i, names in enumerate(LAYERS):
         if top in names:
             return i
-    raise AssertionError(f"nrc_cli.{module} is in no layer of the README's line")
+    raise AssertionError(f"nrc_cli.{module} is in no layer of the line of docs/architecture.md")
 
 
 def _imports(path: Path):

@@ -1,4 +1,4 @@
-"""Tests for :mod:`nrc_cli.model`: rebuilding models from checkpoints (README, "Analyzing your own model").
+"""Tests for :mod:`nrc_cli.model`: rebuilding models from checkpoints (docs/analyzing.md).
 
 Three routes, first match wins: ``--arch`` factories, the declarative ``nrc.arch`` metadata, and
 inference of a plain MLP from the tensors (natural sort, prefixes kept, LayerNorm/BatchNorm1d

@@ -1,5 +1,5 @@
-"""The README's classifier section: its table is what ``nrc`` prints, its commands and its
-training-loop example run as written."""
+"""docs/classification.md, the part for users above the contract: its table is what ``nrc``
+prints, its commands and its training-loop example run as written."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from nrc_cli.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-SECTION = README[
-    README.index("## Classifiers: Deep Neural Collapse") : README.index("## Use in CI")
+PAGE = ROOT / "docs" / "classification.md"
+TEXT = PAGE.read_text(encoding="utf-8")
+SECTION = TEXT[
+    TEXT.index("# Classifiers: Deep Neural Collapse") : TEXT.index("## The contract: what `nrc`")
 ]
 
 
@@ -57,7 +58,7 @@ def test_the_zoo_commands_and_the_check_run(monkeypatch, tmp_path):
         args = shlex.split(command)
         if args[0] == "python":
             namespace: dict = {}
-            exec(compile(args[2], "README.md", "exec"), namespace)
+            exec(compile(args[2], str(PAGE), "exec"), namespace)
             continue
         result = CliRunner().invoke(app, args[1:])
         assert result.exit_code == 0, (command, result.stderr)
@@ -67,15 +68,14 @@ def test_the_zoo_commands_and_the_check_run(monkeypatch, tmp_path):
 def test_the_training_loop_example_runs():
     (code,) = _blocks("python")
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, str(PAGE), "exec"), namespace)
     results = namespace["monitor"].compute()
     assert results.summary["task"] == "classification" and results.summary["passes"] == 2
     assert all(row["ncc_accuracy"] is not None for row in results.layers)
 
 
-def test_the_contract_is_linked_and_stands_alone():
-    assert "(docs/classification.md)" in README
-    text = (ROOT / "docs" / "classification.md").read_text(encoding="utf-8")
-    assert "../shared" not in text and "spec/" not in text
-    for image in ("docs/img/profile_classifier.png", "docs/img/classifiers_nc1.png"):
-        assert f"({image})" in SECTION and (ROOT / image).is_file()
+def test_the_page_is_linked_and_stands_alone():
+    assert "(docs/classification.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "../shared" not in TEXT and "spec/" not in TEXT
+    for image in ("img/profile_classifier.png", "img/classifiers_nc1.png"):
+        assert f"({image})" in SECTION and (ROOT / "docs" / image).is_file()
