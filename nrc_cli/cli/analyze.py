@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -26,6 +27,11 @@ from nrc_cli.report.writers import (
     resolve_format,
 )
 from nrc_cli.results import Results, layer_columns
+
+AnalyzeFormat = Annotated[
+    str | None,
+    o.format_option(ANALYZE_FORMATS, default="from --output's suffix, .md is markdown, else table"),
+]
 
 
 def run_with_progress(
@@ -175,11 +181,10 @@ def analyze(
     data: o.Data,
     options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
-    format: o.AnalyzeFormat = None,
+    format: AnalyzeFormat = None,
     columns: o.Columns = None,
     output: o.Output = None,
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Stream DATA through CHECKPOINT once and report Deep NRC for every weight layer.
 

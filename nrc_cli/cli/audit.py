@@ -29,6 +29,7 @@ from nrc_cli.report.writers import check_not_input, check_output_path, csv_text,
 from nrc_cli.results import plain
 from nrc_cli.results.tables import (
     META_PREFIX,
+    TABLE_FORMATS,
     checkpoint_summary,
     merge_tables,
     table_format,
@@ -105,14 +106,10 @@ Paths = Annotated[
         show_default=False,
     ),
 ]
-AuditData = Annotated[
-    str | None, typer.Option("--data", "-d", help="Data set: .npz with arrays x and y.")
-]
+# The formats of an audit: a table file (csv, parquet), or the summary table on stdout.
+AUDIT_FORMATS = ("table", *TABLE_FORMATS)
 AuditFormat = Annotated[
-    str | None,
-    typer.Option(
-        "--format", "-f", help="table, csv or parquet (default: from --output, else table)."
-    ),
+    str | None, o.format_option(AUDIT_FORMATS, default="from --output, else table")
 ]
 Errors = Annotated[
     str | None,
@@ -146,8 +143,7 @@ MergePaths = Annotated[
     ),
 ]
 MergeFormat = Annotated[
-    str | None,
-    typer.Option("--format", "-f", help="csv or parquet (default: from the suffix of OUT)."),
+    str | None, o.format_option(TABLE_FORMATS, default="from the suffix of OUT")
 ]
 # Accepted only to say that OUT is the first argument.
 MergeOutput = Annotated[str | None, typer.Option("--output", "-o", hidden=True)]
@@ -159,7 +155,7 @@ _MAX_META = 3  # metadata columns shown in the terminal table
 @o.analysis_options
 def run(
     paths: Paths,
-    data: AuditData = None,
+    data: o.OptionalData = None,
     output: o.Output = None,
     format: AuditFormat = None,
     errors: Errors = None,
@@ -170,7 +166,6 @@ def run(
     options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Analyze many checkpoints on DATA into one tidy table: a row per (checkpoint, layer),
     with every metadata key as a meta.* column.
@@ -208,9 +203,9 @@ def _audit(o: dict, group) -> None:
             hint="nrc audit zoo/ --data data.npz --output audit.parquet",
         )
     if output is None:
-        fmt = resolve_format(o["format"], None, allowed=("table", "csv", "parquet"))
+        fmt = resolve_format(o["format"], None, allowed=AUDIT_FORMATS)
     else:
-        fmt = resolve_format(o["format"], output, allowed=("csv", "parquet"))
+        fmt = resolve_format(o["format"], output, allowed=TABLE_FORMATS)
     check_output_path(output)
     check_output_path(errors)
     if errors is not None:
@@ -269,7 +264,6 @@ def merge(
     format: MergeFormat = None,
     output: MergeOutput = None,
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Combine audit tables (the outputs of --shard runs) into OUT: exactly the table of one
     audit of every checkpoint. A checkpoint in two inputs, or a table given twice, is

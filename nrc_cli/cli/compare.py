@@ -26,8 +26,7 @@ COMPARE_FORMATS = ("table", "json", "csv")
 ReportA = Annotated[str, typer.Argument(metavar="A", help="Report A (nrc analyze --format json).")]
 ReportB = Annotated[str, typer.Argument(metavar="B", help="Report B; differences are B − A.")]
 CompareFormat = Annotated[
-    str | None,
-    typer.Option("--format", "-f", help="table, json or csv (default: from --output, else table)."),
+    str | None, o.format_option(COMPARE_FORMATS, default="from --output, else table")
 ]
 
 
@@ -37,7 +36,6 @@ def compare(
     tolerance: Tolerance = None,
     format: CompareFormat = None,
     output: o.Output = None,
-    debug: o.Debug = False,
 ) -> None:
     """Show reports A and B side by side: every metric of every layer (matched by name), A, B and
     B − A, differences beyond --tolerance marked. Exit 0 unless an input is bad."""

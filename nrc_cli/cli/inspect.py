@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 from rich.console import Group, RenderableType
@@ -19,6 +20,7 @@ from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.model.build import build_model
 from nrc_cli.options import parse_arch_kwargs
 from nrc_cli.report.writers import (
+    FORMATS,
     check_not_input,
     check_output_path,
     csv_text,
@@ -26,6 +28,8 @@ from nrc_cli.report.writers import (
     parquet_bytes,
     resolve_format,
 )
+
+InspectFormat = Annotated[str | None, o.format_option(FORMATS, default="from --output, else table")]
 
 
 def describe(
@@ -182,12 +186,11 @@ def inspect(
     layers: o.Layers = None,
     exclude: o.Exclude = None,
     state_key: o.StateKey = None,
-    format: o.Format = None,
+    format: InspectFormat = None,
     output: o.Output = None,
-    debug: o.Debug = False,
 ) -> None:
     """Show CHECKPOINT's tensors, metadata and the model nrc would build (no data needed)."""
-    fmt = resolve_format(format, output)
+    fmt = resolve_format(format, output, allowed=FORMATS)
     check_output_path(output)
     check_not_input(output, {"the checkpoint": checkpoint})
     with stdout_to_stderr():  # an --arch factory may print
