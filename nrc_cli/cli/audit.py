@@ -8,7 +8,8 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -35,6 +36,9 @@ from nrc_cli.results.tables import (
     table_format,
     write_table,
 )
+
+if TYPE_CHECKING:
+    from nrc_cli.distributed import Group
 
 _RUN, _MERGE = "run", "merge"
 _HELP = f"""Analyze many checkpoints into one table ({_RUN}), or combine the tables of shards
@@ -177,35 +181,66 @@ def run(
     """
     from nrc_cli import distributed
 
+    given = _AuditArgs(
+        paths=paths,
+        data=data,
+        output=output,
+        format=format,
+        errors=errors,
+        jobs=jobs,
+        shard=shard,
+        fail_on_error=fail_on_error,
+        fresh=fresh,
+        options=options,
+        threads=threads,
+        quiet=quiet,
+    )
     launch = distributed.launch_from_env()
     if launch is None:
-        _audit(locals(), None)
+        _audit(given, None)
         return
     # Under torchrun: every rank joins first, so that whatever fails on one rank (an option,
     # a file) ends all of them with one error line, from rank 0.
     with distributed.process_group(launch, "cpu") as group:
         try:
-            _audit(locals(), group)
+            _audit(given, group)
         except Exception as exc:
             group.check(exc)
             raise
 
 
-def _audit(o: dict, group) -> None:
-    """The audit itself, with the command's parameters; ``group``: this rank's, under torchrun."""
+@dataclass(frozen=True)
+class _AuditArgs:
+    """What ``nrc audit run`` was given, as :func:`run` parsed it."""
+
+    paths: list[str]
+    data: str | None
+    output: str | None
+    format: str | None
+    errors: str | None
+    jobs: int
+    shard: str | None
+    fail_on_error: bool
+    fresh: bool
+    options: AnalysisOptions
+    threads: int | None
+    quiet: bool
+
+
+def _audit(given: _AuditArgs, group: Group | None) -> None:
+    """The audit itself; ``group``: this rank's, under torchrun."""
     from nrc_cli import audit as lib
 
-    data, output, errors, quiet = o["data"], o["output"], o["errors"], o["quiet"]
+    data, output, errors, quiet = given.data, given.output, given.errors, given.quiet
     lead = group is None or group.rank == 0  # the process that reports
     if data is None:
         raise ConfigError(
             "nrc audit: expected --data DATA.npz (the data set every checkpoint is run on)",
             hint="nrc audit zoo/ --data data.npz --output audit.parquet",
         )
-    if output is None:
-        fmt = resolve_format(o["format"], None, allowed=AUDIT_FORMATS)
-    else:
-        fmt = resolve_format(o["format"], output, allowed=TABLE_FORMATS)
+    # A table file (csv, parquet) with --output; the summary table or csv on stdout.
+    allowed = AUDIT_FORMATS if output is None else TABLE_FORMATS
+    fmt = resolve_format(given.format, output, allowed=allowed)
     check_output_path(output)
     check_output_path(errors)
     if errors is not None:
@@ -213,15 +248,15 @@ def _audit(o: dict, group) -> None:
     check_not_input(errors, {"--output": output, "--data": data}, flag="--errors")
     check_not_input(output, {"--data": data}, flag="--output")
     if not quiet and lead:
-        print_precision_hint(o["options"])
+        print_precision_hint(given.options)
     skipped: list[str] = []
-    found = lib.discover(o["paths"], skipped=skipped)
+    found = lib.discover(given.paths, skipped=skipped)
     for line in skipped if lead else ():
         sys.stderr.write(f"warning: skipped {printable(line)}\n")
     for label in found:
         check_not_input(output, {f"the checkpoint '{label}'": label}, flag="--output")
         check_not_input(errors, {f"the checkpoint '{label}'": label}, flag="--errors")
-    chosen = lib.parse_shard(o["shard"])
+    chosen = lib.parse_shard(given.shard)
     selection = lib.select_shard(found, chosen)
     shown = len(selection)
     if group is not None:
@@ -234,12 +269,12 @@ def _audit(o: dict, group) -> None:
         result = lib.run_audit(
             selection,
             data,
-            o["options"],
+            given.options,
             output=output,
             fmt=fmt if output is not None else None,
-            jobs=o["jobs"],
-            threads=o["threads"],
-            fresh=o["fresh"],
+            jobs=given.jobs,
+            threads=given.threads,
+            fresh=given.fresh,
             progress=progress,
             group=group,
         )
@@ -252,7 +287,7 @@ def _audit(o: dict, group) -> None:
     shard_label = f"{chosen[0]}/{chosen[1]}" if chosen else None
     ranks = group.world_size if group is not None else None
     _report(result, output=output, errors=errors, shard=shard_label, ranks=ranks, quiet=quiet)
-    if o["fail_on_error"] and result.failed:
+    if given.fail_on_error and result.failed:
         raise CheckFailed(
             f"{result.failed} of {result.total} checkpoint(s) failed",
             hint=f"see {errors}" if errors else "list them with --errors errors.csv",
