@@ -21,9 +21,6 @@ from nrc_cli.report.writers import (
     ANALYZE_FORMATS,
     check_not_input,
     check_output_path,
-    csv_text,
-    json_text,
-    parquet_bytes,
     resolve_format,
 )
 from nrc_cli.results import Results, layer_columns
@@ -138,15 +135,10 @@ def emit_results(
     emit(
         fmt,
         output,
-        text=lambda: (
-            json_text(results.to_dict())
-            if fmt == "json"
-            else markdown_table(results, columns)
-            if fmt == "markdown"
-            else csv_text(results.to_frame())
-        ),
+        doc=results.to_dict,
+        frame=results.to_frame,
         render=lambda: render(results, columns),
-        binary=lambda: parquet_bytes(results.to_frame()),
+        markdown=lambda: markdown_table(results, columns),
     )
 
 
@@ -197,10 +189,7 @@ def analyze(
 
     launch = distributed.launch_from_env()
     if launch is None:
-        fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
-        picked = parse_columns(columns, fmt)
-        check_output_path(output)
-        check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+        fmt, picked = _checked_output(format, columns, output, checkpoint, data)
         results = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
         assert results is not None  # only a rank of a process group gets None
         emit_results(results, fmt, output, picked)
@@ -208,10 +197,7 @@ def analyze(
     device = distributed.rank_device(options.device, launch)
     with distributed.process_group(launch, device) as group:
         try:
-            fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
-            picked = parse_columns(columns, fmt)
-            check_output_path(output)
-            check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+            fmt, picked = _checked_output(format, columns, output, checkpoint, data)
             options = dataclasses.replace(options, device=device)
             results = run_with_progress(
                 checkpoint, data, options, quiet=quiet, threads=threads, group=group
@@ -221,6 +207,17 @@ def analyze(
         except Exception as exc:
             group.check(exc)  # before the ranks' last meeting: every rank stops; else re-raised
             raise
+
+
+def _checked_output(
+    format: str | None, columns: str | None, output: str | None, checkpoint: str, data: str
+) -> tuple[str, tuple[str, ...] | None]:
+    """The format and --columns of the report, and --output checked, before any work."""
+    fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
+    picked = parse_columns(columns, fmt)
+    check_output_path(output)
+    check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+    return fmt, picked
 
 
 def register(app: typer.Typer) -> None:

@@ -26,7 +26,7 @@ from nrc_cli.cli._progress import SafeProgress
 from nrc_cli.cli.analyze import print_precision_hint
 from nrc_cli.errors import CheckFailed, ConfigError, printable
 from nrc_cli.options import AnalysisOptions
-from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
+from nrc_cli.report.writers import check_not_input, check_output_path, resolve_format
 from nrc_cli.results import plain
 from nrc_cli.results.tables import (
     META_PREFIX,
@@ -370,7 +370,7 @@ def _progress(quiet: bool, total: int):
 
 def _emit_stdout(frame, fmt: str) -> None:
     if fmt == "csv":
-        emit("csv", None, text=lambda: csv_text(frame))
+        emit("csv", None, frame=lambda: frame)
         return
     stdout_console().print(_summary_table(checkpoint_summary(frame)))
 

@@ -35,7 +35,6 @@ from nrc_cli.report.writers import (
     atomic_write,
     check_not_input,
     check_output_path,
-    json_text,
     resolve_format,
 )
 from nrc_cli.results import Results
@@ -229,12 +228,7 @@ def check(
                 hostname=socket.gethostname(),
             ),
         )
-    emit(
-        fmt,
-        output,
-        text=lambda: json_text(outcome.to_dict()),
-        render=lambda: render_check(outcome),
-    )
+    emit(fmt, output, doc=outcome.to_dict, render=lambda: render_check(outcome))
     if not outcome.passed:
         raise CheckFailed(_failed_message(outcome))
 

@@ -4,6 +4,7 @@ itself that every command accepts too)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,26 @@ def test_a_format_outside_the_allowed_set_is_a_usage_error(inputs, path):
             allowed = ", ".join(ALLOWED[path])
             assert line == f"error: --format: expected one of {allowed}, found 'xml'"
     assert not Path("fig.png").exists() and not Path("out.parquet").exists()
+
+
+WRITERS = {"analyze": ANALYZE_FORMATS, "inspect": FORMATS, "check": CHECK_FORMATS}
+WRITERS["compare"] = COMPARE_FORMATS
+
+
+@pytest.mark.parametrize(("command", "fmt"), [(c, f) for c, fs in WRITERS.items() for f in fs])
+def test_every_format_a_command_allows_it_writes(inputs, command, fmt):
+    args = [*_refused((command,), inputs), "--format", fmt, "--output", "out.bin"]
+    done = invoke(args)
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout == ""
+    written = Path("out.bin").read_bytes()
+    assert written
+    if fmt == "parquet":
+        assert written[:4] == b"PAR1"
+    elif fmt == "json":
+        assert json.loads(written)
+    elif fmt == "csv":
+        assert written.decode().splitlines()[0].count(",") >= 1
 
 
 def test_an_audit_to_a_file_takes_the_table_formats_only(inputs):
