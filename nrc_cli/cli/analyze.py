@@ -16,14 +16,14 @@ from nrc_cli.cli._progress import SafeProgress
 from nrc_cli.errors import ConfigError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import resolve_device, run
-from nrc_cli.report.table import markdown_table, render, table_columns
+from nrc_cli.report.table import known_columns, markdown_table, render, table_columns
 from nrc_cli.report.writers import (
     ANALYZE_FORMATS,
     check_not_input,
     check_output_path,
     resolve_format,
 )
-from nrc_cli.results import Results, layer_columns
+from nrc_cli.results import TASKS, Results, layer_columns
 
 AnalyzeFormat = Annotated[
     str | None,
@@ -146,25 +146,14 @@ def parse_columns(columns: str | None, fmt: str) -> tuple[str, ...] | None:
     """``--columns a,b,c`` checked before the run: known names, a format that shows a table."""
     if columns is None:
         return None
-    names = tuple(n.strip() for n in columns.split(",") if n.strip())
     if fmt not in ("table", "markdown"):
         raise ConfigError(
             f"--columns picks the columns of the table and markdown formats, not of {fmt}",
             hint="json, csv and parquet always hold every column; select them downstream",
         )
-    valid = dict.fromkeys(n for task in ("regression", "classification") for n in _names(task))
-    unknown = [n for n in names if n not in valid]
-    if unknown or not names:
-        found = ", ".join(repr(n) for n in unknown) if unknown else "no column"
-        raise ConfigError(
-            f"--columns: expected per-layer columns, found {found}",
-            hint=f"valid columns: {', '.join(valid)}",
-        )
-    return names
-
-
-def _names(task: str) -> list[str]:
-    return [n for n, _ in layer_columns(task)]
+    # Checked against every task's columns: the run finds the task, then its own columns.
+    valid = dict.fromkeys(n for task in TASKS for n, _ in layer_columns(task))
+    return known_columns(columns.split(","), list(valid))
 
 
 @o.analysis_options

@@ -140,6 +140,17 @@ def test_every_format_a_command_allows_it_writes(inputs, command, fmt):
         assert written.decode().splitlines()[0].count(",") >= 1
 
 
+def test_columns_of_another_task_are_refused_after_the_run_found_the_task(inputs):
+    ckpt, data = str(inputs.checkpoint), str(inputs.data)
+    done = invoke(["analyze", ckpt, "--data", data, "--columns", "layer,nc1"])
+    assert done.exit_code == 2 and done.stdout == ""
+    lines = done.stderr.splitlines()  # after the run's warnings
+    assert lines[-2] == (
+        "error: --columns: expected per-layer columns of a regression report, found 'nc1'"
+    )
+    assert lines[-1].startswith("hint: valid columns: layer, index, type")
+
+
 def test_an_audit_to_a_file_takes_the_table_formats_only(inputs):
     line = error_line(
         invoke(["audit", "zoo", "--data", "data.npz", "--output", "a.parquet", "-f", "table"])
