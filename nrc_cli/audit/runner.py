@@ -24,7 +24,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnContext
 from typing import TYPE_CHECKING
 
 from nrc_cli.audit.discover import select_shard
@@ -427,7 +428,7 @@ def _init_worker(threads: int, parent: int) -> None:
     threading.Thread(target=watch, name="nrc-parent-watch", daemon=True).start()
 
 
-def _serve(conn, threads: int, parent: int) -> None:
+def _serve(conn: Connection, threads: int, parent: int) -> None:
     """A worker process's life: analyze each job received on ``conn`` and send back its
     outcome, until None comes (or the parent's end of the pipe closes)."""
     if hasattr(signal, "pthread_sigmask"):  # started with both blocked: see _Worker.start
@@ -450,7 +451,7 @@ class _Worker:
     """One worker process this audit owns, with its end of the pipe and the checkpoint it is
     analyzing (``job``: (label, key), None while idle)."""
 
-    def __init__(self, context, threads: int) -> None:
+    def __init__(self, context: SpawnContext, threads: int) -> None:
         self.conn, self._theirs = context.Pipe()
         self.process = context.Process(
             target=_serve, args=(self._theirs, threads, os.getpid()), name="nrc-audit-worker"
