@@ -78,7 +78,7 @@ def emit(
         return
     content = _content(fmt, doc=doc, frame=frame, markdown=markdown)
     if isinstance(content, bytes):
-        # resolve_format refuses a binary format without --output (it never goes to a terminal).
+        # resolve_format refuses the BINARY_FORMATS without --output (never to a terminal).
         assert output is not None
         atomic_write(output, content)
     elif output is None:

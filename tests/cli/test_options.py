@@ -18,7 +18,7 @@ from nrc_cli.cli.audit import AUDIT_FORMATS
 from nrc_cli.cli.check import CHECK_FORMATS
 from nrc_cli.cli.compare import COMPARE_FORMATS
 from nrc_cli.report.plot import IMAGE_FORMATS
-from nrc_cli.report.writers import ANALYZE_FORMATS, FORMATS
+from nrc_cli.report.writers import ANALYZE_FORMATS, BINARY_FORMATS, FORMATS
 from nrc_cli.results.tables import TABLE_FORMATS
 
 # Each command with the formats its --format takes.
@@ -138,6 +138,18 @@ def test_every_format_a_command_allows_it_writes(inputs, command, fmt):
         assert json.loads(written)
     elif fmt == "csv":
         assert written.decode().splitlines()[0].count(",") >= 1
+
+
+@pytest.mark.parametrize("path", [("analyze",), ("inspect",), ("audit", "run")], ids=" ".join)
+def test_a_binary_format_without_output_is_a_usage_error(inputs, path):
+    binary = [f for f in ALLOWED[path] if f in BINARY_FORMATS]
+    assert binary
+    for fmt in binary:
+        line = error_line(invoke([*_refused(path, inputs), "--format", fmt]))
+        assert line == (
+            f"error: --format {fmt} needs --output PATH: {BINARY_FORMATS[fmt]} is binary and "
+            "never goes to a terminal"
+        )
 
 
 def test_columns_of_another_task_are_refused_after_the_run_found_the_task(inputs):
