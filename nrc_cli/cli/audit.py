@@ -17,7 +17,6 @@ from typer.core import TyperCommand, TyperGroup
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import (
     progress_enabled,
-    stdout_console,
     stdout_to_stderr,
 )
 from nrc_cli.cli._errors import ClickException
@@ -283,7 +282,11 @@ def _audit(given: _AuditArgs, group: Group | None) -> None:
     if errors is not None:
         write_table(result.errors, errors)
     if output is None:
-        _emit_stdout(result.frame, fmt)
+        # csv: the audit table itself; table: one line per checkpoint.
+        frame = result.frame
+        emit(
+            fmt, None, frame=lambda: frame, render=lambda: _summary_table(checkpoint_summary(frame))
+        )
     shard_label = f"{chosen[0]}/{chosen[1]}" if chosen else None
     ranks = group.world_size if group is not None else None
     _report(result, output=output, errors=errors, shard=shard_label, ranks=ranks, quiet=quiet)
@@ -366,13 +369,6 @@ def _progress(quiet: bool, total: int):
             bar.update(completed=done, total=todo, description=escape(checkpoint))
 
         yield update
-
-
-def _emit_stdout(frame, fmt: str) -> None:
-    if fmt == "csv":
-        emit("csv", None, frame=lambda: frame)
-        return
-    stdout_console().print(_summary_table(checkpoint_summary(frame)))
 
 
 def _summary_table(summary):
