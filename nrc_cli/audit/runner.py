@@ -24,7 +24,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnContext
 from typing import TYPE_CHECKING
 
 from nrc_cli.audit.discover import select_shard
@@ -35,6 +36,8 @@ from nrc_cli.pipeline import resolve_device, run
 from nrc_cli.results.tables import audit_frame, errors_frame, table_format, write_table
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from nrc_cli.distributed import Group
 
 __all__ = ["AuditProgress", "AuditResult", "run_audit"]
@@ -62,8 +65,8 @@ class AuditResult:
         Checkpoints analyzed now, found already done (resumed), and failed.
     """
 
-    frame: object
-    errors: object
+    frame: pd.DataFrame
+    errors: pd.DataFrame
     checkpoints: list[str]
     analyzed: int
     skipped: int
@@ -72,6 +75,65 @@ class AuditResult:
     @property
     def total(self) -> int:
         return len(self.checkpoints)
+
+    @classmethod
+    def of(
+        cls,
+        rows: list[dict],
+        errors: list[dict],
+        checkpoints: list[str],
+        *,
+        analyzed: int,
+        skipped: int,
+        failed: int,
+    ) -> AuditResult:
+        """The result of the audit rows and error rows of ``checkpoints``."""
+        return cls(
+            frame=audit_frame(rows),
+            errors=errors_frame(errors),
+            checkpoints=checkpoints,
+            analyzed=analyzed,
+            skipped=skipped,
+            failed=failed,
+        )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How one audit runs: what :func:`run_audit` was given besides the checkpoints."""
+
+    data: str
+    options: AnalysisOptions
+    output: str | os.PathLike | None
+    fmt: str | None
+    jobs: int
+    threads: int | None
+    fresh: bool
+    flush_every: float
+    progress: AuditProgress | None
+
+    def checked(self, group: Group | None) -> _Settings:
+        """Refuse bad ``jobs`` and ``threads``; the table's format settled (from ``output``)."""
+        if group is not None and self.jobs != 1:
+            raise ConfigError(
+                f"--jobs {self.jobs}: under torchrun the ranks are the workers",
+                hint="drop --jobs and start more ranks: torchrun --nproc-per-node N",
+            )
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs: expected an integer >= 1, found {self.jobs}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads: expected an integer >= 1, found {self.threads}")
+        if self.output is None:
+            return self
+        return dataclasses.replace(self, fmt=table_format(self.output, self.fmt))
+
+
+# One checkpoint to analyze: (label, the key of its part, the job a worker runs), where the job
+# is (checkpoint, data, options), the arguments of nrc_cli.pipeline.run.
+_Job = tuple[str, str, AnalysisOptions]
+_Todo = tuple[str, dict, _Job]
+# What happens when a checkpoint is done: finish(label, key, outcome, count).
+_Finish = Callable[[str, dict, dict, int], None]
 
 
 def _check_once(data: str, config: AnalysisOptions) -> None:
@@ -82,13 +144,9 @@ def _check_once(data: str, config: AnalysisOptions) -> None:
     resolve_device(config.device)
     if config.arch is not None and config.arch != "hf":  # "hf" builds from each folder
         load_factory(config.arch)
-    # Opened as the pipeline opens it: an .npz, or a .toml data spec where io/data.py reads
-    # those; keyword inputs change which arrays must exist.
-    opener = getattr(data_io, "open_dataset", None)
-    if opener is not None:
-        opener(data, x_key=config.x_key, y_key=config.y_key, inputs=config.inputs).close()
-    else:
-        data_io.NpzDataset(data, x_key=config.x_key, y_key=config.y_key).close()
+    # Opened as the pipeline opens it (an .npz or a .toml data spec); keyword inputs change
+    # which arrays must exist.
+    data_io.open_dataset(data, x_key=config.x_key, y_key=config.y_key, inputs=config.inputs).close()
 
 
 def run_audit(
@@ -141,63 +199,50 @@ def run_audit(
     -------
     AuditResult
     """
+    settings = _Settings(
+        data=data,
+        options=options,
+        output=output,
+        fmt=fmt,
+        jobs=jobs,
+        threads=threads,
+        fresh=fresh,
+        flush_every=flush_every,
+        progress=progress,
+    )
     if group is not None:
-        return _run_ranked(
-            checkpoints,
-            data,
-            options,
-            group,
-            output=output,
-            fmt=fmt,
-            jobs=jobs,
-            threads=threads,
-            fresh=fresh,
-            progress=progress,
-        )
-    if jobs < 1:
-        raise ConfigError(f"--jobs: expected an integer >= 1, found {jobs}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
-    if output is not None:
-        fmt = table_format(output, fmt)
+        return _run_ranked(checkpoints, settings, group)
+    settings = settings.checked(None)
     labels = sorted(dict.fromkeys(str(c) for c in checkpoints))
     _check_once(data, options)
     settings_key = fingerprint(data, options)
+    output = settings.output
     store = Store(output, settings_key, fresh=fresh) if output is not None else None
     try:
-        result, _ = _audit(
-            labels, (data, options), store, output, fmt, jobs, threads, flush_every, progress
-        )
+        result, _ = _audit(labels, settings, store)
         return result
     finally:
         if store is not None:
             store.close()
 
 
-def _run_ranked(checkpoints, data, options, group, *, output, fmt, jobs, threads, fresh, progress):
+def _run_ranked(checkpoints: Sequence[str], settings: _Settings, group: Group) -> AuditResult:
     """One rank's part of a distributed audit (see :func:`run_audit`)."""
     from nrc_cli.distributed import rank_device
 
     store = None
     try:
         try:
-            if jobs != 1:
-                raise ConfigError(
-                    f"--jobs {jobs}: under torchrun the ranks are the workers",
-                    hint="drop --jobs and start more ranks: torchrun --nproc-per-node N",
-                )
-            if threads is not None and threads < 1:
-                raise ConfigError(f"--threads: expected an integer >= 1, found {threads}")
-            if output is not None:
-                fmt = table_format(output, fmt)
+            settings = settings.checked(group)
+            output = settings.output
             every = sorted(dict.fromkeys(str(c) for c in checkpoints))
             labels = select_shard(every, (group.rank + 1, group.world_size))
-            _check_once(data, options)
-            settings_key = fingerprint(data, options)
+            _check_once(settings.data, settings.options)
+            settings_key = fingerprint(settings.data, settings.options)
             # Rank 0 takes the output's lock (another audit writing there is an error for
             # all); the other ranks commit their parts under it, after rank 0 has it.
             if output is not None and group.rank == 0:
-                store = Store(output, settings_key, fresh=fresh)
+                store = Store(output, settings_key, fresh=settings.fresh)
         except Exception as exc:
             group.check(exc)
             raise
@@ -210,11 +255,12 @@ def _run_ranked(checkpoints, data, options, group, *, output, fmt, jobs, threads
             raise
         group.check()
         # Each rank on its own device; the parts' key (the fingerprint) keeps the option as
-        # given, so that a rerun on another number of ranks resumes them.
+        # given, so that a rerun on another number of ranks resumes them. Rank 0 writes the
+        # table once, from every rank's rows.
+        options = settings.options
         mine = dataclasses.replace(options, device=rank_device(options.device, group.launch))
-        result, rows = _audit(
-            labels, (data, mine), store, None, fmt, 1, threads, 0.0, progress, group=group
-        )
+        this_rank = dataclasses.replace(settings, options=mine, output=None, flush_every=0.0)
+        result, rows = _audit(labels, this_rank, store, group=group)
     finally:
         if store is not None:
             store.close()
@@ -230,21 +276,19 @@ def _run_ranked(checkpoints, data, options, group, *, output, fmt, jobs, threads
         return result
     rows = [r for part in everyone for r in part["rows"]]
     errors = sorted((e for part in everyone for e in part["errors"]), key=lambda e: e["checkpoint"])
-    frame = audit_frame(rows)
-    if output is not None:
-        write_table(frame, output, fmt)
     analyzed, skipped, failed = (sum(part["counts"][i] for part in everyone) for i in range(3))
-    return AuditResult(
-        frame=frame,
-        errors=errors_frame(errors),
-        checkpoints=every,
-        analyzed=analyzed,
-        skipped=skipped,
-        failed=failed,
-    )
+    merged = AuditResult.of(rows, errors, every, analyzed=analyzed, skipped=skipped, failed=failed)
+    if output is not None:
+        write_table(merged.frame, output, settings.fmt)
+    return merged
 
 
-def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, progress, group=None):
+def _audit(
+    labels: list[str], settings: _Settings, store: Store | None, group: Group | None = None
+) -> tuple[AuditResult, list[dict]]:
+    """Analyze the checkpoints of ``labels`` that ``store`` does not hold yet; the result and
+    every row (held before or analyzed now)."""
+    output, fmt, progress = settings.output, settings.fmt, settings.progress
     done: dict[str, list[dict]] = {}
     errors: dict[str, dict] = {}
     todo: list[tuple[str, dict]] = []
@@ -265,9 +309,12 @@ def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, pro
     analyzed = 0
     last_flush = time.monotonic()
 
+    def rows() -> list[dict]:
+        return [r for held in done.values() for r in held]
+
     def write() -> None:
         if output is not None:
-            write_table(audit_frame([r for rows in done.values() for r in rows]), output, fmt)
+            write_table(audit_frame(rows()), output, fmt)
 
     def finish(label: str, key: dict, outcome: dict, count: int) -> None:
         nonlocal analyzed, last_flush
@@ -282,13 +329,16 @@ def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, pro
                 store.drop(label)  # an older part of a file that has changed since
             fields = ("error_type", "message", "hint")
             errors[label] = {"checkpoint": label, **{k: outcome.get(k) for k in fields}}
-        if output is not None and time.monotonic() - last_flush >= flush_every:
+        if output is not None and time.monotonic() - last_flush >= settings.flush_every:
             write()
             last_flush = time.monotonic()
         if progress is not None:
             progress(count, len(todo), label, "ok" if outcome["ok"] else "failed")
 
-    configs = [(label, key, (label, *settings)) for label, key in todo]
+    configs: list[_Todo] = [
+        (label, key, (label, settings.data, settings.options)) for label, key in todo
+    ]
+    threads = settings.threads
     if progress is not None:
         progress(0, len(todo), "", "start")
     if group is not None:
@@ -303,21 +353,21 @@ def _audit(labels, settings, store, output, fmt, jobs, threads, flush_every, pro
             group.agree(len(configs)),
             lambda item: finish(item[0], item[1], _analyze_one(item[2]), next(count)),
         )
-    elif jobs == 1 or len(configs) <= 1:
+    elif settings.jobs == 1 or len(configs) <= 1:
         _run_here(configs, threads, finish)
     else:
-        _run_pool(configs, min(jobs, len(configs)), threads or 1, finish)
+        _run_pool(configs, min(settings.jobs, len(configs)), threads or 1, finish)
     write()
-    frame = audit_frame([r for rows in done.values() for r in rows])
-    result = AuditResult(
-        frame=frame,
-        errors=errors_frame(list(errors.values())),
-        checkpoints=list(labels),
+    held = rows()
+    result = AuditResult.of(
+        held,
+        list(errors.values()),
+        list(labels),
         analyzed=analyzed,
         skipped=skipped,
         failed=len(errors),
     )
-    return result, [r for rows in done.values() for r in rows]
+    return result, held
 
 
 def _error_fields(err: NrcError) -> dict:
@@ -325,7 +375,7 @@ def _error_fields(err: NrcError) -> dict:
     return {"error_type": type(err).__name__, "message": message, "hint": err.hint}
 
 
-def _run_here(configs, threads, finish) -> None:
+def _run_here(configs: list[_Todo], threads: int | None, finish: _Finish) -> None:
     import torch
 
     from nrc_cli._threads import default_threads
@@ -340,7 +390,7 @@ def _run_here(configs, threads, finish) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _analyze_one(job: tuple[str, str, AnalysisOptions]) -> dict:
+def _analyze_one(job: _Job) -> dict:
     """Analyze one (checkpoint, data, options); any failure comes back as data instead of an
     exception."""
     try:
@@ -378,7 +428,7 @@ def _init_worker(threads: int, parent: int) -> None:
     threading.Thread(target=watch, name="nrc-parent-watch", daemon=True).start()
 
 
-def _serve(conn, threads: int, parent: int) -> None:
+def _serve(conn: Connection, threads: int, parent: int) -> None:
     """A worker process's life: analyze each job received on ``conn`` and send back its
     outcome, until None comes (or the parent's end of the pipe closes)."""
     if hasattr(signal, "pthread_sigmask"):  # started with both blocked: see _Worker.start
@@ -401,7 +451,7 @@ class _Worker:
     """One worker process this audit owns, with its end of the pipe and the checkpoint it is
     analyzing (``job``: (label, key), None while idle)."""
 
-    def __init__(self, context, threads: int) -> None:
+    def __init__(self, context: SpawnContext, threads: int) -> None:
         self.conn, self._theirs = context.Pipe()
         self.process = context.Process(
             target=_serve, args=(self._theirs, threads, os.getpid()), name="nrc-audit-worker"
@@ -427,7 +477,7 @@ class _Worker:
     def label(self) -> str:
         return self.job[0] if self.job is not None else ""
 
-    def give(self, label: str, key: dict, cfg: tuple) -> None:
+    def give(self, label: str, key: dict, cfg: _Job) -> None:
         """Send a job (a worker that has died meanwhile shows as such: see :meth:`outcome`)."""
         self.job = (label, key)
         with contextlib.suppress(OSError):
@@ -465,7 +515,7 @@ class _Worker:
             self.process.join()
 
 
-def _run_pool(configs, jobs: int, threads: int, finish) -> None:
+def _run_pool(configs: list[_Todo], jobs: int, threads: int, finish: _Finish) -> None:
     """Run in ``jobs`` spawned worker processes, one checkpoint in flight per worker.
 
     A worker that dies (out of memory, a segfault in an extension, killed) fails only the

@@ -34,10 +34,12 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from nrc_cli._version import __version__  # noqa: E402
+from nrc_cli.cli import _options as o  # noqa: E402
 from nrc_cli.cli._errors import (  # noqa: E402
     Abort,
     ClickException,
     Exit,
+    forget_debug,
     report_internal_error,
     report_interrupt,
     report_nrc_error,
@@ -58,6 +60,14 @@ class _NrcGroup(TyperGroup):
     # The commands in the order of the help, whether a command or a group of commands.
     order: tuple[str, ...] = ()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The root's --debug (declared once, by _root) is an option of every command too, last
+        # of its options as in its help: 'nrc analyze ... --debug' as well as 'nrc --debug ...'.
+        debug = [p for p in self.params if p.name == "debug"]
+        for command in _commands(self):
+            command.params.extend(p for p in debug if p not in command.params)
+
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
         return sorted(names, key=lambda n: self.order.index(n) if n in self.order else len(names))
@@ -77,6 +87,7 @@ class _NrcGroup(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        forget_debug()
         try:
             rv = super().main(
                 args=args,
@@ -102,8 +113,16 @@ class _NrcGroup(TyperGroup):
         except RecursionError:
             sys.exit(report_recursion_error())
         except Exception as exc:
-            sys.exit(report_internal_error(exc, args))
+            sys.exit(report_internal_error(exc))
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _commands(group: Any) -> list[Any]:
+    """The commands below ``group``, those of its groups included (not the groups)."""
+    found = []
+    for command in group.commands.values():
+        found.extend(_commands(command) if hasattr(command, "commands") else [command])
+    return found
 
 
 app = typer.Typer(
@@ -131,6 +150,7 @@ def _root(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    debug: o.Debug = False,
 ) -> None:
     """Measure Deep Neural Regression Collapse in a checkpoint, layer by layer."""
 

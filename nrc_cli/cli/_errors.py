@@ -18,10 +18,29 @@ except ImportError:  # older typer uses click itself
 __all__ = ["Abort", "ClickException", "Exit"]
 
 
-def debug_enabled(args=None) -> bool:
-    """``--debug`` among the command's arguments, or NRC_DEBUG set to anything but 0."""
-    args = sys.argv if args is None else args
-    return os.environ.get("NRC_DEBUG", "") not in ("", "0") or "--debug" in args
+# --debug as parsed (note_debug, the option's callback); forgotten by each run of the command line.
+_debug = False
+
+
+def note_debug(given: bool) -> None:
+    """The callback of ``--debug``: remember it when given. Every command has the option (see
+    :data:`nrc_cli.cli._options.Debug`), so its callback also runs, with False, for a command
+    that was not given it, which must not undo ``nrc --debug COMMAND``."""
+    global _debug
+    if given:
+        _debug = True
+
+
+def forget_debug() -> None:
+    """Start a run of the command line without ``--debug`` (in-process runs follow each other)."""
+    global _debug
+    _debug = False
+
+
+def debug_enabled() -> bool:
+    """``--debug`` given (before the command or among its options), or NRC_DEBUG set to
+    anything but 0."""
+    return _debug or os.environ.get("NRC_DEBUG", "") not in ("", "0")
 
 
 def _say(line: str) -> None:
@@ -78,10 +97,10 @@ def report_interrupt() -> int:
     return 130
 
 
-def report_internal_error(exc: BaseException, args=None) -> int:
+def report_internal_error(exc: BaseException) -> int:
     """A bug: one short message; the traceback only with --debug or NRC_DEBUG=1."""
     _say(f"error: internal error: {type(exc).__name__}: {exc}".replace("\n", " "))
-    if debug_enabled(args):
+    if debug_enabled():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     else:
         _say("hint: this is a bug in nrc; rerun with NRC_DEBUG=1 for the traceback and report it")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
 
+from nrc_cli.cli._errors import note_debug
 from nrc_cli.options import AnalysisOptions
 
 Checkpoint = Annotated[
@@ -25,10 +26,12 @@ Checkpoint = Annotated[
         "safetensors), or a *.index.json."
     ),
 ]
-Data = Annotated[
-    str,
-    typer.Option("--data", "-d", help="Data set: .npz with arrays x and y, or a .toml data spec."),
-]
+# --data: one option, required by analyze, optional where a command can do without data.
+_DATA = typer.Option(
+    "--data", "-d", help="Data set: .npz with arrays x and y, or a .toml data spec."
+)
+Data = Annotated[str, _DATA]
+OptionalData = Annotated[str | None, _DATA]
 Threads = Annotated[
     int | None,
     typer.Option(
@@ -37,21 +40,25 @@ Threads = Annotated[
         "load average, at least 1; OMP_NUM_THREADS where set).",
     ),
 ]
-Format = Annotated[
-    str | None,
-    typer.Option(
-        "--format", "-f", help="table, json, csv or parquet (default: from --output, else table)."
-    ),
-]
-AnalyzeFormat = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        help="table, markdown, json, csv or parquet (default: from --output's suffix, "
-        ".md is markdown, else table).",
-    ),
-]
+
+
+def format_option(allowed: Sequence[str], *, default: str) -> Any:
+    """The ``--format``/``-f`` option of a command that writes one of ``allowed``.
+
+    Every command's help reads the same way: the formats, then where the default comes from
+    (``table, json or csv (default: from --output, else table).``). The command checks the
+    value against the same ``allowed`` (with :func:`~nrc_cli.report.writers.resolve_format`,
+    or its own check), so the help and the check never drift apart.
+    """
+    return typer.Option("--format", "-f", help=f"{choices(allowed)} (default: {default}).")
+
+
+def choices(names: Sequence[str]) -> str:
+    """``a, b or c``: names as the help lists them."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 Columns = Annotated[
     str | None,
     typer.Option(
@@ -65,7 +72,19 @@ Output = Annotated[
     typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout."),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no notes.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
+# --debug: an option of nrc itself (nrc --debug analyze ...), which every command accepts too
+# (nrc analyze ... --debug): the root's callback declares it, _NrcGroup hands it to each
+# command. Eager, so it holds before any other option is read; it only sets the flag.
+Debug = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        help="Show tracebacks of internal errors.",
+        callback=note_debug,
+        is_eager=True,
+        expose_value=False,
+    ),
+]
 
 GENERATED = AnalysisOptions()
 """The default of a command's ``options`` parameter: :func:`analysis_options` replaces it."""

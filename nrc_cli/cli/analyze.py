@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -15,17 +16,19 @@ from nrc_cli.cli._progress import SafeProgress
 from nrc_cli.errors import ConfigError
 from nrc_cli.options import AnalysisOptions
 from nrc_cli.pipeline import resolve_device, run
-from nrc_cli.report.table import markdown_table, render, table_columns
+from nrc_cli.report.table import known_columns, markdown_table, render, table_columns
 from nrc_cli.report.writers import (
     ANALYZE_FORMATS,
     check_not_input,
     check_output_path,
-    csv_text,
-    json_text,
-    parquet_bytes,
     resolve_format,
 )
-from nrc_cli.results import Results, layer_columns
+from nrc_cli.results import TASKS, Results, layer_columns
+
+AnalyzeFormat = Annotated[
+    str | None,
+    o.format_option(ANALYZE_FORMATS, default="from --output's suffix, .md is markdown, else table"),
+]
 
 
 def run_with_progress(
@@ -132,15 +135,10 @@ def emit_results(
     emit(
         fmt,
         output,
-        text=lambda: (
-            json_text(results.to_dict())
-            if fmt == "json"
-            else markdown_table(results, columns)
-            if fmt == "markdown"
-            else csv_text(results.to_frame())
-        ),
+        doc=results.to_dict,
+        frame=results.to_frame,
         render=lambda: render(results, columns),
-        binary=lambda: parquet_bytes(results.to_frame()),
+        markdown=lambda: markdown_table(results, columns),
     )
 
 
@@ -148,25 +146,14 @@ def parse_columns(columns: str | None, fmt: str) -> tuple[str, ...] | None:
     """``--columns a,b,c`` checked before the run: known names, a format that shows a table."""
     if columns is None:
         return None
-    names = tuple(n.strip() for n in columns.split(",") if n.strip())
     if fmt not in ("table", "markdown"):
         raise ConfigError(
             f"--columns picks the columns of the table and markdown formats, not of {fmt}",
             hint="json, csv and parquet always hold every column; select them downstream",
         )
-    valid = dict.fromkeys(n for task in ("regression", "classification") for n in _names(task))
-    unknown = [n for n in names if n not in valid]
-    if unknown or not names:
-        found = ", ".join(repr(n) for n in unknown) if unknown else "no column"
-        raise ConfigError(
-            f"--columns: expected per-layer columns, found {found}",
-            hint=f"valid columns: {', '.join(valid)}",
-        )
-    return names
-
-
-def _names(task: str) -> list[str]:
-    return [n for n, _ in layer_columns(task)]
+    # Checked against every task's columns: the run finds the task, then its own columns.
+    valid = dict.fromkeys(n for task in TASKS for n, _ in layer_columns(task))
+    return known_columns(columns.split(","), list(valid))
 
 
 @o.analysis_options
@@ -175,11 +162,10 @@ def analyze(
     data: o.Data,
     options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
-    format: o.AnalyzeFormat = None,
+    format: AnalyzeFormat = None,
     columns: o.Columns = None,
     output: o.Output = None,
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Stream DATA through CHECKPOINT once and report Deep NRC for every weight layer.
 
@@ -192,10 +178,7 @@ def analyze(
 
     launch = distributed.launch_from_env()
     if launch is None:
-        fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
-        picked = parse_columns(columns, fmt)
-        check_output_path(output)
-        check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+        fmt, picked = _checked_output(format, columns, output, checkpoint, data)
         results = run_with_progress(checkpoint, data, options, quiet=quiet, threads=threads)
         assert results is not None  # only a rank of a process group gets None
         emit_results(results, fmt, output, picked)
@@ -203,10 +186,7 @@ def analyze(
     device = distributed.rank_device(options.device, launch)
     with distributed.process_group(launch, device) as group:
         try:
-            fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
-            picked = parse_columns(columns, fmt)
-            check_output_path(output)
-            check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+            fmt, picked = _checked_output(format, columns, output, checkpoint, data)
             options = dataclasses.replace(options, device=device)
             results = run_with_progress(
                 checkpoint, data, options, quiet=quiet, threads=threads, group=group
@@ -216,6 +196,17 @@ def analyze(
         except Exception as exc:
             group.check(exc)  # before the ranks' last meeting: every rank stops; else re-raised
             raise
+
+
+def _checked_output(
+    format: str | None, columns: str | None, output: str | None, checkpoint: str, data: str
+) -> tuple[str, tuple[str, ...] | None]:
+    """The format and --columns of the report, and --output checked, before any work."""
+    fmt = resolve_format(format, output, allowed=ANALYZE_FORMATS)
+    picked = parse_columns(columns, fmt)
+    check_output_path(output)
+    check_not_input(output, {"the checkpoint": checkpoint, "--data": data})
+    return fmt, picked
 
 
 def register(app: typer.Typer) -> None:

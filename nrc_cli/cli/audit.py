@@ -8,7 +8,8 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -16,7 +17,6 @@ from typer.core import TyperCommand, TyperGroup
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import (
     progress_enabled,
-    stdout_console,
     stdout_to_stderr,
 )
 from nrc_cli.cli._errors import ClickException
@@ -25,15 +25,19 @@ from nrc_cli.cli._progress import SafeProgress
 from nrc_cli.cli.analyze import print_precision_hint
 from nrc_cli.errors import CheckFailed, ConfigError, printable
 from nrc_cli.options import AnalysisOptions
-from nrc_cli.report.writers import check_not_input, check_output_path, csv_text, resolve_format
+from nrc_cli.report.writers import check_not_input, check_output_path, resolve_format
 from nrc_cli.results import plain
 from nrc_cli.results.tables import (
     META_PREFIX,
+    TABLE_FORMATS,
     checkpoint_summary,
     merge_tables,
     table_format,
     write_table,
 )
+
+if TYPE_CHECKING:
+    from nrc_cli.distributed import Group
 
 _RUN, _MERGE = "run", "merge"
 _HELP = f"""Analyze many checkpoints into one table ({_RUN}), or combine the tables of shards
@@ -105,14 +109,10 @@ Paths = Annotated[
         show_default=False,
     ),
 ]
-AuditData = Annotated[
-    str | None, typer.Option("--data", "-d", help="Data set: .npz with arrays x and y.")
-]
+# The formats of an audit: a table file (csv, parquet), or the summary table on stdout.
+AUDIT_FORMATS = ("table", *TABLE_FORMATS)
 AuditFormat = Annotated[
-    str | None,
-    typer.Option(
-        "--format", "-f", help="table, csv or parquet (default: from --output, else table)."
-    ),
+    str | None, o.format_option(AUDIT_FORMATS, default="from --output, else table")
 ]
 Errors = Annotated[
     str | None,
@@ -146,8 +146,7 @@ MergePaths = Annotated[
     ),
 ]
 MergeFormat = Annotated[
-    str | None,
-    typer.Option("--format", "-f", help="csv or parquet (default: from the suffix of OUT)."),
+    str | None, o.format_option(TABLE_FORMATS, default="from the suffix of OUT")
 ]
 # Accepted only to say that OUT is the first argument.
 MergeOutput = Annotated[str | None, typer.Option("--output", "-o", hidden=True)]
@@ -159,7 +158,7 @@ _MAX_META = 3  # metadata columns shown in the terminal table
 @o.analysis_options
 def run(
     paths: Paths,
-    data: AuditData = None,
+    data: o.OptionalData = None,
     output: o.Output = None,
     format: AuditFormat = None,
     errors: Errors = None,
@@ -170,7 +169,6 @@ def run(
     options: AnalysisOptions = o.GENERATED,
     threads: o.Threads = None,
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Analyze many checkpoints on DATA into one tidy table: a row per (checkpoint, layer),
     with every metadata key as a meta.* column.
@@ -182,35 +180,66 @@ def run(
     """
     from nrc_cli import distributed
 
+    given = _AuditArgs(
+        paths=paths,
+        data=data,
+        output=output,
+        format=format,
+        errors=errors,
+        jobs=jobs,
+        shard=shard,
+        fail_on_error=fail_on_error,
+        fresh=fresh,
+        options=options,
+        threads=threads,
+        quiet=quiet,
+    )
     launch = distributed.launch_from_env()
     if launch is None:
-        _audit(locals(), None)
+        _audit(given, None)
         return
     # Under torchrun: every rank joins first, so that whatever fails on one rank (an option,
     # a file) ends all of them with one error line, from rank 0.
     with distributed.process_group(launch, "cpu") as group:
         try:
-            _audit(locals(), group)
+            _audit(given, group)
         except Exception as exc:
             group.check(exc)
             raise
 
 
-def _audit(o: dict, group) -> None:
-    """The audit itself, with the command's parameters; ``group``: this rank's, under torchrun."""
+@dataclass(frozen=True)
+class _AuditArgs:
+    """What ``nrc audit run`` was given, as :func:`run` parsed it."""
+
+    paths: list[str]
+    data: str | None
+    output: str | None
+    format: str | None
+    errors: str | None
+    jobs: int
+    shard: str | None
+    fail_on_error: bool
+    fresh: bool
+    options: AnalysisOptions
+    threads: int | None
+    quiet: bool
+
+
+def _audit(given: _AuditArgs, group: Group | None) -> None:
+    """The audit itself; ``group``: this rank's, under torchrun."""
     from nrc_cli import audit as lib
 
-    data, output, errors, quiet = o["data"], o["output"], o["errors"], o["quiet"]
+    data, output, errors, quiet = given.data, given.output, given.errors, given.quiet
     lead = group is None or group.rank == 0  # the process that reports
     if data is None:
         raise ConfigError(
             "nrc audit: expected --data DATA.npz (the data set every checkpoint is run on)",
             hint="nrc audit zoo/ --data data.npz --output audit.parquet",
         )
-    if output is None:
-        fmt = resolve_format(o["format"], None, allowed=("table", "csv", "parquet"))
-    else:
-        fmt = resolve_format(o["format"], output, allowed=("csv", "parquet"))
+    # A table file (csv, parquet) with --output; the summary table or csv on stdout.
+    allowed = AUDIT_FORMATS if output is None else TABLE_FORMATS
+    fmt = resolve_format(given.format, output, allowed=allowed)
     check_output_path(output)
     check_output_path(errors)
     if errors is not None:
@@ -218,15 +247,15 @@ def _audit(o: dict, group) -> None:
     check_not_input(errors, {"--output": output, "--data": data}, flag="--errors")
     check_not_input(output, {"--data": data}, flag="--output")
     if not quiet and lead:
-        print_precision_hint(o["options"])
+        print_precision_hint(given.options)
     skipped: list[str] = []
-    found = lib.discover(o["paths"], skipped=skipped)
+    found = lib.discover(given.paths, skipped=skipped)
     for line in skipped if lead else ():
         sys.stderr.write(f"warning: skipped {printable(line)}\n")
     for label in found:
         check_not_input(output, {f"the checkpoint '{label}'": label}, flag="--output")
         check_not_input(errors, {f"the checkpoint '{label}'": label}, flag="--errors")
-    chosen = lib.parse_shard(o["shard"])
+    chosen = lib.parse_shard(given.shard)
     selection = lib.select_shard(found, chosen)
     shown = len(selection)
     if group is not None:
@@ -239,12 +268,12 @@ def _audit(o: dict, group) -> None:
         result = lib.run_audit(
             selection,
             data,
-            o["options"],
+            given.options,
             output=output,
             fmt=fmt if output is not None else None,
-            jobs=o["jobs"],
-            threads=o["threads"],
-            fresh=o["fresh"],
+            jobs=given.jobs,
+            threads=given.threads,
+            fresh=given.fresh,
             progress=progress,
             group=group,
         )
@@ -253,11 +282,15 @@ def _audit(o: dict, group) -> None:
     if errors is not None:
         write_table(result.errors, errors)
     if output is None:
-        _emit_stdout(result.frame, fmt)
+        # csv: the audit table itself; table: one line per checkpoint.
+        frame = result.frame
+        emit(
+            fmt, None, frame=lambda: frame, render=lambda: _summary_table(checkpoint_summary(frame))
+        )
     shard_label = f"{chosen[0]}/{chosen[1]}" if chosen else None
     ranks = group.world_size if group is not None else None
     _report(result, output=output, errors=errors, shard=shard_label, ranks=ranks, quiet=quiet)
-    if o["fail_on_error"] and result.failed:
+    if given.fail_on_error and result.failed:
         raise CheckFailed(
             f"{result.failed} of {result.total} checkpoint(s) failed",
             hint=f"see {errors}" if errors else "list them with --errors errors.csv",
@@ -269,7 +302,6 @@ def merge(
     format: MergeFormat = None,
     output: MergeOutput = None,
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Combine audit tables (the outputs of --shard runs) into OUT: exactly the table of one
     audit of every checkpoint. A checkpoint in two inputs, or a table given twice, is
@@ -337,13 +369,6 @@ def _progress(quiet: bool, total: int):
             bar.update(completed=done, total=todo, description=escape(checkpoint))
 
         yield update
-
-
-def _emit_stdout(frame, fmt: str) -> None:
-    if fmt == "csv":
-        emit("csv", None, text=lambda: csv_text(frame))
-        return
-    stdout_console().print(_summary_table(checkpoint_summary(frame)))
 
 
 def _summary_table(summary):

@@ -35,7 +35,6 @@ from nrc_cli.report.writers import (
     atomic_write,
     check_not_input,
     check_output_path,
-    json_text,
     resolve_format,
 )
 from nrc_cli.results import Results
@@ -46,8 +45,6 @@ CheckpointOpt = Annotated[
     str | None,
     typer.Argument(help="Checkpoint to analyze (.safetensors, .pt, .pth); omit with --report."),
 ]
-# The same --data option as analyze (one help text), optional here because --report needs none.
-DataOpt = Annotated[str | None, o.Data.__metadata__[0]]
 Report = Annotated[
     str | None,
     typer.Option("--report", help="Gate a saved report (nrc analyze --format json) instead."),
@@ -89,8 +86,7 @@ JUnit = Annotated[
     typer.Option("--junit", help="Also write a JUnit XML report here (atomically), for CI."),
 ]
 CheckFormat = Annotated[
-    str | None,
-    typer.Option("--format", "-f", help="table or json (default: from --output, else table)."),
+    str | None, o.format_option(CHECK_FORMATS, default="from --output, else table")
 ]
 
 
@@ -146,7 +142,7 @@ def gather_gates(
 @o.analysis_options
 def check(
     checkpoint: CheckpointOpt = None,
-    data: DataOpt = None,
+    data: o.OptionalData = None,
     report: Report = None,
     require: Require = None,
     require_file: RequireFile = None,
@@ -158,7 +154,6 @@ def check(
     format: CheckFormat = None,
     output: o.Output = None,
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Gate CHECKPOINT (analyzed on --data) or a saved --report on requirements and a baseline.
 
@@ -233,12 +228,7 @@ def check(
                 hostname=socket.gethostname(),
             ),
         )
-    emit(
-        fmt,
-        output,
-        text=lambda: json_text(outcome.to_dict()),
-        render=lambda: render_check(outcome),
-    )
+    emit(fmt, output, doc=outcome.to_dict, render=lambda: render_check(outcome))
     if not outcome.passed:
         raise CheckFailed(_failed_message(outcome))
 

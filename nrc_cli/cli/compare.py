@@ -8,17 +8,10 @@ from typing import Annotated
 import typer
 
 from nrc_cli.cli import _options as o
-from nrc_cli.cli._output import emit
+from nrc_cli.cli._output import emit, output_format
 from nrc_cli.cli.check import Tolerance
 from nrc_cli.gates import COMPARE_COLUMNS, compare_reports, load_report, parse_tolerances
 from nrc_cli.report.gates import render_compare
-from nrc_cli.report.writers import (
-    check_not_input,
-    check_output_path,
-    csv_text,
-    json_text,
-    resolve_format,
-)
 from nrc_cli.results import frame_from_rows
 
 COMPARE_FORMATS = ("table", "json", "csv")
@@ -26,8 +19,7 @@ COMPARE_FORMATS = ("table", "json", "csv")
 ReportA = Annotated[str, typer.Argument(metavar="A", help="Report A (nrc analyze --format json).")]
 ReportB = Annotated[str, typer.Argument(metavar="B", help="Report B; differences are B − A.")]
 CompareFormat = Annotated[
-    str | None,
-    typer.Option("--format", "-f", help="table, json or csv (default: from --output, else table)."),
+    str | None, o.format_option(COMPARE_FORMATS, default="from --output, else table")
 ]
 
 
@@ -37,13 +29,12 @@ def compare(
     tolerance: Tolerance = None,
     format: CompareFormat = None,
     output: o.Output = None,
-    debug: o.Debug = False,
 ) -> None:
     """Show reports A and B side by side: every metric of every layer (matched by name), A, B and
     B − A, differences beyond --tolerance marked. Exit 0 unless an input is bad."""
-    fmt = resolve_format(format, output, allowed=COMPARE_FORMATS)
-    check_output_path(output)
-    check_not_input(output, {"report A": a, "report B": b})
+    fmt = output_format(
+        format, output, allowed=COMPARE_FORMATS, inputs={"report A": a, "report B": b}
+    )
     tolerances, _ = parse_tolerances(tolerance)
     report_a = load_report(a, option="A")
     report_b = load_report(b, option="B")
@@ -51,11 +42,8 @@ def compare(
     emit(
         fmt,
         output,
-        text=lambda: (
-            json_text(cmp.to_dict())
-            if fmt == "json"
-            else csv_text(frame_from_rows([r.to_dict() for r in cmp.rows], list(COMPARE_COLUMNS)))
-        ),
+        doc=cmp.to_dict,
+        frame=lambda: frame_from_rows([r.to_dict() for r in cmp.rows], list(COMPARE_COLUMNS)),
         render=lambda: render_compare(cmp),
     )
 

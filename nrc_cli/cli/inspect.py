@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 from rich.console import Group, RenderableType
@@ -13,19 +14,14 @@ from rich.text import Text
 from nrc_cli.capture import weight_layers
 from nrc_cli.cli import _options as o
 from nrc_cli.cli._console import stdout_to_stderr
-from nrc_cli.cli._output import emit
+from nrc_cli.cli._output import emit, output_format
 from nrc_cli.errors import CheckpointError
 from nrc_cli.io.checkpoint import open_checkpoint
 from nrc_cli.model.build import build_model
 from nrc_cli.options import parse_arch_kwargs
-from nrc_cli.report.writers import (
-    check_not_input,
-    check_output_path,
-    csv_text,
-    json_text,
-    parquet_bytes,
-    resolve_format,
-)
+from nrc_cli.report.writers import FORMATS
+
+InspectFormat = Annotated[str | None, o.format_option(FORMATS, default="from --output, else table")]
 
 
 def describe(
@@ -182,14 +178,11 @@ def inspect(
     layers: o.Layers = None,
     exclude: o.Exclude = None,
     state_key: o.StateKey = None,
-    format: o.Format = None,
+    format: InspectFormat = None,
     output: o.Output = None,
-    debug: o.Debug = False,
 ) -> None:
     """Show CHECKPOINT's tensors, metadata and the model nrc would build (no data needed)."""
-    fmt = resolve_format(format, output)
-    check_output_path(output)
-    check_not_input(output, {"the checkpoint": checkpoint})
+    fmt = output_format(format, output, allowed=FORMATS, inputs={"the checkpoint": checkpoint})
     with stdout_to_stderr():  # an --arch factory may print
         doc = describe(
             checkpoint,
@@ -200,13 +193,7 @@ def inspect(
             exclude=exclude or (),
             state_key=state_key,
         )
-    emit(
-        fmt,
-        output,
-        text=lambda: json_text(doc) if fmt == "json" else csv_text(_frame(doc)),
-        render=lambda: _render(doc),
-        binary=lambda: parquet_bytes(_frame(doc)),
-    )
+    emit(fmt, output, doc=lambda: doc, frame=lambda: _frame(doc), render=lambda: _render(doc))
 
 
 def register(app: typer.Typer) -> None:

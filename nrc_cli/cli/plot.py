@@ -11,6 +11,7 @@ import typer
 from nrc_cli.cli import _options as o
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.gates import load_report
+from nrc_cli.report.plot import IMAGE_FORMATS
 from nrc_cli.results import Results
 
 Input = Annotated[
@@ -25,9 +26,7 @@ Input = Annotated[
 FigureOutput = Annotated[
     str | None, typer.Option("--output", "-o", help="The figure: a .png or .svg file.")
 ]
-FigureFormat = Annotated[
-    str | None, typer.Option("--format", "-f", help="png or svg (default: from --output).")
-]
+FigureFormat = Annotated[str | None, o.format_option(IMAGE_FORMATS, default="from --output")]
 X = Annotated[
     str | None,
     typer.Option(
@@ -71,7 +70,6 @@ def plot(
     xscale: XScale = "auto",
     yscale: YScale = "auto",
     quiet: o.Quiet = False,
-    debug: o.Debug = False,
 ) -> None:
     """Draw REPORT: the layer profile (NRC1-4 by layer, first collapsed layer marked) of one
     report, or with --x, --metric against a metadata column of an audit."""

@@ -18,7 +18,7 @@ from nrc_cli.options import AnalysisOptions
 from nrc_cli.results import Results
 from nrc_cli.results.history import History
 
-__all__ = ["Measurer", "default_batch_fn", "distributed_world"]
+__all__ = ["Measured", "Measurer", "default_batch_fn", "distributed_world"]
 
 #: The keys a dict batch's target is looked up under, in this order.
 TARGET_KEYS = ("labels", "label", "y", "target", "targets")
@@ -226,6 +226,23 @@ class Measurer:
     def write_history(self) -> None:
         if self.history_path is not None and len(self.history):
             self.history.write(self.history_path)
+
+
+class Measured:
+    """What a callback shows of its :class:`Measurer` (``self._m``): the history and the
+    latest results."""
+
+    _m: Measurer
+
+    @property
+    def history(self) -> History:
+        """Every measurement's results so far."""
+        return self._m.history
+
+    @property
+    def results(self) -> Results | None:
+        """The latest results (None before the first measurement)."""
+        return self._m.results
 
 
 def check_yields(name: str, batches: Iterable[Any]) -> None:

@@ -27,14 +27,19 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.integrations._common import BatchFn, Measurer, OutputFn, check_yields, warn_once
-from nrc_cli.results import Results
-from nrc_cli.results.history import History
+from nrc_cli.integrations._common import (
+    BatchFn,
+    Measured,
+    Measurer,
+    OutputFn,
+    check_yields,
+    warn_once,
+)
 
 __all__ = ["CollapseCallback"]
 
 
-class CollapseCallback(pl.Callback):
+class CollapseCallback(Measured, pl.Callback):
     """Measure collapse every ``every_n_epochs`` on the validation data and log it.
 
     ``layers``, ``exclude``, ``task``, ``rank``, ``precision``, ``svd``, ``seed``,
@@ -135,14 +140,6 @@ class CollapseCallback(pl.Callback):
         self._output: list[Any] = []
         self._hooks: list[Any] = []
         self._warned: set[str] = set()
-
-    @property
-    def history(self) -> History:
-        return self._m.history
-
-    @property
-    def results(self) -> Results | None:
-        return self._m.results
 
     # -- set-up: every bad option fails here, before the first training step -------------
 

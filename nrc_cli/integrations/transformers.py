@@ -34,15 +34,14 @@ from nrc_cli._atomic import atomic_write
 from nrc_cli.errors import ConfigError
 from nrc_cli.integrations._common import (
     BatchFn,
+    Measured,
     Measurer,
     OutputFn,
     check_yields,
     distributed_world,
     warn_once,
 )
-from nrc_cli.results import Results
 from nrc_cli.results.formats import json_text
-from nrc_cli.results.history import History
 
 __all__ = ["REPORT_NAME", "CollapseCallback"]
 
@@ -60,7 +59,7 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-class CollapseCallback(TrainerCallback):
+class CollapseCallback(Measured, TrainerCallback):
     """Measure collapse at each evaluation of a ``Trainer`` and report it with the metrics.
 
     ``layers``, ``exclude``, ``task``, ``rank``, ``precision``, ``svd``, ``seed``,
@@ -141,14 +140,6 @@ class CollapseCallback(TrainerCallback):
         self._scalars: dict[str, float] = {}
         self._attached = False
         self._warned: set[str] = set()
-
-    @property
-    def history(self) -> History:
-        return self._m.history
-
-    @property
-    def results(self) -> Results | None:
-        return self._m.results
 
     def attach(self, trainer: Any) -> CollapseCallback:
         """Add this callback to ``trainer`` ahead of every other callback, so that the

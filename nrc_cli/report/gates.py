@@ -30,6 +30,14 @@ def _signed(diff: float | None) -> str:
     return fmt(diff) if not diff else f"{diff:+.4g}"
 
 
+def _difference(
+    first: str, second: str, a: float | None, b: float | None, diff: float | None
+) -> tuple[Text, ...]:
+    """The cells of one difference: two names (column and layer, or layer and metric), the
+    two values and their signed difference."""
+    return (Text(first), Text(second), Text(fmt(a)), Text(fmt(b)), Text(_signed(diff)))
+
+
 def _result(passed: bool) -> Text:
     return Text(PASS, style="bold green") if passed else Text(FAIL, style="bold red")
 
@@ -154,11 +162,7 @@ def drift_table(report: CheckReport) -> Table | None:
     for col in base.columns:
         for d in col.moved:
             table.add_row(
-                Text(col.column),
-                Text(d.layer),
-                Text(fmt(d.baseline)),
-                Text(fmt(d.current)),
-                Text(_signed(d.diff)),
+                *_difference(col.column, d.layer, d.baseline, d.current, d.diff),
                 Text(fmt(col.tolerance)),
                 style="red",
             )
@@ -200,11 +204,7 @@ def compare_table(cmp: Comparison) -> Table:
     for i, row in enumerate(rows):
         last_of_layer = i + 1 == len(rows) or rows[i + 1].layer != row.layer
         table.add_row(
-            Text(row.layer),
-            Text(row.metric),
-            Text(fmt(row.a)),
-            Text(fmt(row.b)),
-            Text(_signed(row.diff)),
+            *_difference(row.layer, row.metric, row.a, row.b, row.diff),
             Text("beyond" if row.beyond else ""),
             style="bold red" if row.beyond else None,
             end_section=last_of_layer,

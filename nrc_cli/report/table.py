@@ -91,13 +91,24 @@ def table_columns(task: str, names: Sequence[str] | None = None) -> tuple[str, .
     """
     if names is None:
         return _layer_cols(task)
-    valid = [n for n, _ in layer_columns(task)]
+    return known_columns(names, [n for n, _ in layer_columns(task)], of=f" of a {task} report")
+
+
+def known_columns(names: Sequence[str], valid: Sequence[str], *, of: str = "") -> tuple[str, ...]:
+    """``names`` (stripped, blanks dropped, each once) when every one is among ``valid``.
+
+    Raises
+    ------
+    ConfigError
+        ``--columns: expected per-layer columns{of}, found ...`` for unknown names or none,
+        naming the valid ones.
+    """
     wanted = [n.strip() for n in names if n.strip()]
     unknown = [n for n in wanted if n not in valid]
     if unknown or not wanted:
         found = ", ".join(repr(n) for n in unknown) if unknown else "no column"
         raise ConfigError(
-            f"--columns: expected per-layer columns of a {task} report, found {found}",
+            f"--columns: expected per-layer columns{of}, found {found}",
             hint=f"valid columns: {', '.join(valid)}",
         )
     return tuple(dict.fromkeys(wanted))

@@ -13,6 +13,7 @@ from nrc_cli.results.formats import csv_text, json_text, parquet_bytes
 
 __all__ = [
     "ANALYZE_FORMATS",
+    "BINARY_FORMATS",
     "FORMATS",
     "atomic_write",
     "check_not_input",
@@ -26,6 +27,9 @@ __all__ = [
 FORMATS = ("table", "json", "csv", "parquet")
 # nrc analyze also writes a Markdown table, for a pull request or a notebook.
 ANALYZE_FORMATS = ("table", "markdown", "json", "csv", "parquet")
+# Formats whose bytes never go to a terminal (only to --output), by the name messages give them.
+BINARY_FORMATS = {"parquet": "Parquet"}
+# The format an --output suffix means, when --format is not given.
 _SUFFIX_FORMATS = {
     ".json": "json",
     ".csv": "csv",
@@ -55,9 +59,10 @@ def resolve_format(fmt: str | None, output: str | None, *, allowed=FORMATS) -> s
         chosen = by_suffix
     else:
         chosen = "table"
-    if chosen == "parquet" and output is None:
+    if chosen in BINARY_FORMATS and output is None:
         raise ConfigError(
-            "--format parquet needs --output PATH: Parquet is binary and never goes to a terminal",
+            f"--format {chosen} needs --output PATH: {BINARY_FORMATS[chosen]} is binary and "
+            "never goes to a terminal",
         )
     return chosen
 

@@ -49,6 +49,24 @@ LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("note", "str"),
 )
 METRIC_COLUMNS: tuple[str, ...] = tuple(name for name, kind in LAYER_COLUMNS if kind == "float")
+# How a report was computed (settings, device, the model as built), the last summary fields
+# of every task, in this order.
+PROVENANCE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("prediction", "str"),
+    ("svd", "str"),
+    ("oversample", "int"),
+    ("power_iters", "int"),
+    ("seed", "int"),
+    ("passes", "int"),
+    ("device", "str"),
+    ("world_size", "int"),
+    ("dtype", "str"),
+    ("build", "str"),
+    ("model", "str"),
+    ("activation", "str"),
+    ("norm", "str"),
+    ("precision", "str"),
+)
 SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("task", "str"),
     ("n_samples", "int"),
@@ -64,20 +82,7 @@ SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("nrc2_last", "float"),
     ("nrc3_last", "float"),
     ("nrc3_gamma", "float"),
-    ("prediction", "str"),
-    ("svd", "str"),
-    ("oversample", "int"),
-    ("power_iters", "int"),
-    ("seed", "int"),
-    ("passes", "int"),
-    ("device", "str"),
-    ("world_size", "int"),
-    ("dtype", "str"),
-    ("build", "str"),
-    ("model", "str"),
-    ("activation", "str"),
-    ("norm", "str"),
-    ("precision", "str"),
+    *PROVENANCE_FIELDS,
 )
 # The same for a classifier (docs/classification.md).
 CLASSIFICATION_LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -110,20 +115,7 @@ CLASSIFICATION_SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("first_collapsed_index", "int"),
     ("collapse_rule", "str"),
     ("nc3_duality_last", "float"),
-    ("prediction", "str"),
-    ("svd", "str"),
-    ("oversample", "int"),
-    ("power_iters", "int"),
-    ("seed", "int"),
-    ("passes", "int"),
-    ("device", "str"),
-    ("world_size", "int"),
-    ("dtype", "str"),
-    ("build", "str"),
-    ("model", "str"),
-    ("activation", "str"),
-    ("norm", "str"),
-    ("precision", "str"),
+    *PROVENANCE_FIELDS,
 )
 TASKS: tuple[str, ...] = ("regression", "classification")
 _LAYER_COLUMNS = {"regression": LAYER_COLUMNS, "classification": CLASSIFICATION_LAYER_COLUMNS}
@@ -473,8 +465,9 @@ class Results:
         return frame_from_rows(self.tidy_rows(), tidy_columns(self.task))
 
 
-#: Numeric summary fields that record how a report was computed, not what it measured.
-_SETTINGS = frozenset({"oversample", "power_iters", "seed", "passes", "world_size"})
+#: Numeric summary fields that record how a report was computed, not what it measured: the
+#: numbers among the provenance fields.
+_SETTINGS = frozenset(name for name, kind in PROVENANCE_FIELDS if kind != "str")
 
 
 def _number(value: Any) -> float | None:

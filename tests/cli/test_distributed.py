@@ -126,6 +126,18 @@ def two_ranks_json(cwd: Path, *args) -> dict:
     return json.loads(ended[0].stdout)
 
 
+def test_jobs_under_torchrun_is_one_usage_error_from_rank_0(zoo):
+    ended, _ = run_ranks([*NRC, *AUDIT, "--output", "out.csv", "--jobs", "2"], cwd=zoo)
+    assert [e.returncode for e in ended] == [2, 2], [e.stderr for e in ended]
+    lead, other = ended
+    assert other.stderr == "" and other.stdout == "" and lead.stdout == ""
+    assert lead.stderr.splitlines() == [
+        "error: rank 0: --jobs 2: under torchrun the ranks are the workers",
+        "hint: drop --jobs and start more ranks: torchrun --nproc-per-node N",
+    ]
+    assert not Path("out.csv").exists() and not parts_dir("out.csv").exists()
+
+
 def test_analyze_mlp_under_torchrun_equals_one_process(tmp_path):
     case = make_tiny_case(tmp_path, n=301, dyadic=False)
     args = [case.checkpoint, "--data", case.data, "--batch-size", "32", "--device", "cpu"]

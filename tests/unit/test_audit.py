@@ -361,6 +361,40 @@ def test_problems_common_to_every_checkpoint_are_refused_before_any_runs(zoo):
     assert not parts_dir(zoo / "out.parquet").exists()
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"jobs": 0}, "--jobs: expected an integer >= 1, found 0"),
+        ({"threads": 0}, "--threads: expected an integer >= 1, found 0"),
+        ({"jobs": 2, "threads": -1}, "--threads: expected an integer >= 1, found -1"),
+        ({"output": "out.json"}, "'out.json': expected a .parquet or .csv table"),
+        ({"output": "out.parquet", "fmt": "json"}, "'out.parquet': expected a .parquet or"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_checkpoint_runs(zoo, settings, message):
+    # The data set is missing too: the settings are checked first, then the data.
+    seen = []
+    with pytest.raises(ConfigError) as err:
+        run_audit(
+            discover(["zoo"]),
+            "missing.npz",
+            AnalysisOptions(),
+            progress=lambda *args: seen.append(args),
+            **settings,
+        )
+    assert err.value.message.startswith(message)
+    assert seen == []
+    assert sorted(p.name for p in zoo.iterdir()) == ["data.npz", "zoo"]
+
+
+def test_the_format_of_the_table_follows_its_suffix_or_fmt(zoo):
+    found = discover(["zoo"])[:2]
+    run_audit(found, *config(max_samples=32), output="a.csv")
+    run_audit(found, *config(max_samples=32), output="b.table", fmt="csv")
+    assert Path("a.csv").read_bytes() == Path("b.table").read_bytes()
+    assert read_table("a.csv").shape[0] == 2 * 3
+
+
 # ------------------------------------------------------------------------------------------------
 # The resumable store
 # ------------------------------------------------------------------------------------------------

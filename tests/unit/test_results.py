@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import analyze_json
 
 from nrc_cli.errors import DataError
 from nrc_cli.report.writers import csv_text, json_text, parquet_bytes
 from nrc_cli.results import (
     JSON_REPORT,
     LAYER_COLUMNS,
+    PROVENANCE_FIELDS,
     SUMMARY_FIELDS,
+    TASKS,
     Results,
     cell,
     plain,
+    summary_fields,
 )
 
 
@@ -143,3 +149,38 @@ def test_results_load_refuses_what_is_not_a_report(tmp_path):
     (tmp_path / "two.csv").write_text(csv_text(two))
     with pytest.raises(DataError, match="holds 2 checkpoints"):
         Results.load(tmp_path / "two.csv")
+
+
+# ------------------------------------------------------------------------------------------------
+# Provenance: the summary fields every task ends with
+# ------------------------------------------------------------------------------------------------
+
+REFERENCE_CASES = Path(__file__).resolve().parents[1] / "reference_cases"
+
+
+def test_every_task_ends_its_summary_with_the_provenance_fields():
+    for task in TASKS:
+        fields = summary_fields(task)
+        assert fields[-len(PROVENANCE_FIELDS) :] == PROVENANCE_FIELDS, task
+        names = [n for n, _ in fields]
+        assert len(names) == len(set(names)), task
+
+
+@pytest.mark.parametrize("case", ["mlp_relu", "nc_gauss_mlp"])
+def test_provenance_fields_are_the_json_report_provenance_keys(case):
+    folder = REFERENCE_CASES / case
+    extra = shlex.split((folder / "args").read_text())
+    doc = analyze_json(folder / "model.safetensors", folder / "data.npz", *extra)
+    summary = doc["summary"]
+    keys = list(summary)
+    measured = len(summary_fields(summary["task"])) - len(PROVENANCE_FIELDS)
+    provenance = [n for n, _ in PROVENANCE_FIELDS]
+    assert keys[measured : measured + len(provenance)] == provenance
+    kinds = {"str": str, "int": int}
+    for name, kind in PROVENANCE_FIELDS:
+        value = summary[name]
+        assert value is None or isinstance(value, kinds[kind]), (name, value)
+    # The numbers among them are settings, not measurements: no logger receives them.
+    scalars = Results.from_dict(doc).scalars()
+    for name, _ in PROVENANCE_FIELDS:
+        assert f"nrc/{name}" not in scalars, name

@@ -9,7 +9,14 @@ import pytest
 from rich.console import Console
 
 from nrc_cli.errors import ConfigError
-from nrc_cli.report.table import fmt, fold, markdown_table, render, table_columns
+from nrc_cli.report.table import (
+    fmt,
+    fold,
+    known_columns,
+    markdown_table,
+    render,
+    table_columns,
+)
 from nrc_cli.results import Results
 
 
@@ -87,6 +94,23 @@ def test_columns_are_picked_and_checked_against_the_schema():
     assert "nrc3_alignment" in err.value.hint
     with pytest.raises(ConfigError, match="no column"):
         table_columns("regression", [])
+
+
+def test_known_columns_is_the_one_check_of_column_names():
+    valid = ["layer", "nc1", "nrc1_noise"]
+    assert known_columns([" nc1", "layer ", "", "nc1"], valid) == ("nc1", "layer")
+    with pytest.raises(ConfigError) as err:
+        known_columns(["layer", "nrc9", "x"], valid)
+    assert err.value.message == "--columns: expected per-layer columns, found 'nrc9', 'x'"
+    assert err.value.hint == "valid columns: layer, nc1, nrc1_noise"
+    with pytest.raises(ConfigError) as err:
+        known_columns([" "], valid, of=" of a regression report")
+    assert err.value.message == (
+        "--columns: expected per-layer columns of a regression report, found no column"
+    )
+    with pytest.raises(ConfigError) as err:
+        table_columns("regression", ["nc1"])
+    assert err.value.message.endswith("of a regression report, found 'nc1'")
 
 
 def test_markdown_table_has_full_names_every_value_and_escapes_pipes():
