@@ -36,8 +36,8 @@ Threads = Annotated[
     int | None,
     typer.Option(
         "--threads",
-        help="CPU threads (default: the cores that other work leaves free, by the 1-minute "
-        "load average, at least 1; OMP_NUM_THREADS where set).",
+        help="CPU threads (default: the cores that other processes leave free, by their CPU "
+        "use over the last moment, at least 1; OMP_NUM_THREADS where set).",
     ),
 ]
 
