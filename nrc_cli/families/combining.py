@@ -23,9 +23,6 @@ from typing import Protocol
 import torch
 
 from nrc_cli.accumulate.base import Accumulator, checksum, same_everywhere
-from nrc_cli.accumulate.classes import ClassMoments, ClassSketch
-from nrc_cli.accumulate.moments import CrossMoments
-from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.options import AnalysisOptions
 
@@ -57,7 +54,7 @@ _ROUND_OFF = 1e-9
 
 def test_matrices(accs: Mapping[str, Accumulator]) -> list[torch.Tensor]:
     """The test matrices Ω of a layer's sketches (none for an exact layer)."""
-    return [acc.omega for acc in accs.values() if isinstance(acc, (CovarianceSketch, ClassSketch))]
+    return [acc.omega for acc in accs.values() if acc.omega is not None]
 
 
 def feature_width(accs: Mapping[str, Accumulator]) -> int | None:
@@ -184,17 +181,10 @@ def check_merge(first: Pass, other: Pass) -> None:
 
 def _targets_seen(accs: Mapping[str, Accumulator]) -> torch.Tensor | None:
     """What a layer's state records of the targets, the same for every layer fed the same
-    samples: their mean and covariance (regression), the count of each label (classification);
-    None when it records nothing."""
-    for acc in accs.values():
-        if isinstance(acc, (CrossMoments, CovarianceSketch)) and acc.n:
-            dy = acc.sy / acc.n
-            cov = acc.cyy / acc.n - torch.outer(dy, dy)
-            return torch.cat([acc.cy + dy, cov.reshape(-1)]).cpu()
-        if isinstance(acc, (ClassMoments, ClassSketch)) and acc.n:
-            seen = acc.counts > 0
-            return torch.cat([acc.labels[seen], acc.counts[seen]]).cpu().to(torch.float64)
-    return None
+    samples (each accumulator's ``targets_record``: their mean and covariance for regression,
+    the count of each label for a classifier); None when it records nothing."""
+    records = (acc.targets_record() for acc in accs.values())
+    return next((record for record in records if record is not None), None)
 
 
 def _agree(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:

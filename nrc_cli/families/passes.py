@@ -31,9 +31,7 @@ import torch
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
-from nrc_cli.accumulate.classes import ClassSketch
 from nrc_cli.accumulate.moments import Workspace
-from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import WeightLayer
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.families.combining import (
@@ -169,7 +167,7 @@ def plan_row(
 def sketched_size(accs: Mapping[str, Accumulator]) -> int | None:
     """The sketch size of a layer whose accumulators include a sketch; None for an exact one."""
     for acc in accs.values():
-        if isinstance(acc, (CovarianceSketch, ClassSketch)):
+        if acc.omega is not None:
             return int(acc.omega.shape[1])
     return None
 
@@ -181,7 +179,7 @@ def layer_state(name: str, accs: Mapping[str, Accumulator]) -> dict[str, torch.T
     """One layer's accumulators as ``layer/<name>/<kind>/<state>`` (and ``omega/<name>``)."""
     out: dict[str, torch.Tensor] = {}
     for kind, acc in accs.items():
-        if isinstance(acc, (CovarianceSketch, ClassSketch)):
+        if acc.omega is not None:
             out[f"omega/{name}"] = acc.omega.detach().clone()
         for key, value in acc.state_dict().items():
             out[f"layer/{name}/{kind}/{key}"] = value
