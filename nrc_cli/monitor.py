@@ -5,8 +5,8 @@ layers, one set of streaming float64 accumulators per layer and the analysis opt
 the accumulated state into the same :class:`~nrc_cli.results.Results` that ``nrc analyze``
 prints. Checkpoints, data files and multi-pass plans are the pipeline's concern
 (:mod:`nrc_cli.pipeline`), which feeds monitors. The accumulated state is a
-:class:`~nrc_cli.families.FirstPass` (and a :class:`~nrc_cli.families.SecondPass` once one
-begins); the steps of a pass that every family shares are in :mod:`nrc_cli.families.passes`.
+:class:`~nrc_cli.passes.FirstPass` (and a :class:`~nrc_cli.passes.SecondPass` once one
+begins): :mod:`nrc_cli.passes`, with how it merges, joins, reduces across ranks and saves.
 
 Multi-pass plans and sketches: a monitor accumulates its ``active`` layers in one stream,
 sketching those in ``sketch`` (or, with ``memory_budget``, those it picks at the first batch;
@@ -26,21 +26,22 @@ from nrc_cli._glob import glob_match
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
-from nrc_cli.distributed import Group, reduce_passes
+from nrc_cli.distributed import Group
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.families import FAMILIES, FirstPass, SecondPass
-from nrc_cli.families.batch import check_finite, paired_features, record_rows
+from nrc_cli.families import FAMILIES
+from nrc_cli.families.batch import as_targets, check_finite, paired_features, record_rows
 from nrc_cli.families.calls import update_arguments
-from nrc_cli.families.combining import check_options
-from nrc_cli.families.passes import (
-    as_targets,
+from nrc_cli.options import PRECISIONS, parse_size
+from nrc_cli.passes import (
+    FirstPass,
+    SecondPass,
+    check_options,
     load_passes,
-    plan_row,
+    reduce_passes,
     single_pass_sketches,
     sketched_size,
     state_header,
 )
-from nrc_cli.options import PRECISIONS, parse_size
 from nrc_cli.results import Results
 from nrc_cli.segments import declared
 from nrc_cli.spill import FeatureSpill
@@ -496,20 +497,10 @@ class CollapseMonitor:
 
     def _plan_doc(self, methods: dict[str, str]) -> dict:
         """How this monitor accumulated: the pass and accumulator of each layer, its memory."""
-        first, names = self._first, list(self._by_name)
-        ordered = sorted(first.accs, key=lambda n: (first.pass_of.get(n, 1), names.index(n)))
-        rows = [
-            plan_row(
-                self.family, self._by_name[name], first.t or 1, first.batch,
-                pass_index=first.pass_of.get(name, 1), sketch_size=self.sketch.get(name),
-                spectrum=methods.get(name),
-            )
-            for name in ordered
-        ]  # fmt: skip
         doc: dict[str, Any] = {
             "memory_budget": self.memory_budget if self.memory_budget is not None else "none",
-            "passes": first.passes,
-            "layers": rows,
+            "passes": self._first.passes,
+            "layers": self._first.plan_rows(self._by_name, self.sketch, methods),
         }
         not_run = [w.name for w in self.layers if w.name not in self._order]
         if not_run:

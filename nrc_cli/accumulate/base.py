@@ -197,11 +197,14 @@ class Accumulator:
         """Why ``other`` cannot be merged into this state, or None when it can. Pure: a caller
         merging several states checks them all first, so that a refused merge changes none.
 
-        The default: another type, or a summed tensor state of another shape (both states
-        holding samples).
+        The default: another type, another test matrix (:meth:`matrix_problem`), or a summed
+        tensor state of another shape (both states holding samples).
         """
         if type(other) is not type(self):
             return f"cannot merge {type(other).__name__} into {type(self).__name__}"
+        problem = self.matrix_problem(other)
+        if problem is not None:
+            return problem
         if other.n == 0 or self.n == 0:
             return None
         for name in self.summed_states:
@@ -214,7 +217,8 @@ class Accumulator:
     def matrix_problem(self, other: Accumulator) -> str | None:
         """Why ``other``, holding samples, cannot be merged for its test matrix (another Ω:
         its sums would be read against this state's Ω, also when this one is empty), or None.
-        A sketch's ``merge_problem`` asks it first."""
+        The default ``merge_problem`` asks it; a subclass that checks more first asks it first.
+        """
         if self.omega is None or other.omega is None or not other.n:
             return None
         a, b = self.omega, other.omega

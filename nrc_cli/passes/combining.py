@@ -1,6 +1,6 @@
 """Whether two passes combine: the checks of a merge, a join and a data-parallel sum.
 
-A :class:`~nrc_cli.families.FirstPass` merges with a pass over other samples, joins a pass of
+A :class:`~nrc_cli.passes.FirstPass` merges with a pass over other samples, joins a pass of
 other layers over the same samples, and sums with the passes of the other ranks of a
 data-parallel run. Each combination is checked here in full before anything changes, and what
 would give a wrong number is refused:
@@ -18,13 +18,16 @@ would give a wrong number is refused:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from nrc_cli.accumulate.base import Accumulator, checksum, same_everywhere
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.options import AnalysisOptions
+
+if TYPE_CHECKING:
+    from nrc_cli.distributed import Group
 
 __all__ = [
     "check_alike",
@@ -38,7 +41,7 @@ __all__ = [
 
 
 class Pass(Protocol):
-    """What the checks read of a pass (:class:`~nrc_cli.families.FirstPass` is one)."""
+    """What the checks read of a pass (:class:`~nrc_cli.passes.FirstPass` is one)."""
 
     n: int
     t: int | None
@@ -242,7 +245,7 @@ def check_join(first: Pass, other: Pass) -> None:
 # -- a data-parallel sum ---------------------------------------------------------------------
 
 
-def check_alike(first: Pass, group, names: Sequence[str]) -> None:
+def check_alike(first: Pass, group: Group, names: Sequence[str]) -> None:
     """Refuse, on every rank and before anything is summed, ranks whose passes cannot be
     summed (``group``: a :class:`nrc_cli.distributed.Group`; ``names``: every watched layer,
     in the same order on every rank). One checksum of everything that must agree; only when
