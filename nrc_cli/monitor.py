@@ -209,7 +209,7 @@ class CollapseMonitor:
 
     def _set_task(self, task: str) -> None:
         self.task = task
-        self.family = FAMILIES[task].from_options(self._options)
+        self.family = FAMILIES[task](self._options)
         self._first = FirstPass(self.family)
 
     # -- hooks ------------------------------------------------------------------------------
@@ -664,7 +664,7 @@ class CollapseMonitor:
         if task != self.task:
             if not self._auto:
                 raise ConfigError(f"a state of task {task}, for a monitor of task {self.task}")
-            family = FAMILIES[task].from_options(self._options)
+            family = FAMILIES[task](self._options)
         first, second = load_passes(family, state, self._by_name)
         # Nothing can fail from here on.
         self.task, self.family = task, family

@@ -61,11 +61,15 @@ class ClassificationFamily(RegressionFamily):
     kinds = ("classes", "sketch")
     second_pass = True
 
-    def __init__(self, *, precision: str = "exact", **options) -> None:
-        # The per-class accumulators are exact float64; a request for mixed precision is
-        # recorded and answered with a warning.
-        super().__init__(precision="exact", **options)
-        self.requested_precision = precision
+    @property
+    def precision(self) -> str:
+        """Always ``exact``: the per-class accumulators are exact float64 (a request for mixed
+        precision, :attr:`requested_precision`, is answered with a warning)."""
+        return "exact"
+
+    @property
+    def requested_precision(self) -> str:
+        return self.options.precision
 
     @staticmethod
     def possible_head(layer: WeightLayer, t: int) -> bool:
@@ -250,11 +254,7 @@ class ClassificationFamily(RegressionFamily):
         ``second`` holds each layer's nearest-class-mean counts when a complete second pass
         was made (else the NCC columns are null).
         """
-        randomized = {
-            "oversample": self.oversample,
-            "power_iters": self.power_iters,
-            "seed": self.seed,
-        }
+        randomized = self.randomized
         rows: list[dict] = []
         head_stats: ClassStats | None = None
         labels = None

@@ -55,14 +55,11 @@ class RegressionFamily:
 
     Parameters
     ----------
-    rank : int, optional
-        Analysis rank k (default: the target dimension t).
-    svd : {"auto", "exact", "randomized"}
-    oversample, power_iters, seed : int
-        Knobs of the randomized solvers and of the sketches' test matrices.
-    rule : CollapseRule
-    output_key : str, optional
-        Which part of the model's output is the prediction.
+    options : AnalysisOptions
+        The analysis options, whole: the family reads the analysis rank ``rank``, the spectrum
+        method ``svd``, the randomized solvers' and the sketches' ``oversample``,
+        ``power_iters`` and ``seed``, ``output_key`` (which part of the model's output is the
+        prediction), ``precision``, and the collapse rule of its task (parsed once, here).
     """
 
     task = "regression"
@@ -70,40 +67,50 @@ class RegressionFamily:
     # Whether the family has a second data pass (the nearest-class-mean columns of a classifier).
     second_pass = False
 
-    def __init__(
-        self,
-        *,
-        rank: int | None,
-        svd: str,
-        oversample: int,
-        power_iters: int,
-        seed: int,
-        rule: CollapseRule,
-        output_key: str | None = None,
-        precision: str = "exact",
-    ) -> None:
-        self.rank = rank
-        self.precision = precision
-        self.svd = svd
-        self.oversample = oversample
-        self.power_iters = power_iters
-        self.seed = seed
-        self.rule = rule
-        self.output_key = output_key
+    def __init__(self, options: AnalysisOptions) -> None:
+        self.options = options
+        self.rule: CollapseRule = options.rule(self.task)
 
     @classmethod
     def from_options(cls, options: AnalysisOptions) -> RegressionFamily:
-        """The family of ``options``' analysis options, with the collapse rule of its task."""
-        return cls(
-            rank=options.rank,
-            svd=options.svd,
-            oversample=options.oversample,
-            power_iters=options.power_iters,
-            seed=options.seed,
-            rule=options.rule(cls.task),
-            output_key=options.output_key,
-            precision=options.precision,
-        )
+        """The family of ``options``' analysis (the same as ``cls(options)``)."""
+        return cls(options)
+
+    # -- what the family reads of the options ----------------------------------------------
+
+    @property
+    def rank(self) -> int | None:
+        return self.options.rank
+
+    @property
+    def svd(self) -> str:
+        return self.options.svd
+
+    @property
+    def oversample(self) -> int:
+        return self.options.oversample
+
+    @property
+    def power_iters(self) -> int:
+        return self.options.power_iters
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def output_key(self) -> str | None:
+        return self.options.output_key
+
+    @property
+    def precision(self) -> str:
+        """How the accumulators form their products (``exact`` or ``mixed``)."""
+        return self.options.precision
+
+    @property
+    def randomized(self) -> dict[str, int]:
+        """The knobs of every randomized solver, as keyword arguments."""
+        return {"oversample": self.oversample, "power_iters": self.power_iters, "seed": self.seed}
 
     # -- per-layer state --------------------------------------------------------------------
 
@@ -276,11 +283,7 @@ class RegressionFamily:
         """
         k = self.rank_for(t)
         model_mse = squared_error.compute() if squared_error is not None else None
-        randomized = {
-            "oversample": self.oversample,
-            "power_iters": self.power_iters,
-            "seed": self.seed,
-        }
+        randomized = self.randomized
         rows: list[dict] = []
         cov_y = None
         last = None
