@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -191,8 +192,12 @@ def run(
     with dataset, full_float32(device), _analysis_module(built, device, config) as module:
         if group is not None:
             _together(group, lambda: _check_shares(group, dataset.n_samples, data, config))
-        passes = _Passes(module, dataset, config, device, progress, on_plan, group)
-        results = _together(group, passes.run)
+
+        def analysis() -> Results | None:
+            # Planned inside _together: a bad mask key or rule ends every rank alike.
+            return _Passes(module, dataset, config, device, progress, on_plan, group).run()
+
+        results = _together(group, analysis)
     if results is None:
         return None
     results.checkpoint = label
@@ -327,21 +332,17 @@ class _Passes:
         if self.task == "classification":
             # The planner counts per-class state: one row per output of the model's head.
             self.t = _n_outputs(model)
-        self.monitor_options = {
-            "rank": config.rank,
-            "layers": config.layers,
-            "exclude": config.exclude,
-            "partial_layers": config.partial_layers,
-            "svd": config.svd,
-            "oversample": config.oversample,
-            "power_iters": config.power_iters,
-            "seed": config.seed,
-            "collapse_rule": config.collapse_rule,
-            "output_key": config.output_key,
-            "mask_key": self._mask_key(),
-            "precision": config.precision,
-            "task": self.task,
-        }
+        # Every pass's monitor: the options whole, with the task found and the mask key
+        # resolved against the data's inputs; the plan picks what each one sketches.
+        self.options = replace(config, task=self.task)
+        self.mask_key = self._mask_key()
+
+    def monitor(
+        self, active: Collection[str] | None = None, sketch: Mapping[str, int] | None = None
+    ) -> CollapseMonitor:
+        return CollapseMonitor.from_options(
+            self.model, self.options, mask_key=self.mask_key, active=active, sketch=sketch
+        )
 
     def _mask_key(self) -> str | None:
         names = tuple(getattr(self.data, "input_names", ()) or ())
@@ -374,7 +375,7 @@ class _Passes:
         return make_plan(needs, budget)
 
     def run(self) -> Results | None:
-        probe = CollapseMonitor(self.model, **self.monitor_options)
+        probe = self.monitor()
         plan = self.plan(probe)
         family = probe.family
         methods = {
@@ -448,9 +449,7 @@ class _Passes:
         joined: CollapseMonitor | None = None
         seen = 0
         for i, group in enumerate(plan.passes):
-            monitor = CollapseMonitor(
-                self.model,
-                **self.monitor_options,
+            monitor = self.monitor(
                 active=group,
                 sketch={n: plan.sketch_size[n] for n in group if plan.mode[n] == "sketch"},
             )
@@ -617,23 +616,7 @@ def run_forward(
             "max_samples: cannot cut the opaque batches of forward= at a sample",
             hint="limit the batches you pass instead",
         )
-    monitor = CollapseMonitor(
-        model,
-        rank=config.rank,
-        layers=config.layers,
-        exclude=config.exclude,
-        partial_layers=config.partial_layers,
-        svd=config.svd,
-        oversample=config.oversample,
-        power_iters=config.power_iters,
-        seed=config.seed,
-        collapse_rule=config.collapse_rule,
-        output_key=config.output_key,
-        mask_key=config.mask_key or "attention_mask",
-        memory_budget=config.memory_budget,
-        precision=config.precision,
-        task=config.task,
-    )
+    monitor = CollapseMonitor.from_options(model, config)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     seen = [0]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
 from nrc_cli.accumulate.moments import Workspace
 from nrc_cli.capture import WeightLayer
@@ -27,7 +28,8 @@ from nrc_cli.planning import NARROW_NOTE, make_plan
 
 if TYPE_CHECKING:
     from nrc_cli.distributed import Group
-    from nrc_cli.families.regression import RegressionFamily
+    from nrc_cli.families.regression import LayerOutcome, RegressionFamily
+    from nrc_cli.passes.second import SecondPass
 
 __all__ = [
     "FirstPass",
@@ -304,6 +306,40 @@ class FirstPass:
         group.reduce(self.predictions)
         self.n = group.agree(self.n, "sum")
         self.world_size = group.world_size
+
+    def compute(
+        self,
+        order: Sequence[str],
+        layers: Mapping[str, WeightLayer],
+        second: SecondPass | None,
+    ) -> LayerOutcome:
+        """The family's rows and summary fields (``family.compute``) from this pass, not empty:
+        its layers that hold samples, in the forward ``order`` (``layers``: every watched
+        layer, by name), with the counts of ``second`` once it has seen every sample. A layer
+        that ran only in batches that ``update`` refused has no samples, and no row."""
+        assert self.t is not None
+        ran = [n for n in order if any(a.n for a in self.accs.get(n, {}).values())]
+        accumulated = [(layers[n], self.accs[n]) for n in ran]
+        counts = second.accs if second is not None and second.n == self.n else None
+        predictions = self.predictions if self.has_prediction else None
+        with single_threaded():
+            return self.family.compute(accumulated, self.t, predictions, counts)
+
+    def run_fields(self, methods: Mapping[str, str], passes: int) -> dict:
+        """The run's summary fields this pass knows: what the prediction was, how the spectra
+        were found (``methods``: by layer), the randomized knobs, in how many ``passes`` and
+        where the state was accumulated, and in which precision."""
+        used = sorted(set(methods.values()))
+        return {
+            "prediction": self.family.prediction_label(bool(self.has_prediction)),
+            "svd": used[0] if len(used) == 1 else "mixed",
+            **self.family.randomized,  # oversample, power_iters, seed
+            "passes": passes,
+            "device": str(self.device),
+            "world_size": self.world_size,
+            "dtype": self.dtype,
+            "precision": self.family.precision,
+        }
 
     def plan_rows(
         self,
