@@ -24,7 +24,7 @@ from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import WeightLayer, weight_layers
 from nrc_cli.distributed import Group, share, steps
 from nrc_cli.errors import ConfigError, DataError, NrcError
-from nrc_cli.io.checkpoint import open_checkpoint
+from nrc_cli.io.checkpoint import Checkpoint, open_checkpoint
 from nrc_cli.io.data import Dataset, open_dataset
 from nrc_cli.io.memory import BatchesDataset, as_dataset
 from nrc_cli.model.build import BuiltModel, build_model
@@ -73,20 +73,9 @@ def prepare(
 ) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
     """Open the inputs, build the model and check that they fit, before anything runs."""
     ckpt = open_checkpoint(checkpoint, state_key=config.state_key)
-    data = open_dataset(
-        data_path,
-        x_key=config.x_key,
-        y_key=config.y_key,
-        inputs=config.inputs,
-        max_samples=config.max_samples,
-    )
+    data = _open_data(data_path, config)
     try:
-        built = build_model(
-            ckpt,
-            arch=config.arch,
-            arch_kwargs=config.arch_kwargs,
-            activation=config.activation,
-        )
+        built = _build(ckpt, config)
         if built.spec is not None and data.x_sample_shape[-1] != built.spec.in_features:
             raise DataError(
                 f"{data_path}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
@@ -109,6 +98,24 @@ def prepare(
         data.close()
         raise
     return built, data, layers
+
+
+def _open_data(path: str | os.PathLike, config: AnalysisOptions) -> Dataset:
+    """The data file ``path``, read as the options say (its arrays, inputs, samples)."""
+    return open_dataset(
+        path,
+        x_key=config.x_key,
+        y_key=config.y_key,
+        inputs=config.inputs,
+        max_samples=config.max_samples,
+    )
+
+
+def _build(ckpt: Checkpoint, config: AnalysisOptions) -> BuiltModel:
+    """The model of an open checkpoint, built as the options say (its architecture)."""
+    return build_model(
+        ckpt, arch=config.arch, arch_kwargs=config.arch_kwargs, activation=config.activation
+    )
 
 
 def resolve_task(task: str, dataset) -> str:
@@ -266,9 +273,7 @@ def _open(model, data, config: AnalysisOptions):
         return built, opened, str(model), dict(ckpt_meta)
     if _is_path(model):
         ckpt = open_checkpoint(str(model), state_key=config.state_key)
-        source: BuiltModel | nn.Module = build_model(
-            ckpt, arch=config.arch, arch_kwargs=config.arch_kwargs, activation=config.activation
-        )
+        source: BuiltModel | nn.Module = _build(ckpt, config)
         label, metadata = str(model), dict(ckpt.metadata)
     elif isinstance(model, nn.Module):
         source, label, metadata = model, f"<{type(model).__name__}>", {}
@@ -276,17 +281,7 @@ def _open(model, data, config: AnalysisOptions):
         raise ConfigError(
             f"expected a checkpoint path or a torch.nn.Module, found {type(model).__name__}"
         )
-    dataset: Any
-    if _is_path(data):
-        dataset = open_dataset(
-            data,
-            x_key=config.x_key,
-            y_key=config.y_key,
-            inputs=config.inputs,
-            max_samples=config.max_samples,
-        )
-    else:
-        dataset = as_dataset(data)
+    dataset: Any = _open_data(data, config) if _is_path(data) else as_dataset(data)
     try:
         module = source.module if isinstance(source, BuiltModel) else source
         weight_layers(module, include=config.layers, exclude=config.exclude)
