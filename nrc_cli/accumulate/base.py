@@ -518,12 +518,19 @@ class ShiftedSums(Accumulator):
         n = float(sums[0])
         self.reshift_(sums[1 : 1 + p] / n, sums[1 + p : 1 + p + t] / n)
 
+    def offsets(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(n, mean_z − c_z, mean_y − c_y): how far the means are from the shifts, from which
+        the centred moments follow; ``ValueError`` for an empty state."""
+        if self.n == 0:
+            raise ValueError("no samples accumulated")
+        return self.n, self.sz / self.n, self.sy / self.n
+
     def targets_record(self) -> torch.Tensor | None:
         """The mean of the targets and, for a state that sums Σ(y − c_y)(y − c_y)ᵀ, their
         covariance (flattened after the mean)."""
         if not self.n:
             return None
-        dy = self.sy / self.n
+        _, _, dy = self.offsets()
         parts = [self.cy + dy]
         for name, comoment in self._comoments.items():
             if comoment == ("y", "y", "full"):

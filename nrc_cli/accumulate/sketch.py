@@ -103,11 +103,7 @@ class CovarianceSketch(ShiftedSums):
 
     def compute(self) -> SketchResult:
         """Centred, 1/N-normalised moments and Σ_Z·Ω; the state is not changed."""
-        if self.n == 0:
-            raise ValueError("no samples accumulated")
-        n = self.n
-        dz = self.sz / n  # mean_z − c
-        dy = self.sy / n
+        n, dz, dy = self.offsets()
         sketch = self.s_omega / n - torch.outer(dz, dz @ self.omega)
         cov_zy = self.czy / n - torch.outer(dz, dy)
         cov_y = self.cyy / n - torch.outer(dy, dy)

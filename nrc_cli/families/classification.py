@@ -40,6 +40,7 @@ from nrc_cli.metrics.layer import (
 from nrc_cli.metrics.summary import (
     first_collapsed,
 )
+from nrc_cli.options import AnalysisOptions
 from nrc_cli.planning import MIN_SKETCH, LayerNeed
 
 
@@ -61,15 +62,11 @@ class ClassificationFamily(RegressionFamily):
     kinds = ("classes", "sketch")
     second_pass = True
 
-    @property
-    def precision(self) -> str:
-        """Always ``exact``: the per-class accumulators are exact float64 (a request for mixed
-        precision, :attr:`requested_precision`, is answered with a warning)."""
-        return "exact"
-
-    @property
-    def requested_precision(self) -> str:
-        return self.options.precision
+    def __init__(self, options: AnalysisOptions) -> None:
+        super().__init__(options)
+        # The per-class accumulators are exact float64; a request for mixed precision is
+        # recorded and answered with a warning.
+        self.requested_precision, self.precision = options.precision, "exact"
 
     @staticmethod
     def possible_head(layer: WeightLayer, t: int) -> bool:
@@ -106,28 +103,18 @@ class ClassificationFamily(RegressionFamily):
             sketch_size=s,
         )
 
-    def layer_accumulators(
-        self,
-        layer: WeightLayer,
-        t: int,
-        *,
-        sketch_size: int | None,
-        device: torch.device,
-        workspace: Workspace | None,
+    def exact_accumulators(
+        self, layer: WeightLayer, t: int, device: torch.device, workspace: Workspace | None
     ) -> dict[str, Accumulator]:
-        if sketch_size:
-            omega = self.test_matrix(layer.in_dim, sketch_size, device)
-            return {"sketch": ClassSketch(omega, device, workspace)}
         return {"classes": ClassMoments(device, workspace)}
 
-    def empty_accumulator(
-        self, kind: str, device: torch.device, omega: torch.Tensor | None = None
+    def exact_accumulator(self, kind: str, device: torch.device) -> Accumulator:
+        return ClassMoments(device)
+
+    def sketch_accumulator(
+        self, omega: torch.Tensor, device: torch.device, workspace: Workspace | None
     ) -> Accumulator:
-        if kind == "classes":
-            return ClassMoments(device)
-        if kind == "sketch" and omega is not None:
-            return ClassSketch(omega.to(device), device)
-        raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")
+        return ClassSketch(omega, device, workspace)
 
     @staticmethod
     def check_batch(layers: Mapping[str, Mapping[str, Accumulator]], y: torch.Tensor) -> None:
