@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from ranks import run_ranks
 from torch import nn
 
 from nrc_cli.accumulate.base import Accumulator
@@ -148,6 +153,15 @@ class TargetsFamily(RegressionFamily):
         next(iter(accs.values())).update(z, y)
 
 
+def _targets_data(n: int = 32, seed: int = 1):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    layers = weight_layers(model)
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    z = {w.name: torch.randn(n, w.in_dim, generator=g, dtype=torch.float64) for w in layers}
+    return layers, z, y
+
+
 def _targets_pass(layers, z, y, *, sketch=None, seed=0):
     first = FirstPass(TargetsFamily.from_options(AnalysisOptions(seed=seed)))
     first.device = torch.device("cpu")
@@ -160,11 +174,7 @@ def _targets_pass(layers, z, y, *, sketch=None, seed=0):
 
 
 def test_a_new_accumulator_merges_joins_and_saves_by_what_it_declares():
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    layers = weight_layers(model)
-    g = torch.Generator().manual_seed(1)
-    y = torch.randn(32, 2, generator=g, dtype=torch.float64)
-    z = {w.name: torch.randn(32, w.in_dim, generator=g, dtype=torch.float64) for w in layers}
+    layers, z, y = _targets_data()
     stream = _targets_pass(layers, z, y)
     # Merged halves are the stream (the accumulator's declared sums, added).
     half = {k: v[:16] for k, v in z.items()}
@@ -192,11 +202,7 @@ def test_a_new_accumulator_merges_joins_and_saves_by_what_it_declares():
 
 
 def test_a_new_accumulator_with_a_test_matrix_is_kept_with_it_and_merges_only_alike():
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    layers = weight_layers(model)
-    g = torch.Generator().manual_seed(2)
-    y = torch.randn(16, 2, generator=g, dtype=torch.float64)
-    z = {w.name: torch.randn(16, w.in_dim, generator=g, dtype=torch.float64) for w in layers}
+    layers, z, y = _targets_data(16, seed=2)
     sketched = _targets_pass(layers, z, y, sketch={"2": 3})
     acc = sketched.accs["2"]["sketch"]
     assert acc.known_dims() == {"p": 8, "s": 3} and sketched_size(sketched.accs["2"]) == 3
@@ -208,3 +214,50 @@ def test_a_new_accumulator_with_a_test_matrix_is_kept_with_it_and_merges_only_al
     assert sketched.n == 32
     with pytest.raises(DataError, match="layer '2': cannot merge sketches built with different"):
         sketched.merge(_targets_pass(layers, z, y, sketch={"2": 3}, seed=1))
+
+
+REDUCE_SCRIPT = """
+import json, sys
+sys.path[:0] = {tests!r}
+from test_passes import _targets_data, _targets_pass
+from nrc_cli.distributed import launch_from_env, process_group
+from nrc_cli.errors import ConfigError
+from nrc_cli.passes import reduce_passes
+
+launch = launch_from_env()
+layers, z, y = _targets_data(40)
+rows = slice(0, 24) if launch.rank == 0 else slice(24, 40)
+mine = _targets_pass(layers, {{k: v[rows] for k, v in z.items()}}, y[rows], sketch={{"2": 3}})
+out = {{}}
+with process_group(launch, "cpu") as group:
+    reduce_passes(mine, None, ["0", "2"], 2, group)
+    out["n"] = mine.n
+    out["sums"] = {{n: {{k: v.tolist() for k, v in next(iter(a.values())).state_dict().items()}}
+                   for n, a in mine.accs.items()}}
+    other = _targets_pass(layers, {{k: v[rows] for k, v in z.items()}}, y[rows],
+                          sketch={{"2": 3}}, seed=launch.rank)
+    try:
+        reduce_passes(other, None, ["0", "2"], 2, group)
+    except ConfigError as exc:
+        out["refused"] = exc.message
+json.dump(out, open("rank%d.json" % launch.rank, "w"))
+"""
+
+
+def test_a_new_accumulator_sums_over_ranks_by_what_it_declares(tmp_path):
+    here = Path(__file__).resolve().parent
+    script = tmp_path / "reduce.py"
+    script.write_text(REDUCE_SCRIPT.format(tests=[str(here), str(here.parent)]))
+    ended, _ = run_ranks([str(script)], cwd=tmp_path, timeout=120)
+    for e in ended:
+        assert e.returncode == 0, e.stderr
+    layers, z, y = _targets_data(40)
+    stream = _targets_pass(layers, z, y, sketch={"2": 3})
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["n"] == 40
+        for name, accs in stream.accs.items():
+            for key, value in next(iter(accs.values())).state_dict().items():
+                want = value.tolist()
+                np.testing.assert_allclose(got["sums"][name][key], want, rtol=1e-12, atol=1e-12)
+        assert "layer '2' is sketched with different test matrices" in got["refused"]
