@@ -431,3 +431,88 @@ class Capture:
     @property
     def hooked(self) -> bool:
         return bool(self._handles)
+
+
+class HeldFeatures:
+    """A monitor's hooks on ``layers``: registered for the life of a ``with`` block, they hold
+    the features of the latest forward pass of ``root`` until :meth:`take` pairs them with
+    targets, and keep the forward order of the layers across blocks (``order``: it is state).
+
+    Only the layers in ``active`` (a set the owner may grow) are pooled; features that share
+    memory with an activation are copied; with a ``mask_key``, the tokens of a Linear input
+    seen without a mask are held as a :class:`PendingPool`. A forward pass that starts before
+    the features of the previous one were taken is refused, and they are dropped.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[WeightLayer],
+        root: nn.Module,
+        *,
+        active: set[str],
+        mask_key: str | None,
+    ) -> None:
+        self.layers = list(layers)
+        self.root = root
+        self.active = active
+        self.mask_key = mask_key
+        self.order: list[str] = []
+        self.pending: dict[str, torch.Tensor | PendingPool] = {}
+        self._capture: Capture | None = None
+
+    def __enter__(self) -> HeldFeatures:
+        if self._capture is not None:
+            raise RuntimeError("this CollapseMonitor is already hooked (nested 'with')")
+        capture = Capture(
+            self.layers,
+            self._hold,
+            active=self.active,
+            root=self.root,
+            mask_key=self.mask_key,
+            on_forward=self._on_forward,
+            defer_unmasked=self.mask_key is not None,
+            copy_views=True,
+        )
+        capture.order = self.order  # the same list: the order survives re-entry
+        capture.__enter__()
+        self._capture = capture
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        capture, self._capture = self._capture, None
+        self.pending.clear()
+        if capture is not None:
+            capture.remove()
+
+    @property
+    def hooked(self) -> bool:
+        return self._capture is not None and self._capture.hooked
+
+    def take(
+        self, mask: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor | PendingPool], str | None]:
+        """The features held since the last take, by layer, and a warning when tokens were
+        pooled without a mask that the model seems to take (none when ``mask`` is given);
+        the next forward pass starts the next batch."""
+        pending, self.pending = self.pending, {}
+        notice = None
+        if self._capture is not None:
+            notice = None if mask is not None else self._capture.unmasked_warning()
+            self._capture.next_batch()
+        return pending, notice
+
+    def _on_forward(self) -> None:
+        if self.pending:
+            held = ", ".join(self.pending)
+            self.pending.clear()
+            raise DataError(
+                f"a forward pass started before the features of the previous one ({held}) "
+                "were paired with targets",
+                hint="call monitor.update(y, output) after each forward pass inside the "
+                "'with monitor:' block",
+            )
+
+    def _hold(self, name: str, z: torch.Tensor | PendingPool) -> None:
+        # Held until take() (copied by the capture where they share memory with an
+        # activation the forward pass may still change in place).
+        self.pending[name] = z

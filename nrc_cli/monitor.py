@@ -5,8 +5,8 @@ layers, one set of streaming float64 accumulators per layer and the analysis opt
 the accumulated state into the same :class:`~nrc_cli.results.Results` that ``nrc analyze``
 prints. Checkpoints, data files and multi-pass plans are the pipeline's concern
 (:mod:`nrc_cli.pipeline`), which feeds monitors. The accumulated state is a
-:class:`~nrc_cli.families.FirstPass` (and a :class:`~nrc_cli.families.SecondPass` once one
-begins); the steps of a pass that every family shares are in :mod:`nrc_cli.families.passes`.
+:class:`~nrc_cli.passes.FirstPass` (and a :class:`~nrc_cli.passes.SecondPass` once one
+begins): :mod:`nrc_cli.passes`, with how it merges, joins, reduces across ranks and saves.
 
 Multi-pass plans and sketches: a monitor accumulates its ``active`` layers in one stream,
 sketching those in ``sketch`` (or, with ``memory_budget``, those it picks at the first batch;
@@ -16,6 +16,7 @@ a budget that needs several passes is refused); the pipeline plans the passes an
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -23,24 +24,24 @@ import torch
 from torch import nn
 
 from nrc_cli._glob import glob_match
-from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.labels import is_label_array
-from nrc_cli.capture import Capture, PendingPool, WeightLayer, weight_layers
-from nrc_cli.distributed import Group, reduce_passes
+from nrc_cli.capture import HeldFeatures, WeightLayer, weight_layers
+from nrc_cli.distributed import Group
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.families import FAMILIES, FirstPass, SecondPass
-from nrc_cli.families.batch import check_finite, paired_features, record_rows
+from nrc_cli.families import FAMILIES
+from nrc_cli.families.batch import as_targets, check_finite, paired_features, record_rows
 from nrc_cli.families.calls import update_arguments
-from nrc_cli.families.combining import check_options
-from nrc_cli.families.passes import (
-    as_targets,
+from nrc_cli.options import PRECISIONS, AnalysisOptions
+from nrc_cli.passes import (
+    FirstPass,
+    SecondPass,
+    check_options,
     load_passes,
-    plan_row,
+    reduce_passes,
     single_pass_sketches,
     sketched_size,
     state_header,
 )
-from nrc_cli.options import PRECISIONS, parse_size
 from nrc_cli.results import Results
 from nrc_cli.segments import declared
 from nrc_cli.spill import FeatureSpill
@@ -150,18 +151,13 @@ class CollapseMonitor:
         active: Collection[str] | None = None,
         sketch: Mapping[str, int] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ConfigError(
-                f"CollapseMonitor: expected a torch.nn.Module, found {type(model).__name__}"
-            )
+        _check_model(model, "CollapseMonitor")
         if task not in (*FAMILIES, "auto"):
             raise ConfigError(
                 f"task: expected one of {', '.join(FAMILIES)} or auto, found {task!r}",
             )
-        from nrc_cli.options import AnalysisOptions
-
         # The same validation, and the same messages, as every other entry point.
-        checked = AnalysisOptions(
+        options = AnalysisOptions(
             rank=rank,
             layers=tuple(layers),
             exclude=tuple(exclude),
@@ -176,16 +172,69 @@ class CollapseMonitor:
             precision=precision,
             task=task,
         )
+        self._build(model, options, mask_key, active, sketch)
+
+    @classmethod
+    def from_options(
+        cls,
+        model: nn.Module,
+        options: AnalysisOptions,
+        *,
+        mask_key: str | EllipsisType | None = ...,
+        active: Collection[str] | None = None,
+        sketch: Mapping[str, int] | None = None,
+    ) -> CollapseMonitor:
+        """A monitor of ``model`` for the analysis ``options``, taken whole (as ``nrc analyze``
+        and :func:`nrc_cli.analyze` build them, validated once): the monitor and its family
+        read the options they need from it, and ``CollapseMonitor(model, **fields)`` is the
+        same monitor as ``from_options(model, AnalysisOptions(**fields))``.
+
+        The options that are not the monitor's (the data's keys, the batch size, the device…)
+        are carried and ignored. ``memory_budget`` is the monitor's own: layers that do not
+        fit are sketched, in one pass (None: every layer exact).
+
+        Parameters
+        ----------
+        mask_key : str or None, optional
+            The token mask's keyword argument, resolved by the caller (the pipeline, against
+            the data's inputs); None: never mask. Default ``options.mask_key``, or
+            ``attention_mask`` when it names none.
+        active, sketch : optional
+            As for the constructor: the layers to accumulate, the layers to sketch.
+        """
+        if not isinstance(options, AnalysisOptions):
+            raise ConfigError(
+                "CollapseMonitor.from_options: expected AnalysisOptions, found "
+                f"{type(options).__name__}",
+                hint="CollapseMonitor(model, rank=..., ...) takes the options as keywords",
+            )
+        _check_model(model, "CollapseMonitor.from_options")
+        if isinstance(mask_key, EllipsisType):
+            mask_key = options.mask_key or "attention_mask"
+        monitor = cls.__new__(cls)
+        monitor._build(model, options, mask_key, active, sketch)
+        return monitor
+
+    def _build(
+        self,
+        model: nn.Module,
+        options: AnalysisOptions,
+        mask_key: str | None,
+        active: Collection[str] | None,
+        sketch: Mapping[str, int] | None,
+    ) -> None:
         self.model = model
-        self._options = checked
-        self._auto = task == "auto"
-        self._set_task("regression" if self._auto else task)
+        self._options = options
+        self._auto = options.task == "auto"
+        self._set_task("regression" if self._auto else options.task)
         self.layers: list[WeightLayer] = weight_layers(
-            model, include=checked.layers, exclude=checked.exclude
+            model, include=options.layers, exclude=options.exclude
         )
         self._by_name = {w.name: w for w in self.layers}
         self._partial = {
-            w.name for w in self.layers if any(glob_match(w.name, p) for p in partial_layers)
+            w.name
+            for w in self.layers
+            if any(glob_match(w.name, p) for p in options.partial_layers)
         }
         names = set(self._by_name)
         self.active: set[str] = set(names if active is None else active)
@@ -197,65 +246,37 @@ class CollapseMonitor:
             )
         self._sketch_given = sketch is not None
         self.sketch: dict[str, int] = dict(sketch or {})
-        self.memory_budget = memory_budget
-        self._budget = (
-            parse_size(memory_budget) if isinstance(memory_budget, str) else memory_budget
-        )
+        self.memory_budget = options.memory_budget
+        self._budget = options.budget_bytes()
         self.mask_key = mask_key
-        self._capture: Capture | None = None
+        self._hooks = HeldFeatures(self.layers, model, active=self.active, mask_key=mask_key)
+        self._order = self._hooks.order  # the forward order, kept by the hooks
         self.reset()
+
+    @property
+    def options(self) -> AnalysisOptions:
+        """The analysis options this monitor was built with (its mask key: :attr:`mask_key`)."""
+        return self._options
 
     def _set_task(self, task: str) -> None:
         self.task = task
-        self.family = FAMILIES[task].from_options(self._options)
+        self.family = FAMILIES[task](self._options)
         self._first = FirstPass(self.family)
 
     # -- hooks ------------------------------------------------------------------------------
 
     def __enter__(self) -> CollapseMonitor:
-        if self._capture is not None:
-            raise RuntimeError("this CollapseMonitor is already hooked (nested 'with')")
-        capture = Capture(
-            self.layers,
-            self._on_features,
-            active=self.active,
-            root=self.model,
-            mask_key=self.mask_key,
-            on_forward=self._on_forward,
-            defer_unmasked=self.mask_key is not None,
-            copy_views=True,
-        )
-        capture.order = self._order  # the forward order is state: it survives re-entry
-        capture.__enter__()
-        self._capture = capture
+        self._hooks.mask_key = self.mask_key
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        capture, self._capture = self._capture, None
-        self._pending.clear()
-        if capture is not None:
-            capture.remove()
+        self._hooks.__exit__(*exc)
 
     @property
     def hooked(self) -> bool:
         """Whether the hooks are registered now (inside ``with monitor:``)."""
-        return self._capture is not None and self._capture.hooked
-
-    def _on_forward(self) -> None:
-        if self._pending:
-            held = ", ".join(self._pending)
-            self._pending.clear()
-            raise DataError(
-                f"a forward pass started before the features of the previous one ({held}) "
-                "were paired with targets",
-                hint="call monitor.update(y, output) after each forward pass inside the "
-                "'with monitor:' block",
-            )
-
-    def _on_features(self, name: str, z: torch.Tensor | PendingPool) -> None:
-        # Held until update() pairs them with targets (copied by the capture where they share
-        # memory with an activation the forward pass may still change in place).
-        self._pending[name] = z
+        return self._hooks.hooked
 
     # -- state ------------------------------------------------------------------------------
 
@@ -263,9 +284,8 @@ class CollapseMonitor:
         """Forget every sample (the hooks stay as they are)."""
         self._first = FirstPass(self.family)
         self._second: SecondPass | None = None  # once begun
-        self._order: list[str] = getattr(self, "_order", [])
         self._order.clear()
-        self._pending: dict[str, torch.Tensor | PendingPool] = {}
+        self._hooks.pending = {}
         self._rows: dict[str, str] = {}  # the kind of each layer's rows (segments.py)
         self._warnings: list[str] = []
         self._spill: FeatureSpill | None = None  # where first-pass batches are kept, if set
@@ -336,11 +356,7 @@ class CollapseMonitor:
             start = self._second.n if self._second is not None else first.n
         y = self.family.prepare_targets(as_targets(y), output, start)
         b = y.shape[0]
-        pending, self._pending = self._pending, {}
-        notice = None
-        if self._capture is not None:
-            notice = None if mask is not None else self._capture.unmasked_warning()
-            self._capture.next_batch()
+        pending, notice = self._hooks.take(mask)
         again = [n for n in self._order if n in self.active] if first.n else []
         paired = paired_features(
             pending, b, mask=mask, ran=self._order, again=again,
@@ -414,10 +430,7 @@ class CollapseMonitor:
 
     def _hook_accumulated(self) -> None:
         """Every accumulated layer is hooked (a joined plan's monitor watched one pass's)."""
-        accs = self._first.accs
-        self.active.update(accs)
-        if self._capture is not None and self._capture.active is not None:
-            self._capture.active.update(accs)
+        self.active.update(self._first.accs)  # the hooks' set too
 
     @property
     def second_pass_samples(self) -> int:
@@ -458,35 +471,13 @@ class CollapseMonitor:
                 "CollapseMonitor.compute(): no samples yet",
                 hint="run the model inside 'with monitor:' and call update(y, output)",
             )
-        t = first.t
-        # A layer that ran only in batches that update() refused has no samples, and no row.
-        ran = [n for n in self._order if any(a.n for a in first.accs.get(n, {}).values())]
-        layers = [(self._by_name[n], first.accs[n]) for n in ran]
-        second = None
-        if self._second is not None and self._second.n == first.n:
-            second = self._second.accs
-        predictions = first.predictions if first.has_prediction else None
-        with single_threaded():
-            outcome = self.family.compute(layers, t, predictions, second)
+        outcome = first.compute(self._order, self._by_name, self._second)
         methods = {
-            w.name: self.family.spectrum_method(w, t, w.name in self.sketch) for w in self.layers
+            w.name: self.family.spectrum_method(w, first.t, w.name in self.sketch)
+            for w in self.layers
         }
-        used = sorted(set(methods.values()))
-        family = self.family
-        summary = {
-            "n_samples": first.n,
-            **outcome.summary,
-            "prediction": family.prediction_label(bool(first.has_prediction)),
-            "svd": used[0] if len(used) == 1 else "mixed",
-            "oversample": family.oversample,
-            "power_iters": family.power_iters,
-            "seed": family.seed,
-            "passes": first.passes + (self._second is not None),
-            "device": str(first.device),
-            "world_size": first.world_size,
-            "dtype": first.dtype,
-            "precision": self.family.precision,
-        }
+        passes = first.passes + (self._second is not None)
+        summary = {"n_samples": first.n, **outcome.summary, **first.run_fields(methods, passes)}
         plan = self._plan_doc(methods)
         counts = {n: max(a.n for a in accs.values()) for n, accs in first.accs.items()}
         record_rows(outcome.rows, plan["layers"], self._rows, counts, first.n)
@@ -495,20 +486,10 @@ class CollapseMonitor:
 
     def _plan_doc(self, methods: dict[str, str]) -> dict:
         """How this monitor accumulated: the pass and accumulator of each layer, its memory."""
-        first, names = self._first, list(self._by_name)
-        ordered = sorted(first.accs, key=lambda n: (first.pass_of.get(n, 1), names.index(n)))
-        rows = [
-            plan_row(
-                self.family, self._by_name[name], first.t or 1, first.batch,
-                pass_index=first.pass_of.get(name, 1), sketch_size=self.sketch.get(name),
-                spectrum=methods.get(name),
-            )
-            for name in ordered
-        ]  # fmt: skip
         doc: dict[str, Any] = {
             "memory_budget": self.memory_budget if self.memory_budget is not None else "none",
-            "passes": first.passes,
-            "layers": rows,
+            "passes": self._first.passes,
+            "layers": self._first.plan_rows(self._by_name, self.sketch, methods),
         }
         not_run = [w.name for w in self.layers if w.name not in self._order]
         if not_run:
@@ -672,13 +653,13 @@ class CollapseMonitor:
         if task != self.task:
             if not self._auto:
                 raise ConfigError(f"a state of task {task}, for a monitor of task {self.task}")
-            family = FAMILIES[task].from_options(self._options)
+            family = FAMILIES[task](self._options)
         first, second = load_passes(family, state, self._by_name)
         # Nothing can fail from here on.
         self.task, self.family = task, family
         self._first, self._second = first, second
         self._order[:] = order
-        self._pending = {}
+        self._hooks.pending = {}
         first.dtype = str(self.layers[0].module.weight.dtype).removeprefix("torch.")
         if not self._sketch_given:
             self.sketch = {}
@@ -696,3 +677,8 @@ class CollapseMonitor:
         if self._second is not None:
             self._second.to(device)
         return self
+
+
+def _check_model(model: object, where: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{where}: expected a torch.nn.Module, found {type(model).__name__}")

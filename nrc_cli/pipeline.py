@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,7 +24,7 @@ from nrc_cli.accumulate.labels import is_label_array
 from nrc_cli.capture import WeightLayer, weight_layers
 from nrc_cli.distributed import Group, share, steps
 from nrc_cli.errors import ConfigError, DataError, NrcError
-from nrc_cli.io.checkpoint import open_checkpoint
+from nrc_cli.io.checkpoint import Checkpoint, open_checkpoint
 from nrc_cli.io.data import Dataset, open_dataset
 from nrc_cli.io.memory import BatchesDataset, as_dataset
 from nrc_cli.model.build import BuiltModel, build_model
@@ -72,20 +73,9 @@ def prepare(
 ) -> tuple[BuiltModel, Dataset, list[WeightLayer]]:
     """Open the inputs, build the model and check that they fit, before anything runs."""
     ckpt = open_checkpoint(checkpoint, state_key=config.state_key)
-    data = open_dataset(
-        data_path,
-        x_key=config.x_key,
-        y_key=config.y_key,
-        inputs=config.inputs,
-        max_samples=config.max_samples,
-    )
+    data = _open_data(data_path, config)
     try:
-        built = build_model(
-            ckpt,
-            arch=config.arch,
-            arch_kwargs=config.arch_kwargs,
-            activation=config.activation,
-        )
+        built = _build(ckpt, config)
         if built.spec is not None and data.x_sample_shape[-1] != built.spec.in_features:
             raise DataError(
                 f"{data_path}: input '{data.x_info.key}' has {data.x_sample_shape[-1]} features "
@@ -108,6 +98,24 @@ def prepare(
         data.close()
         raise
     return built, data, layers
+
+
+def _open_data(path: str | os.PathLike, config: AnalysisOptions) -> Dataset:
+    """The data file ``path``, read as the options say (its arrays, inputs, samples)."""
+    return open_dataset(
+        path,
+        x_key=config.x_key,
+        y_key=config.y_key,
+        inputs=config.inputs,
+        max_samples=config.max_samples,
+    )
+
+
+def _build(ckpt: Checkpoint, config: AnalysisOptions) -> BuiltModel:
+    """The model of an open checkpoint, built as the options say (its architecture)."""
+    return build_model(
+        ckpt, arch=config.arch, arch_kwargs=config.arch_kwargs, activation=config.activation
+    )
 
 
 def resolve_task(task: str, dataset) -> str:
@@ -191,8 +199,12 @@ def run(
     with dataset, full_float32(device), _analysis_module(built, device, config) as module:
         if group is not None:
             _together(group, lambda: _check_shares(group, dataset.n_samples, data, config))
-        passes = _Passes(module, dataset, config, device, progress, on_plan, group)
-        results = _together(group, passes.run)
+
+        def analysis() -> Results | None:
+            # Planned inside _together: a bad mask key or rule ends every rank alike.
+            return _Passes(module, dataset, config, device, progress, on_plan, group).run()
+
+        results = _together(group, analysis)
     if results is None:
         return None
     results.checkpoint = label
@@ -261,9 +273,7 @@ def _open(model, data, config: AnalysisOptions):
         return built, opened, str(model), dict(ckpt_meta)
     if _is_path(model):
         ckpt = open_checkpoint(str(model), state_key=config.state_key)
-        source: BuiltModel | nn.Module = build_model(
-            ckpt, arch=config.arch, arch_kwargs=config.arch_kwargs, activation=config.activation
-        )
+        source: BuiltModel | nn.Module = _build(ckpt, config)
         label, metadata = str(model), dict(ckpt.metadata)
     elif isinstance(model, nn.Module):
         source, label, metadata = model, f"<{type(model).__name__}>", {}
@@ -271,17 +281,7 @@ def _open(model, data, config: AnalysisOptions):
         raise ConfigError(
             f"expected a checkpoint path or a torch.nn.Module, found {type(model).__name__}"
         )
-    dataset: Any
-    if _is_path(data):
-        dataset = open_dataset(
-            data,
-            x_key=config.x_key,
-            y_key=config.y_key,
-            inputs=config.inputs,
-            max_samples=config.max_samples,
-        )
-    else:
-        dataset = as_dataset(data)
+    dataset: Any = _open_data(data, config) if _is_path(data) else as_dataset(data)
     try:
         module = source.module if isinstance(source, BuiltModel) else source
         weight_layers(module, include=config.layers, exclude=config.exclude)
@@ -327,21 +327,17 @@ class _Passes:
         if self.task == "classification":
             # The planner counts per-class state: one row per output of the model's head.
             self.t = _n_outputs(model)
-        self.monitor_options = {
-            "rank": config.rank,
-            "layers": config.layers,
-            "exclude": config.exclude,
-            "partial_layers": config.partial_layers,
-            "svd": config.svd,
-            "oversample": config.oversample,
-            "power_iters": config.power_iters,
-            "seed": config.seed,
-            "collapse_rule": config.collapse_rule,
-            "output_key": config.output_key,
-            "mask_key": self._mask_key(),
-            "precision": config.precision,
-            "task": self.task,
-        }
+        # Every pass's monitor: the options whole, with the task found and the mask key
+        # resolved against the data's inputs; the plan picks what each one sketches.
+        self.options = replace(config, task=self.task)
+        self.mask_key = self._mask_key()
+
+    def monitor(
+        self, active: Collection[str] | None = None, sketch: Mapping[str, int] | None = None
+    ) -> CollapseMonitor:
+        return CollapseMonitor.from_options(
+            self.model, self.options, mask_key=self.mask_key, active=active, sketch=sketch
+        )
 
     def _mask_key(self) -> str | None:
         names = tuple(getattr(self.data, "input_names", ()) or ())
@@ -374,7 +370,7 @@ class _Passes:
         return make_plan(needs, budget)
 
     def run(self) -> Results | None:
-        probe = CollapseMonitor(self.model, **self.monitor_options)
+        probe = self.monitor()
         plan = self.plan(probe)
         family = probe.family
         methods = {
@@ -448,9 +444,7 @@ class _Passes:
         joined: CollapseMonitor | None = None
         seen = 0
         for i, group in enumerate(plan.passes):
-            monitor = CollapseMonitor(
-                self.model,
-                **self.monitor_options,
+            monitor = self.monitor(
                 active=group,
                 sketch={n: plan.sketch_size[n] for n in group if plan.mode[n] == "sketch"},
             )
@@ -617,23 +611,7 @@ def run_forward(
             "max_samples: cannot cut the opaque batches of forward= at a sample",
             hint="limit the batches you pass instead",
         )
-    monitor = CollapseMonitor(
-        model,
-        rank=config.rank,
-        layers=config.layers,
-        exclude=config.exclude,
-        partial_layers=config.partial_layers,
-        svd=config.svd,
-        oversample=config.oversample,
-        power_iters=config.power_iters,
-        seed=config.seed,
-        collapse_rule=config.collapse_rule,
-        output_key=config.output_key,
-        mask_key=config.mask_key or "attention_mask",
-        memory_budget=config.memory_budget,
-        precision=config.precision,
-        task=config.task,
-    )
+    monitor = CollapseMonitor.from_options(model, config)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     seen = [0]

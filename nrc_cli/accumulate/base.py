@@ -19,6 +19,21 @@ is known only then; until then the state is None). Every accumulator then has
   adding every state declared ``reduce="sum"`` over the processes is exactly a merge. Plain
   sums need nothing; :class:`ShiftedSums` agrees on one shift.
 
+How a state combines is declared here, on the accumulator, and nowhere else: the checks of a
+monitor's merge, join and data-parallel sum (:mod:`nrc_cli.passes.combining`) and its state
+dicts read only this interface, never an accumulator's class. Besides ``add_state``'s
+``reduce``, ``merge_problem``, ``merge`` and ``align_``:
+
+* ``omega``: the test matrix Ω (p×s) a sketch is built with, a constant and not state (None
+  for every other accumulator). States combine only when built with the same Ω: a merge
+  refuses another one (:meth:`Accumulator.matrix_problem`), the processes of a sum compare
+  its checksum first (:meth:`Accumulator.align_`), and a monitor's state dict keeps it beside
+  the state (``omega/<layer>``); ``to(device)`` moves it and it fixes the state's p and s;
+* ``width``: p, the width of the features summed (merges and sums need the same);
+* ``targets_record()``: what the state records of the targets it was fed, the same (but for
+  round-off) in any state fed the same samples: a join of passes over the same samples
+  compares it to refuse other data (None: the state records nothing of the targets).
+
 Kernels raise ``ValueError`` (bad shapes, empty state); the boundaries above them turn what a user
 can cause into :class:`nrc_cli.errors.NrcError`.
 """
@@ -63,6 +78,9 @@ class Accumulator:
     n: int
     # Set by the subclasses that place their state on a fixed device (None: the batch's).
     device: torch.device | None
+    # A sketch's test matrix Ω (p×s): a constant the state is built with, not state; two
+    # states combine only when built with the same one (see the module docstring).
+    omega: torch.Tensor | None = None
 
     def __init__(self) -> None:
         self._defaults: dict[str, Any] = {}
@@ -82,7 +100,20 @@ class Accumulator:
     def align_(self, collective: Collective) -> None:
         """Before a data-parallel sum: bring this process's state, not empty, to the common
         form in which adding every summed state over the processes is exactly a merge. Every
-        process calls it (a collective); plain sums need nothing, which is the default."""
+        process calls it (a collective); plain sums need nothing, which is the default, once
+        the processes have checked that they sketch with the same test matrix Ω (a checksum of
+        its shape and bytes; a state without one checks nothing): sums of Σ·Ω over different
+        Ω would be no sketch at all. Subclasses call it first."""
+        if self.omega is not None and not same_everywhere(collective, checksum(self.omega)):
+            raise ValueError(
+                "the processes sketch a layer with different test matrices (seed or sketch size)"
+            )
+
+    def targets_record(self) -> torch.Tensor | None:
+        """What this state records of the targets it was fed, on the CPU: the same, but for
+        round-off, in every state fed the same samples (a join compares it); None when it
+        records nothing of them (the default), or holds no sample."""
+        return None
 
     def add_state(
         self,
@@ -129,11 +160,14 @@ class Accumulator:
             setattr(self, name, default)
 
     def to(self, device: torch.device | str) -> Accumulator:
-        """Move every tensor state to ``device`` (in place); return self."""
+        """Move every tensor state, and the test matrix, to ``device`` (in place); return
+        self."""
         for name in self._defaults:
             value = getattr(self, name)
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(device))
+        if self.omega is not None:
+            self.omega = self.omega.to(device)
         if hasattr(self, "device") and getattr(self, "device", None) is not None:
             self.device = torch.device(device)
         return self
@@ -163,11 +197,14 @@ class Accumulator:
         """Why ``other`` cannot be merged into this state, or None when it can. Pure: a caller
         merging several states checks them all first, so that a refused merge changes none.
 
-        The default: another type, or a summed tensor state of another shape (both states
-        holding samples).
+        The default: another type, another test matrix (:meth:`matrix_problem`), or a summed
+        tensor state of another shape (both states holding samples).
         """
         if type(other) is not type(self):
             return f"cannot merge {type(other).__name__} into {type(self).__name__}"
+        problem = self.matrix_problem(other)
+        if problem is not None:
+            return problem
         if other.n == 0 or self.n == 0:
             return None
         for name in self.summed_states:
@@ -176,6 +213,18 @@ class Accumulator:
             if tensors and mine.shape != theirs.shape:
                 return _shape_message(name, mine, theirs)
         return None
+
+    def matrix_problem(self, other: Accumulator) -> str | None:
+        """Why ``other``, holding samples, cannot be merged for its test matrix (another Ω:
+        its sums would be read against this state's Ω, also when this one is empty), or None.
+        The default ``merge_problem`` asks it; a subclass that checks more first asks it first.
+        """
+        if self.omega is None or other.omega is None or not other.n:
+            return None
+        a, b = self.omega, other.omega
+        if a.shape == b.shape and torch.equal(b.to(a.device), a):
+            return None
+        return "cannot merge sketches built with different test matrices"
 
     def _copy_from(self, other: Accumulator) -> None:
         for name in self._defaults:
@@ -219,8 +268,10 @@ class Accumulator:
         return out
 
     def known_dims(self) -> dict[str, int]:
-        """Dimensions this accumulator fixes itself (a sketch's s, from its Ω); none here."""
-        return {}
+        """Dimensions this accumulator fixes itself: a sketch's p and s, from its Ω."""
+        if self.omega is None:
+            return {}
+        return {"p": int(self.omega.shape[0]), "s": int(self.omega.shape[1])}
 
     def state_problem(
         self, state: Mapping[str, Any], dims: Mapping[str, int] | None = None, prefix: str = ""
@@ -387,7 +438,7 @@ class ShiftedSums(Accumulator):
     cy: Any
     sz: Any
     sy: Any
-    omega: torch.Tensor  # the sketch's test matrix, for form="sketch" co-moments
+    omega: Any  # the sketch's test matrix, for form="sketch" co-moments (None for others)
 
     def __init__(self) -> None:
         super().__init__()
@@ -450,7 +501,8 @@ class ShiftedSums(Accumulator):
     def align_(self, collective: Collective) -> None:
         """Re-express the sums about the global means of z and y over the processes (one sum
         of p + t + 1 numbers), the shift every process then shares; once the processes have
-        checked that their feature and target widths agree."""
+        checked that their test matrices (if any), feature and target widths agree."""
+        super().align_(collective)
         p, t = self.cz.shape[0], self.cy.shape[0]
         if not same_everywhere(collective, checksum(p, t)):
             raise ValueError("the feature or target width of a layer differs between the processes")
@@ -465,6 +517,26 @@ class ShiftedSums(Accumulator):
         collective.sum_(sums)
         n = float(sums[0])
         self.reshift_(sums[1 : 1 + p] / n, sums[1 + p : 1 + p + t] / n)
+
+    def offsets(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(n, mean_z − c_z, mean_y − c_y): how far the means are from the shifts, from which
+        the centred moments follow; ``ValueError`` for an empty state."""
+        if self.n == 0:
+            raise ValueError("no samples accumulated")
+        return self.n, self.sz / self.n, self.sy / self.n
+
+    def targets_record(self) -> torch.Tensor | None:
+        """The mean of the targets and, for a state that sums Σ(y − c_y)(y − c_y)ᵀ, their
+        covariance (flattened after the mean)."""
+        if not self.n:
+            return None
+        _, _, dy = self.offsets()
+        parts = [self.cy + dy]
+        for name, comoment in self._comoments.items():
+            if comoment == ("y", "y", "full"):
+                cov = getattr(self, name) / self.n - torch.outer(dy, dy)
+                parts.append(cov.reshape(-1))
+        return torch.cat(parts).cpu()
 
     def merge_problem(self, other: Accumulator) -> str | None:
         """Another type, or other feature or target widths (both states holding samples)."""

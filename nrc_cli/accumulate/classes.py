@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from nrc_cli._threads import single_threaded
-from nrc_cli.accumulate.base import Accumulator, Collective, checksum, same_everywhere
+from nrc_cli.accumulate.base import Accumulator, Collective
 from nrc_cli.accumulate.gram import add_cross_
 from nrc_cli.accumulate.labels import check_label_batch, floating
 from nrc_cli.accumulate.moments import Workspace, add_gram_, symmetric
@@ -358,7 +358,8 @@ class _ClassSums(Accumulator):
         one sum of (processes × classes) integers) and on one shift per class, its mean over
         every process's samples (one sum of C·(p + 1) numbers), and re-express the sums about
         it. A class this process never saw has no sums to move; it is added with a zero
-        count."""
+        count. First, as every accumulator, a sketch checks that the processes share its Ω."""
+        super().align_(collective)
         p = self.width
         assert p is not None  # align_ is called on a state that holds samples
         if collective.agree(p, "min") != collective.agree(p, "max"):
@@ -376,6 +377,13 @@ class _ClassSums(Accumulator):
         collective.sum_(totals)
         n_all = totals[:, :1]
         self.reshift_(torch.where(n_all > 0, totals[:, 1:] / n_all.clamp_min(1.0), 0.0))
+
+    def targets_record(self) -> torch.Tensor | None:
+        """The label values seen and the count of each, float64."""
+        if not self.n:
+            return None
+        seen = self.counts > 0
+        return torch.cat([self.labels[seen], self.counts[seen]]).cpu().to(_F64)
 
     def _first_order(self) -> tuple[torch.Tensor, ...]:
         """(the classes' labels, counts, d = μ_c − c_c, μ_c, μ_G, n_c as a float column)."""
@@ -440,6 +448,8 @@ class ClassSketch(_ClassSums):
     :class:`NearestClassMean`'s ``projection``).
     """
 
+    omega: torch.Tensor  # the test matrix (p, s): a constant of the sketch
+
     def __init__(
         self,
         omega: torch.Tensor,
@@ -453,14 +463,6 @@ class ClassSketch(_ClassSums):
         self.add_state("s_omega", None, shape=("p", "s"))  # Σ_i u_i (u_iᵀΩ)
         self.add_state("diag", None, shape=("p",))  # Σ_i u_i²
 
-    def known_dims(self) -> dict[str, int]:
-        return {"p": int(self.omega.shape[0]), "s": int(self.omega.shape[1])}
-
-    def to(self, device: torch.device | str) -> ClassSketch:
-        super().to(device)
-        self.omega = self.omega.to(device)
-        return self
-
     def _init_second(self, p: int, device: torch.device) -> None:
         if p != self.omega.shape[0]:
             raise ValueError(f"features of width {p} for a test matrix of {self.omega.shape[0]}")
@@ -471,32 +473,19 @@ class ClassSketch(_ClassSums):
         add_cross_(self.s_omega, u, u @ self.omega)
         self.diag.add_((u * u).sum(dim=0))
 
-    def align_(self, collective: Collective) -> None:
-        """As for :class:`ClassMoments`, once the processes have checked that they sketch with
-        the same test matrix Ω (a checksum of its shape and bytes)."""
-        if not same_everywhere(collective, checksum(self.omega)):
-            raise ValueError(
-                "the processes sketch a layer with different test matrices (seed or sketch size)"
-            )
-        super().align_(collective)
-
     def merge_problem(self, other: Accumulator) -> str | None:
         """As for :class:`ClassMoments`, and a sketch holding samples built with another Ω
-        (its Σ_W·Ω would be read against this sketch's Ω, also when this one is empty)."""
-        if isinstance(other, ClassSketch) and other.n and not self._same_omega(other):
-            return "cannot merge sketches built with different test matrices"
+        (:meth:`~nrc_cli.accumulate.base.Accumulator.matrix_problem`)."""
+        if isinstance(other, ClassSketch):
+            problem = self.matrix_problem(other)
+            if problem is not None:
+                return problem
         return super().merge_problem(other)
 
-    def _same_omega(self, other: ClassSketch) -> bool:
-        return other.omega.shape == self.omega.shape and torch.equal(
-            other.omega.to(self.omega.device), self.omega
-        )
-
     def _take_second(self, other) -> None:
-        if other.omega.shape != self.omega.shape or not torch.equal(
-            other.omega.to(self.omega.device), self.omega
-        ):
-            raise ValueError("cannot merge sketches built with different test matrices")
+        problem = self.matrix_problem(other)
+        if problem is not None:
+            raise ValueError(problem)
         self.s_omega.add_(other.s_omega.to(self.s_omega.device))
         self.diag.add_(other.diag.to(self.diag.device))
 

@@ -53,30 +53,21 @@ def _follow_torch_threads() -> None:
 
 
 @functools.cache
-def _dsyrk():
-    """scipy's ``dsyrk``, or None where scipy is not installed."""
+def _blas(name: str):
+    """scipy's BLAS routine ``name`` (``dsyrk``; ``ssyrk``, its float32 twin), or None where
+    scipy is not installed."""
     try:
-        from scipy.linalg.blas import dsyrk
+        from scipy.linalg import blas
     except ImportError:  # pragma: no cover - scipy is a dependency
         return None
-    return dsyrk
-
-
-@functools.cache
-def _ssyrk():
-    """scipy's ``ssyrk`` (float32), or None where scipy is not installed."""
-    try:
-        from scipy.linalg.blas import ssyrk
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return None
-    return ssyrk
+    return getattr(blas, name)
 
 
 def ssyrk_upper_into(out: torch.Tensor, a: torch.Tensor) -> bool:
     """out = aᵀa on and above the diagonal through BLAS ``ssyrk`` (float32; below it, ``out``
     is left as it was). ``out``: a C-contiguous p×p float32 CPU tensor; ``a``: a C-contiguous
     (b, p) float32 CPU batch. Returns False (and changes nothing) without scipy."""
-    ssyrk = _ssyrk()
+    ssyrk = _blas("ssyrk")
     if ssyrk is None:
         return False
     c = out.numpy().T  # Fortran view, no copy (see syrk_upper_)
@@ -111,7 +102,7 @@ def syrk_upper_(target: torch.Tensor, a: torch.Tensor) -> bool:
     and a C-order (b, p) batch is the Fortran p×b matrix whose ``A Aᵀ`` is aᵀa. Returns False
     (and changes nothing) where scipy's ``dsyrk`` is missing.
     """
-    dsyrk = _dsyrk()
+    dsyrk = _blas("dsyrk")
     if dsyrk is None:
         return False
     if target.dtype != _F64 or not target.is_contiguous() or target.device.type != "cpu":

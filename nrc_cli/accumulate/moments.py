@@ -275,6 +275,19 @@ def symmetric(upper: torch.Tensor) -> torch.Tensor:
     return full
 
 
+def _place(
+    acc: CrossMoments | NormalizedGram,
+    device: torch.device | str | None,
+    workspace: Workspace | None,
+    precision: str,
+) -> None:
+    """Where an exact accumulator keeps its state (None: the first batch's device), the
+    scratch buffers of its batches, and how it forms its products (``check_precision``)."""
+    acc.device = torch.device(device) if device is not None else None
+    acc.workspace = workspace
+    acc.precision = check_precision(precision)
+
+
 @dataclass(frozen=True)
 class Moments:
     """Centred moments with 1/N normalisation.
@@ -327,6 +340,9 @@ class CrossMoments(ShiftedSums):
     relative (the probe subtracts the explained variance from tr Σ_Y).
     """
 
+    workspace: Workspace | None
+    precision: str
+
     def __init__(
         self,
         device: torch.device | str | None = None,
@@ -335,9 +351,7 @@ class CrossMoments(ShiftedSums):
         precision: str = "exact",
     ) -> None:
         super().__init__()
-        self.device = torch.device(device) if device is not None else None
-        self.workspace = workspace
-        self.precision = check_precision(precision)
+        _place(self, device, workspace, precision)
         # Σ (z − c_z)(z − c_z)ᵀ, upper triangle only (see add_gram_); the cross and target sums.
         self.add_comoment("czz", "z", "z")
         self.add_comoment("czy", "z", "y")
@@ -433,11 +447,7 @@ class CrossMoments(ShiftedSums):
 
     def compute(self) -> Moments:
         """The moments so far, normalised by 1/N; the state is not changed."""
-        if self.n == 0:
-            raise ValueError("no samples accumulated")
-        n = self.n
-        dz = self.sz / n  # mean_z − c_z
-        dy = self.sy / n
+        n, dz, dy = self.offsets()
         return Moments(
             n,
             self.cz + dz,
@@ -455,6 +465,8 @@ class NormalizedGram(Accumulator):
     """
 
     gram: torch.Tensor | None
+    workspace: Workspace | None
+    precision: str
 
     def __init__(
         self,
@@ -464,9 +476,7 @@ class NormalizedGram(Accumulator):
         precision: str = "exact",
     ) -> None:
         super().__init__()
-        self.device = torch.device(device) if device is not None else None
-        self.workspace = workspace
-        self.precision = check_precision(precision)
+        _place(self, device, workspace, precision)
         self.add_state("n", 0)
         self.add_state("gram", None, shape=("p", "p"))
 

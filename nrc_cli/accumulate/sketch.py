@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nrc_cli.accumulate.base import Accumulator, Collective, ShiftedSums, checksum, same_everywhere
+from nrc_cli.accumulate.base import Accumulator, ShiftedSums
 from nrc_cli.accumulate.gram import add_cross_
 from nrc_cli.accumulate.moments import Moments
 
@@ -52,9 +52,9 @@ class CovarianceSketch(ShiftedSums):
 
     The shift logic (re-expressing the sums about another shift, merging) is
     :class:`nrc_cli.accumulate.base.ShiftedSums`', shared with the exact accumulator. The test
-    matrix Ω is a constant of the sketch, not state: two sketches merge only when built with
-    the same Ω, and the processes of a data-parallel run sum them only when every one sketches
-    with the same Ω (:meth:`align_`).
+    matrix Ω is a constant of the sketch, not state (``omega``, declared on the accumulator
+    base): two sketches merge only when built with the same Ω, and the processes of a
+    data-parallel run sum them only when every one sketches with the same Ω (``align_``).
     """
 
     def __init__(self, omega: torch.Tensor) -> None:
@@ -65,9 +65,6 @@ class CovarianceSketch(ShiftedSums):
         self.add_comoment("diag", "z", "z", form="diagonal")  # Σ (z − c)²
         self.add_comoment("czy", "z", "y")
         self.add_comoment("cyy", "y", "y")
-
-    def known_dims(self) -> dict[str, int]:
-        return {"p": int(self.omega.shape[0]), "s": int(self.omega.shape[1])}
 
     def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch: ``z`` (b, p), ``y`` (b, t); neither is modified."""
@@ -98,39 +95,18 @@ class CovarianceSketch(ShiftedSums):
     def merge_problem(self, other: Accumulator) -> str | None:
         """As for :class:`ShiftedSums`, and a sketch holding samples built with another Ω
         (its Σ_Z·Ω would be read against this sketch's Ω, also when this one is empty)."""
-        if isinstance(other, CovarianceSketch) and other.n and not _same_matrix(other, self):
-            return "cannot merge sketches built with different test matrices"
+        if isinstance(other, CovarianceSketch):
+            problem = self.matrix_problem(other)
+            if problem is not None:
+                return problem
         return super().merge_problem(other)
-
-    def align_(self, collective: Collective) -> None:
-        """As for :class:`ShiftedSums`, once the processes have checked that they sketch with
-        the same test matrix Ω (a checksum of its shape and bytes): sums of Σ_Z·Ω over
-        different Ω would be no sketch at all."""
-        if not same_everywhere(collective, checksum(self.omega)):
-            raise ValueError(
-                "the processes sketch a layer with different test matrices (seed or sketch size)"
-            )
-        super().align_(collective)
-
-    def to(self, device: torch.device | str) -> CovarianceSketch:
-        super().to(device)
-        self.omega = self.omega.to(device)
-        return self
 
     def compute(self) -> SketchResult:
         """Centred, 1/N-normalised moments and Σ_Z·Ω; the state is not changed."""
-        if self.n == 0:
-            raise ValueError("no samples accumulated")
-        n = self.n
-        dz = self.sz / n  # mean_z − c
-        dy = self.sy / n
+        n, dz, dy = self.offsets()
         sketch = self.s_omega / n - torch.outer(dz, dz @ self.omega)
         cov_zy = self.czy / n - torch.outer(dz, dy)
         cov_y = self.cyy / n - torch.outer(dy, dy)
         trace = float((self.diag / n - dz * dz).clamp_min(0).sum())
         moments = Moments(n, self.cz + dz, self.cy + dy, None, cov_zy, cov_y)
         return SketchResult(moments, sketch, self.omega.clone(), trace)
-
-
-def _same_matrix(a: CovarianceSketch, b: CovarianceSketch) -> bool:
-    return a.omega.shape == b.omega.shape and torch.equal(a.omega.to(b.omega.device), b.omega)

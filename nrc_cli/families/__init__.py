@@ -14,10 +14,10 @@ task name to its class:
   classifier, docs/classification.md, with a second pass over the data (the
   nearest-class-mean columns).
 
-What a monitor does with each batch whatever the family (targets checked, captured features
-paired with them, the first batch's accumulators, their state dicts, a second pass:
-:class:`SecondPass`) is in :mod:`~nrc_cli.families.passes`; the prediction inside a model's
-output in :mod:`~nrc_cli.families.outputs`.
+A batch's targets and the captured features paired with them are in
+:mod:`~nrc_cli.families.batch`; the prediction inside a model's output in
+:mod:`~nrc_cli.families.outputs`. The state a monitor accumulates through a family (its passes,
+how they merge, join, reduce across ranks and save) is the monitor's: :mod:`nrc_cli.passes`.
 
 A family holds options only, never accumulated state, so one instance serves any number of
 monitors.
@@ -26,16 +26,13 @@ monitors.
 from __future__ import annotations
 
 from nrc_cli.families.classification import ClassificationFamily
-from nrc_cli.families.passes import FirstPass, SecondPass
 from nrc_cli.families.regression import LayerOutcome, RegressionFamily
 
 __all__ = [
     "FAMILIES",
     "ClassificationFamily",
-    "FirstPass",
     "LayerOutcome",
     "RegressionFamily",
-    "SecondPass",
 ]
 
 FAMILIES: dict[str, type[RegressionFamily]] = {

@@ -1,6 +1,6 @@
 """One batch: the features a forward pass captured, paired with the batch's targets.
 
-:func:`paired_features` pools what the hooks held (token axes with the batch's mask, rows of
+:func:`as_targets` reads the targets; :func:`paired_features` pools what the hooks held (token axes with the batch's mask, rows of
 parts with the declared :mod:`~nrc_cli.segments`) to one row per sample and checks that every
 layer has as many rows as the targets; :func:`check_finite` refuses a nan or inf.
 """
@@ -10,15 +10,36 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.capture import PendingPool
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.families.passes import PARTIAL_HINT
 from nrc_cli.segments import Declared, segment_pool
 
-__all__ = ["Paired", "check_finite", "paired_features", "record_rows"]
+__all__ = ["PARTIAL_HINT", "Paired", "as_targets", "check_finite", "paired_features", "record_rows"]
+
+PARTIAL_HINT = (
+    "exclude layers that do not run on every batch, or measure them over the samples they "
+    "saw with partial_layers=[...] (--partial-layers GLOB)"
+)
+
+
+def as_targets(y) -> torch.Tensor:
+    """The targets ``y`` of ``update(y, ...)`` as a (b, t) float64 tensor, checked finite."""
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    if not isinstance(y, torch.Tensor):
+        raise DataError(f"update(): expected y as a tensor or array, found {type(y).__name__}")
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2:
+        raise DataError(f"update(): expected y of shape (b, t) or (b,), found {list(y.shape)}")
+    y = y.detach().to(torch.float64)
+    if not bool(torch.isfinite(y).all()):
+        raise DataError("update(): y has non-finite values (nan or inf)")
+    return y
 
 
 @dataclass

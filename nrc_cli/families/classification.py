@@ -40,6 +40,7 @@ from nrc_cli.metrics.layer import (
 from nrc_cli.metrics.summary import (
     first_collapsed,
 )
+from nrc_cli.options import AnalysisOptions
 from nrc_cli.planning import MIN_SKETCH, LayerNeed
 
 
@@ -61,11 +62,11 @@ class ClassificationFamily(RegressionFamily):
     kinds = ("classes", "sketch")
     second_pass = True
 
-    def __init__(self, *, precision: str = "exact", **options) -> None:
+    def __init__(self, options: AnalysisOptions) -> None:
+        super().__init__(options)
         # The per-class accumulators are exact float64; a request for mixed precision is
         # recorded and answered with a warning.
-        super().__init__(precision="exact", **options)
-        self.requested_precision = precision
+        self.requested_precision, self.precision = options.precision, "exact"
 
     @staticmethod
     def possible_head(layer: WeightLayer, t: int) -> bool:
@@ -102,28 +103,18 @@ class ClassificationFamily(RegressionFamily):
             sketch_size=s,
         )
 
-    def layer_accumulators(
-        self,
-        layer: WeightLayer,
-        t: int,
-        *,
-        sketch_size: int | None,
-        device: torch.device,
-        workspace: Workspace | None,
+    def exact_accumulators(
+        self, layer: WeightLayer, t: int, device: torch.device, workspace: Workspace | None
     ) -> dict[str, Accumulator]:
-        if sketch_size:
-            omega = self.test_matrix(layer.in_dim, sketch_size, device)
-            return {"sketch": ClassSketch(omega, device, workspace)}
         return {"classes": ClassMoments(device, workspace)}
 
-    def empty_accumulator(
-        self, kind: str, device: torch.device, omega: torch.Tensor | None = None
+    def exact_accumulator(self, kind: str, device: torch.device) -> Accumulator:
+        return ClassMoments(device)
+
+    def sketch_accumulator(
+        self, omega: torch.Tensor, device: torch.device, workspace: Workspace | None
     ) -> Accumulator:
-        if kind == "classes":
-            return ClassMoments(device)
-        if kind == "sketch" and omega is not None:
-            return ClassSketch(omega.to(device), device)
-        raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")
+        return ClassSketch(omega, device, workspace)
 
     @staticmethod
     def check_batch(layers: Mapping[str, Mapping[str, Accumulator]], y: torch.Tensor) -> None:
@@ -250,11 +241,7 @@ class ClassificationFamily(RegressionFamily):
         ``second`` holds each layer's nearest-class-mean counts when a complete second pass
         was made (else the NCC columns are null).
         """
-        randomized = {
-            "oversample": self.oversample,
-            "power_iters": self.power_iters,
-            "seed": self.seed,
-        }
+        randomized = self.randomized
         rows: list[dict] = []
         head_stats: ClassStats | None = None
         labels = None

@@ -55,14 +55,11 @@ class RegressionFamily:
 
     Parameters
     ----------
-    rank : int, optional
-        Analysis rank k (default: the target dimension t).
-    svd : {"auto", "exact", "randomized"}
-    oversample, power_iters, seed : int
-        Knobs of the randomized solvers and of the sketches' test matrices.
-    rule : CollapseRule
-    output_key : str, optional
-        Which part of the model's output is the prediction.
+    options : AnalysisOptions
+        The analysis options, whole: the family reads the analysis rank ``rank``, the spectrum
+        method ``svd``, the randomized solvers' and the sketches' ``oversample``,
+        ``power_iters`` and ``seed``, ``output_key`` (which part of the model's output is the
+        prediction), ``precision``, and the collapse rule of its task (parsed once, here).
     """
 
     task = "regression"
@@ -70,40 +67,23 @@ class RegressionFamily:
     # Whether the family has a second data pass (the nearest-class-mean columns of a classifier).
     second_pass = False
 
-    def __init__(
-        self,
-        *,
-        rank: int | None,
-        svd: str,
-        oversample: int,
-        power_iters: int,
-        seed: int,
-        rule: CollapseRule,
-        output_key: str | None = None,
-        precision: str = "exact",
-    ) -> None:
-        self.rank = rank
-        self.precision = precision
-        self.svd = svd
-        self.oversample = oversample
-        self.power_iters = power_iters
-        self.seed = seed
-        self.rule = rule
-        self.output_key = output_key
+    def __init__(self, options: AnalysisOptions) -> None:
+        self.options = options
+        self.rule: CollapseRule = options.rule(self.task)
+        # What the family reads of the options, taken here once.
+        self.rank, self.svd, self.output_key = options.rank, options.svd, options.output_key
+        self.oversample, self.power_iters = options.oversample, options.power_iters
+        self.seed, self.precision = options.seed, options.precision
 
     @classmethod
     def from_options(cls, options: AnalysisOptions) -> RegressionFamily:
-        """The family of ``options``' analysis options, with the collapse rule of its task."""
-        return cls(
-            rank=options.rank,
-            svd=options.svd,
-            oversample=options.oversample,
-            power_iters=options.power_iters,
-            seed=options.seed,
-            rule=options.rule(cls.task),
-            output_key=options.output_key,
-            precision=options.precision,
-        )
+        """The family of ``options``' analysis (the same as ``cls(options)``)."""
+        return cls(options)
+
+    @property
+    def randomized(self) -> dict[str, int]:
+        """The knobs of every randomized solver, as keyword arguments."""
+        return {"oversample": self.oversample, "power_iters": self.power_iters, "seed": self.seed}
 
     # -- per-layer state --------------------------------------------------------------------
 
@@ -151,26 +131,48 @@ class RegressionFamily:
         device: torch.device,
         workspace: Workspace | None,
     ) -> dict[str, Accumulator]:
-        """Fresh accumulators for one layer, keyed by kind (one of :attr:`kinds`)."""
+        """Fresh accumulators for one layer, keyed by kind (one of :attr:`kinds`): a sketch of
+        ``sketch_size`` columns with its seeded test matrix (:meth:`sketch_accumulator`), or
+        the family's exact ones (:meth:`exact_accumulators`)."""
         if sketch_size:
-            return {"sketch": CovarianceSketch(self.test_matrix(layer.in_dim, sketch_size, device))}
+            omega = self.test_matrix(layer.in_dim, sketch_size, device)
+            return {"sketch": self.sketch_accumulator(omega, device, workspace)}
+        return self.exact_accumulators(layer, t, device, workspace)
+
+    def empty_accumulator(
+        self, kind: str, device: torch.device, omega: torch.Tensor | None = None
+    ) -> Accumulator:
+        """An empty accumulator of ``kind``, for loading a state dict into."""
+        if kind == "sketch" and omega is not None:
+            return self.sketch_accumulator(omega.to(device), device, None)
+        if kind != "sketch" and kind in self.kinds:
+            return self.exact_accumulator(kind, device)
+        raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")
+
+    # What each family declares: its exact accumulators, and its sketch.
+
+    def exact_accumulators(
+        self, layer: WeightLayer, t: int, device: torch.device, workspace: Workspace | None
+    ) -> dict[str, Accumulator]:
+        """A layer's exact accumulators: its :class:`CrossMoments` and, for a Linear that could
+        be the head, its :class:`NormalizedGram` (the per-batch temporaries in ``workspace``)."""
         prec = self.precision
         accs: dict[str, Accumulator] = {"moments": CrossMoments(device, workspace, precision=prec)}
         if self.possible_head(layer, t):
             accs["gram"] = NormalizedGram(device, workspace, precision=prec)
         return accs
 
-    def empty_accumulator(
-        self, kind: str, device: torch.device, omega: torch.Tensor | None = None
+    def exact_accumulator(self, kind: str, device: torch.device) -> Accumulator:
+        """An empty exact accumulator of ``kind`` (one of :attr:`kinds`, not ``sketch``)."""
+        made = NormalizedGram if kind == "gram" else CrossMoments
+        return made(device, precision=self.precision)
+
+    def sketch_accumulator(
+        self, omega: torch.Tensor, device: torch.device, workspace: Workspace | None
     ) -> Accumulator:
-        """An empty accumulator of ``kind``, for loading a state dict into."""
-        if kind == "moments":
-            return CrossMoments(device, precision=self.precision)
-        if kind == "gram":
-            return NormalizedGram(device, precision=self.precision)
-        if kind == "sketch" and omega is not None:
-            return CovarianceSketch(omega.to(device))
-        raise ValueError(f"unknown accumulator kind {kind!r} (or a sketch without its Ω)")
+        """The sketch of a layer whose exact state does not fit, with the test matrix ``omega``
+        (p×s, on ``device``)."""
+        return CovarianceSketch(omega)
 
     @staticmethod
     def check_batch(layers: Mapping[str, Mapping[str, Accumulator]], y: torch.Tensor) -> None:
@@ -276,11 +278,7 @@ class RegressionFamily:
         """
         k = self.rank_for(t)
         model_mse = squared_error.compute() if squared_error is not None else None
-        randomized = {
-            "oversample": self.oversample,
-            "power_iters": self.power_iters,
-            "seed": self.seed,
-        }
+        randomized = self.randomized
         rows: list[dict] = []
         cov_y = None
         last = None

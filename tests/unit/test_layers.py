@@ -28,12 +28,15 @@ LAYERS = [
     # the pooling of capture.py.
     ("capture", "segments", "spill"),
     ("accumulate",),
+    # The process group and its collectives need only the accumulators' interface (a state's
+    # declared sums and align_); the monitor's passes reduce through it.
+    ("distributed",),
     ("linalg",),
     ("metrics",),
     ("planning",),
     ("families",),
-    # distributed needs only the accumulators' interface; the monitor reduces through it.
-    ("distributed",),
+    # The state a monitor accumulates through a family, and how it merges, joins and reduces.
+    ("passes",),
     ("monitor",),
     ("pipeline",),
     ("gates", "audit"),

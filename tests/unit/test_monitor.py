@@ -27,6 +27,7 @@ import nrc_cli
 from nrc_cli import CollapseMonitor, analyze
 from nrc_cli.capture import Capture
 from nrc_cli.errors import ConfigError, DataError, NrcError
+from nrc_cli.options import AnalysisOptions
 
 # What a hook on a model reports to, and so keeps alive while it is left there.
 HOOKERS = (CollapseMonitor, Capture)
@@ -532,6 +533,45 @@ def test_a_memory_budget_sketches_the_layers_that_do_not_fit():
     deeper = Wrapped(mlp((6, 400, 400, 3), seed=20))
     with pytest.raises(ConfigError, match="need 2 passes over the data"):
         _feed(CollapseMonitor(deeper, memory_budget="2MB"), deeper, x, y)
+
+
+def test_from_options_takes_the_options_whole_and_gives_the_keyword_constructors_results():
+    x, y = _data(seed=21)
+    model = Wrapped(mlp((6, 400, 3), seed=22))
+    fields = {
+        "rank": 2,
+        "layers": ("net.*",),
+        "svd": "randomized",
+        "oversample": 6,
+        "power_iters": 2,
+        "seed": 5,
+        "collapse_rule": "nrc1_noise<=0.5",
+        "memory_budget": "2MB",  # net.2 is sketched
+        "precision": "mixed",
+    }
+    keyword = _feed(CollapseMonitor(model, **fields), model, x, y)
+    # The options a monitor does not use (the data's keys, the batch size) are carried.
+    options = AnalysisOptions(**fields, batch_size=64, x_key="inputs")
+    whole = _feed(CollapseMonitor.from_options(model, options), model, x, y)
+    assert keyword.options == AnalysisOptions(**fields)
+    assert whole.options is options and whole.family.options is options
+    assert whole.mask_key == keyword.mask_key == "attention_mask"
+    assert whole.sketch == keyword.sketch == {"net.2": whole.sketch["net.2"]}
+    assert whole.compute().to_dict() == keyword.compute().to_dict()
+    # Built alike, the two combine.
+    assert keyword.merge(whole).n_samples == 640
+    # A classifier, found from the labels (task "auto"), and an explicit mask key.
+    labels = torch.from_numpy(np.random.default_rng(23).integers(0, 3, 320))
+    a = _feed(CollapseMonitor(model, mask_key=None), model, x, labels)
+    b = CollapseMonitor.from_options(model, AnalysisOptions(), mask_key=None)
+    _feed(b, model, x, labels)
+    assert b.task == a.task == "classification" and b.mask_key is None
+    assert b.compute().to_dict() == a.compute().to_dict()
+    assert CollapseMonitor.from_options(model, AnalysisOptions(mask_key="m")).mask_key == "m"
+    with pytest.raises(ConfigError, match="from_options: expected AnalysisOptions, found dict"):
+        CollapseMonitor.from_options(model, {"rank": 2})
+    with pytest.raises(ConfigError, match=r"from_options: expected a torch\.nn\.Module"):
+        CollapseMonitor.from_options("model.pt", options)
 
 
 def test_the_docstring_examples_run(monkeypatch):

@@ -1,6 +1,6 @@
 """Whether two passes combine: the checks of a merge, a join and a data-parallel sum.
 
-A :class:`~nrc_cli.families.FirstPass` merges with a pass over other samples, joins a pass of
+A :class:`~nrc_cli.passes.FirstPass` merges with a pass over other samples, joins a pass of
 other layers over the same samples, and sums with the passes of the other ranks of a
 data-parallel run. Each combination is checked here in full before anything changes, and what
 would give a wrong number is refused:
@@ -18,16 +18,16 @@ would give a wrong number is refused:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from nrc_cli.accumulate.base import Accumulator, checksum, same_everywhere
-from nrc_cli.accumulate.classes import ClassMoments, ClassSketch
-from nrc_cli.accumulate.moments import CrossMoments
-from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.errors import ConfigError, DataError
 from nrc_cli.options import AnalysisOptions
+
+if TYPE_CHECKING:
+    from nrc_cli.distributed import Group
 
 __all__ = [
     "check_alike",
@@ -41,7 +41,7 @@ __all__ = [
 
 
 class Pass(Protocol):
-    """What the checks read of a pass (:class:`~nrc_cli.families.FirstPass` is one)."""
+    """What the checks read of a pass (:class:`~nrc_cli.passes.FirstPass` is one)."""
 
     n: int
     t: int | None
@@ -57,7 +57,7 @@ _ROUND_OFF = 1e-9
 
 def test_matrices(accs: Mapping[str, Accumulator]) -> list[torch.Tensor]:
     """The test matrices Ω of a layer's sketches (none for an exact layer)."""
-    return [acc.omega for acc in accs.values() if isinstance(acc, (CovarianceSketch, ClassSketch))]
+    return [acc.omega for acc in accs.values() if acc.omega is not None]
 
 
 def feature_width(accs: Mapping[str, Accumulator]) -> int | None:
@@ -184,17 +184,10 @@ def check_merge(first: Pass, other: Pass) -> None:
 
 def _targets_seen(accs: Mapping[str, Accumulator]) -> torch.Tensor | None:
     """What a layer's state records of the targets, the same for every layer fed the same
-    samples: their mean and covariance (regression), the count of each label (classification);
-    None when it records nothing."""
-    for acc in accs.values():
-        if isinstance(acc, (CrossMoments, CovarianceSketch)) and acc.n:
-            dy = acc.sy / acc.n
-            cov = acc.cyy / acc.n - torch.outer(dy, dy)
-            return torch.cat([acc.cy + dy, cov.reshape(-1)]).cpu()
-        if isinstance(acc, (ClassMoments, ClassSketch)) and acc.n:
-            seen = acc.counts > 0
-            return torch.cat([acc.labels[seen], acc.counts[seen]]).cpu().to(torch.float64)
-    return None
+    samples (each accumulator's ``targets_record``: their mean and covariance for regression,
+    the count of each label for a classifier); None when it records nothing."""
+    records = (acc.targets_record() for acc in accs.values())
+    return next((record for record in records if record is not None), None)
 
 
 def _agree(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -252,7 +245,7 @@ def check_join(first: Pass, other: Pass) -> None:
 # -- a data-parallel sum ---------------------------------------------------------------------
 
 
-def check_alike(first: Pass, group, names: Sequence[str]) -> None:
+def check_alike(first: Pass, group: Group, names: Sequence[str]) -> None:
     """Refuse, on every rank and before anything is summed, ranks whose passes cannot be
     summed (``group``: a :class:`nrc_cli.distributed.Group`; ``names``: every watched layer,
     in the same order on every rank). One checksum of everything that must agree; only when

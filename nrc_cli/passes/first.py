@@ -1,24 +1,12 @@
-"""A pass over the data, whatever the family: what a monitor does with the batches it is fed.
+"""The first pass over the data, whatever the family: :class:`FirstPass`, the state of a
+monitor's stream, and how its accumulators are made.
 
-:class:`~nrc_cli.monitor.CollapseMonitor` owns the hooks and the bookkeeping of a stream
-(samples, forward order, merging); these are the steps of a pass it shares between families:
-
-* :func:`as_targets`: a batch's targets (the features its forward pass captured are paired
-  with them in :mod:`nrc_cli.families.batch`);
 * :func:`first_accumulators` (with :func:`single_pass_sketches` under a memory budget): each
   layer's accumulators, made at the first batch, when the target width is known; and
   :func:`plan_row`, how a layer was accumulated;
-* :func:`layer_state` and :func:`load_layer_states`: those accumulators in a monitor's flat
-  state dict, keyed ``layer/<layer>/<kind>/<state>`` (and ``omega/<layer>`` for a sketch);
-* :class:`FirstPass`: the state of the first pass (every layer's accumulators, the
-  prediction's, the samples), which merges, joins and reduces across ranks, each once
-  :mod:`nrc_cli.families.combining` has checked, before anything changes, that the result
-  is right;
-* :class:`SecondPass`: a second pass over the same data, for a family with one
-  (``second_pass``: the nearest-class-mean pass of a classifier), fed through the family's
-  ``second_accumulator`` and ``update_second``;
-* :func:`state_header` and :func:`load_passes`: a monitor's state dict read back (its
-  layers' order and its task; both passes), checked in full before a monitor takes it.
+* :class:`FirstPass`: every layer's accumulators, the prediction's, the samples; it merges,
+  joins and reduces across ranks, each once :mod:`nrc_cli.passes.combining` has checked,
+  before anything changes, that the result is right.
 """
 
 from __future__ import annotations
@@ -26,68 +14,32 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from nrc_cli._threads import single_threaded
 from nrc_cli.accumulate.base import Accumulator
-from nrc_cli.accumulate.classes import ClassSketch
 from nrc_cli.accumulate.moments import Workspace
-from nrc_cli.accumulate.sketch import CovarianceSketch
 from nrc_cli.capture import WeightLayer
 from nrc_cli.errors import ConfigError, DataError
-from nrc_cli.families.combining import (
-    check_alike,
-    check_join,
-    check_merge,
-    covers,
-    feature_width,
-)
-from nrc_cli.families.states import check_accumulator, check_counts, check_numbers, load_layer
-from nrc_cli.options import PRECISIONS
+from nrc_cli.families.batch import PARTIAL_HINT
+from nrc_cli.passes.combining import check_alike, check_join, check_merge, covers
+from nrc_cli.passes.states import check_accumulator, layer_state, load_layer_states
 from nrc_cli.planning import NARROW_NOTE, make_plan
 
 if TYPE_CHECKING:
-    from nrc_cli.families.regression import RegressionFamily
+    from nrc_cli.distributed import Group
+    from nrc_cli.families.regression import LayerOutcome, RegressionFamily
+    from nrc_cli.passes.second import SecondPass
 
 __all__ = [
     "FirstPass",
-    "SecondPass",
-    "as_targets",
     "first_accumulators",
-    "layer_state",
-    "load_layer_states",
-    "load_passes",
     "plan_row",
     "single_pass_sketches",
     "sketched_size",
-    "state_header",
 ]
 
 _I64 = torch.int64
-PARTIAL_HINT = (
-    "exclude layers that do not run on every batch, or measure them over the samples they "
-    "saw with partial_layers=[...] (--partial-layers GLOB)"
-)
-
-# -- a batch ---------------------------------------------------------------------------------
-
-
-def as_targets(y) -> torch.Tensor:
-    """The targets ``y`` of ``update(y, ...)`` as a (b, t) float64 tensor, checked finite."""
-    if isinstance(y, np.ndarray):
-        y = torch.from_numpy(np.ascontiguousarray(y))
-    if not isinstance(y, torch.Tensor):
-        raise DataError(f"update(): expected y as a tensor or array, found {type(y).__name__}")
-    if y.ndim == 1:
-        y = y.reshape(-1, 1)
-    if y.ndim != 2:
-        raise DataError(f"update(): expected y of shape (b, t) or (b,), found {list(y.shape)}")
-    y = y.detach().to(torch.float64)
-    if not bool(torch.isfinite(y).all()):
-        raise DataError("update(): y has non-finite values (nan or inf)")
-    return y
-
 
 # -- the accumulators of a pass --------------------------------------------------------------
 
@@ -169,43 +121,9 @@ def plan_row(
 def sketched_size(accs: Mapping[str, Accumulator]) -> int | None:
     """The sketch size of a layer whose accumulators include a sketch; None for an exact one."""
     for acc in accs.values():
-        if isinstance(acc, (CovarianceSketch, ClassSketch)):
+        if acc.omega is not None:
             return int(acc.omega.shape[1])
     return None
-
-
-# -- state dicts -----------------------------------------------------------------------------
-
-
-def layer_state(name: str, accs: Mapping[str, Accumulator]) -> dict[str, torch.Tensor]:
-    """One layer's accumulators as ``layer/<name>/<kind>/<state>`` (and ``omega/<name>``)."""
-    out: dict[str, torch.Tensor] = {}
-    for kind, acc in accs.items():
-        if isinstance(acc, (CovarianceSketch, ClassSketch)):
-            out[f"omega/{name}"] = acc.omega.detach().clone()
-        for key, value in acc.state_dict().items():
-            out[f"layer/{name}/{kind}/{key}"] = value
-    return out
-
-
-def load_layer_states(
-    family: RegressionFamily, state: Mapping[str, torch.Tensor], names: Collection[str]
-) -> dict[str, dict[str, Accumulator]]:
-    """The accumulators of every layer in ``state`` (:func:`layer_state`'s keys), each of
-    them one of ``names``, on the device of its state."""
-    grouped: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
-    for key, value in state.items():
-        if key.startswith("layer/"):
-            _, rest = key.split("/", 1)
-            name, kind, field = rest.rsplit("/", 2)
-            if name not in names:
-                raise ConfigError(f"state of layer '{name}', which this monitor does not watch")
-            grouped.setdefault(name, {}).setdefault(kind, {})[field] = value
-    t = int(state.get("target_dim", torch.tensor(0)))
-    return {
-        name: load_layer(family, name, kinds, state.get(f"omega/{name}"), t=t)
-        for name, kinds in grouped.items()
-    }
 
 
 # -- the first pass --------------------------------------------------------------------------
@@ -366,7 +284,7 @@ class FirstPass:
             self.pass_of[name] = self.passes + other.pass_of.get(name, 1)
         self.passes += other.passes
 
-    def reduce(self, group, names: Sequence[str]) -> None:
+    def reduce(self, group: Group, names: Sequence[str]) -> None:
         """Sum the passes of every rank of a data-parallel run in place (``group``: a
         :class:`nrc_cli.distributed.Group`); ``names``, every watched layer, in the same
         order on every rank. Afterwards :attr:`world_size` is the group's.
@@ -388,6 +306,60 @@ class FirstPass:
         group.reduce(self.predictions)
         self.n = group.agree(self.n, "sum")
         self.world_size = group.world_size
+
+    def compute(
+        self,
+        order: Sequence[str],
+        layers: Mapping[str, WeightLayer],
+        second: SecondPass | None,
+    ) -> LayerOutcome:
+        """The family's rows and summary fields (``family.compute``) from this pass, not empty:
+        its layers that hold samples, in the forward ``order`` (``layers``: every watched
+        layer, by name), with the counts of ``second`` once it has seen every sample. A layer
+        that ran only in batches that ``update`` refused has no samples, and no row."""
+        assert self.t is not None
+        ran = [n for n in order if any(a.n for a in self.accs.get(n, {}).values())]
+        accumulated = [(layers[n], self.accs[n]) for n in ran]
+        counts = second.accs if second is not None and second.n == self.n else None
+        predictions = self.predictions if self.has_prediction else None
+        with single_threaded():
+            return self.family.compute(accumulated, self.t, predictions, counts)
+
+    def run_fields(self, methods: Mapping[str, str], passes: int) -> dict:
+        """The run's summary fields this pass knows: what the prediction was, how the spectra
+        were found (``methods``: by layer), the randomized knobs, in how many ``passes`` and
+        where the state was accumulated, and in which precision."""
+        used = sorted(set(methods.values()))
+        return {
+            "prediction": self.family.prediction_label(bool(self.has_prediction)),
+            "svd": used[0] if len(used) == 1 else "mixed",
+            **self.family.randomized,  # oversample, power_iters, seed
+            "passes": passes,
+            "device": str(self.device),
+            "world_size": self.world_size,
+            "dtype": self.dtype,
+            "precision": self.family.precision,
+        }
+
+    def plan_rows(
+        self,
+        layers: Mapping[str, WeightLayer],
+        sketch: Mapping[str, int],
+        methods: Mapping[str, str],
+    ) -> list[dict]:
+        """How each accumulated layer was accumulated (:func:`plan_row`), by pass and then in
+        the order of ``layers`` (every watched layer, by name); ``sketch``: the sketch sizes,
+        ``methods``: the spectrum methods, by layer."""
+        names = list(layers)
+        ordered = sorted(self.accs, key=lambda n: (self.pass_of.get(n, 1), names.index(n)))
+        return [
+            plan_row(
+                self.family, layers[name], self.t or 1, self.batch,
+                pass_index=self.pass_of.get(name, 1), sketch_size=sketch.get(name),
+                spectrum=methods.get(name),
+            )
+            for name in ordered
+        ]  # fmt: skip
 
     def to(self, device: torch.device) -> None:
         """Move the accumulated state to ``device``."""
@@ -440,186 +412,3 @@ class FirstPass:
         # The device of the first layer's state (the CPU for a state without any).
         first = next((v for k, v in state.items() if k.startswith("layer/")), None)
         self.device = first.device if first is not None else torch.device("cpu")
-
-
-# -- a second pass ---------------------------------------------------------------------------
-
-
-class SecondPass:
-    """A second pass over the same data, for a family with one (``family.second_pass``).
-
-    One accumulator per layer, made by ``family.second_accumulator`` from that layer's
-    first-pass state ``first``, and fed each batch's features with ``family.update_second``;
-    ``n`` counts the samples seen. The pass is complete once it has seen the first pass's.
-
-    Raises
-    ------
-    DataError
-        When the first-pass state cannot start a second pass.
-
-    In a data-parallel run every rank builds its pass from the reduced first pass (the same
-    class means everywhere), feeds it its own share of the data, and :meth:`reduce` sums the
-    counts over the ranks.
-    """
-
-    def __init__(
-        self, family: RegressionFamily, first: Mapping[str, dict[str, Accumulator]]
-    ) -> None:
-        self.family = family
-        with torch.inference_mode(False), torch.no_grad(), single_threaded():
-            try:
-                self.accs = {name: family.second_accumulator(a) for name, a in first.items()}
-            except ValueError as exc:
-                raise DataError(str(exc)) from None
-        self.n = 0
-        self.world_size = 1  # processes whose samples are in the counts (reduce)
-
-    def update(
-        self,
-        features: Mapping[str, torch.Tensor],
-        y: torch.Tensor,
-        pred: torch.Tensor | None,
-        *,
-        start: int,
-        limit: int,
-    ) -> None:
-        """Fold one batch in: ``features`` by layer, the targets ``y`` (b, t), the model's
-        prediction (or None); ``start`` is the batch's first sample, ``limit`` the samples of
-        the first pass."""
-        b = y.shape[0]
-        if self.n + b > limit:
-            raise DataError(
-                f"the second pass has seen {self.n + b} samples, more than the "
-                f"{limit} of the first",
-                hint="run the same data through the model again, once",
-            )
-        with torch.inference_mode(False), torch.no_grad():
-            for name, acc in self.accs.items():
-                z = features.get(name)
-                if z is None:
-                    continue
-                try:
-                    self.family.update_second(acc, z, y, pred, start)
-                except ValueError as exc:
-                    raise DataError(
-                        f"second pass: {exc}",
-                        hint="the second pass must see the same data as the first",
-                    ) from None
-        self.n += b
-
-    def reduce(self, group, names: Sequence[str]) -> None:
-        """Sum the counts of every rank's share of the pass in place (``group``: a
-        :class:`nrc_cli.distributed.Group`; ``names``: every watched layer, in the same order
-        on every rank). Every rank must have built its pass from the same first pass."""
-        for name in names:
-            if name in self.accs:
-                group.reduce(self.accs[name])
-        self.n = group.agree(self.n, "sum")
-        self.world_size = group.world_size
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """``second_n``, ``second_world_size`` once reduced over several processes, and
-        ``second/<layer>/<state>``, for a monitor's state dict."""
-        out = {"second_n": torch.tensor(self.n, dtype=_I64)}
-        if self.world_size > 1:
-            out["second_world_size"] = torch.tensor(self.world_size, dtype=_I64)
-        for name, acc in self.accs.items():
-            for key, value in acc.state_dict().items():
-                out[f"second/{name}/{key}"] = value
-        return out
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load the keys :meth:`state_dict` wrote (a monitor's whole state dict will do)."""
-        self.n = int(state["second_n"])
-        self.world_size = int(state.get("second_world_size", torch.tensor(1)))
-        for name, acc in self.accs.items():
-            prefix = f"second/{name}/"
-            fields = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            check_accumulator(acc, fields, prefix, p=None, t=0)
-            acc.load_state_dict(fields)
-
-    def to(self, device: torch.device) -> SecondPass:
-        """Move the state to ``device``; return self."""
-        for acc in self.accs.values():
-            acc.to(device)
-        return self
-
-
-# -- a monitor's state -----------------------------------------------------------------------
-
-
-def state_header(
-    state: Mapping[str, torch.Tensor], names: Sequence[str], tasks: Sequence[str]
-) -> tuple[list[str], str | None]:
-    """What a monitor's state dict says of itself: the forward order of its layers (``names``,
-    the monitor's) and its task (one of ``tasks``; None: not recorded).
-
-    Raises
-    ------
-    ConfigError
-        Entries missing, or not indices into ``names`` and ``tasks``.
-    """
-    try:
-        order = [names[_index(i, len(names))] for i in state["order"].tolist()]
-        task = tasks[_index(state["task"], len(tasks))] if "task" in state else None
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"not a CollapseMonitor state for this model's layers ({exc})") from None
-    return order, task
-
-
-def _index(value, size: int) -> int:
-    """``value`` (a number or 0-d tensor) as an index into a sequence of ``size`` items."""
-    i = int(value)
-    if not 0 <= i < size:
-        raise IndexError(f"index {i} out of range")
-    return i
-
-
-def load_passes(
-    family: RegressionFamily, state: Mapping[str, torch.Tensor], layers: Mapping[str, WeightLayer]
-) -> tuple[FirstPass, SecondPass | None]:
-    """The passes of a monitor's state dict (:meth:`FirstPass.state_dict`, and
-    :meth:`SecondPass.state_dict` when ``second_n`` is there), built apart from any monitor and
-    checked in full (``layers``: the monitor's, by name), so that a monitor takes them only
-    once nothing can fail.
-
-    Raises
-    ------
-    ConfigError
-        Not a state of ``family`` for these layers: accumulated in another precision (its
-        ``precision``), missing or malformed entries, a layer not among ``layers`` or whose
-        features have another width, a layer whose statistics cover some of the samples only,
-        a second pass longer than the first.
-    """
-    first = FirstPass(family)
-    second = None
-    try:
-        if "precision" in state:
-            precision = PRECISIONS[_index(state["precision"], len(PRECISIONS))]
-            if precision != family.precision:
-                raise ConfigError(
-                    f"a state accumulated in {precision} precision, for a monitor of "
-                    f"precision {family.precision}"
-                )
-        check_numbers(state)
-        first.load_state_dict(state, layers)
-        check_counts(first.n, first.predictions)
-        for name, accs in first.accs.items():
-            width = feature_width(accs)
-            if width is not None and width != layers[name].in_dim:
-                raise ValueError(
-                    f"layer '{name}' has {layers[name].in_dim} input features, the state {width}"
-                )
-        short = first.incomplete()
-        if short:
-            raise ValueError(f"layer(s) {', '.join(short)} hold some of the {first.n} samples")
-        if "second_n" in state:
-            if not family.second_pass:
-                raise ValueError(f"task {family.task} has no second pass")
-            second = SecondPass(family, first.accs)
-            second.load_state_dict(state)
-            if not 0 <= second.n <= first.n:
-                raise ValueError(f"a second pass of {second.n} samples, of {first.n}")
-    except (ValueError, KeyError, IndexError, TypeError, RuntimeError, DataError) as exc:
-        raise ConfigError(f"not a CollapseMonitor state for this monitor: {exc}") from None
-    return first, second

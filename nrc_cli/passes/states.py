@@ -1,8 +1,12 @@
 """A monitor's state dict checked whole before any of it is taken (``load_state_dict``).
 
+A layer's accumulators are kept in a monitor's flat state dict as
+``layer/<layer>/<kind>/<state>``, with ``omega/<layer>`` for an accumulator built with a test
+matrix (:func:`layer_state`, read back by :func:`load_layer_states`).
+
 A state dict comes from a file, and a file may be damaged or forged: an entry removed, a
 tensor cut short, another dtype, NaN. Every check here is pure and raises ``ValueError``
-naming the entry (:func:`nrc_cli.families.passes.load_passes` turns it into a
+naming the entry (:func:`nrc_cli.passes.saved.load_passes` turns it into a
 ``ConfigError``), so that a refused state changes nothing:
 
 * :func:`check_numbers`: the monitor's own plain numbers (``n``, ``target_dim``, ...);
@@ -17,12 +21,13 @@ naming the entry (:func:`nrc_cli.families.passes.load_passes` turns it into a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
 from nrc_cli.accumulate.base import Accumulator
+from nrc_cli.errors import ConfigError
 
 if TYPE_CHECKING:
     from nrc_cli.families.regression import RegressionFamily
@@ -33,7 +38,9 @@ __all__ = [
     "check_kinds",
     "check_numbers",
     "check_omega",
+    "layer_state",
     "load_layer",
+    "load_layer_states",
 ]
 
 # The monitor's own numbers: required ones, and those older states may lack, with the values
@@ -158,3 +165,37 @@ def load_layer(
         acc.load_state_dict(dict(fields))
         accs[kind] = acc
     return accs
+
+
+# -- a pass's layers in a state dict ---------------------------------------------------------
+
+
+def layer_state(name: str, accs: Mapping[str, Accumulator]) -> dict[str, torch.Tensor]:
+    """One layer's accumulators as ``layer/<name>/<kind>/<state>`` (and ``omega/<name>``)."""
+    out: dict[str, torch.Tensor] = {}
+    for kind, acc in accs.items():
+        if acc.omega is not None:
+            out[f"omega/{name}"] = acc.omega.detach().clone()
+        for key, value in acc.state_dict().items():
+            out[f"layer/{name}/{kind}/{key}"] = value
+    return out
+
+
+def load_layer_states(
+    family: RegressionFamily, state: Mapping[str, torch.Tensor], names: Collection[str]
+) -> dict[str, dict[str, Accumulator]]:
+    """The accumulators of every layer in ``state`` (:func:`layer_state`'s keys), each of
+    them one of ``names``, on the device of its state."""
+    grouped: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+    for key, value in state.items():
+        if key.startswith("layer/"):
+            _, rest = key.split("/", 1)
+            name, kind, field = rest.rsplit("/", 2)
+            if name not in names:
+                raise ConfigError(f"state of layer '{name}', which this monitor does not watch")
+            grouped.setdefault(name, {}).setdefault(kind, {})[field] = value
+    t = int(state.get("target_dim", torch.tensor(0)))
+    return {
+        name: load_layer(family, name, kinds, state.get(f"omega/{name}"), t=t)
+        for name, kinds in grouped.items()
+    }
