@@ -30,6 +30,16 @@ def _quiet_start() -> Callable[[int, FrameType | None], Any] | int | None:
 
 _previous_sigint = _quiet_start()
 
+# How the two thread pools of an analysis wait, set before torch (OpenMP) and scipy (OpenBLAS)
+# load, unless the environment says otherwise. The float64 Grams run in scipy's OpenBLAS and
+# the forward pass in torch's OpenMP threads, one after the other, batch after batch. By
+# default each pool's threads keep spinning on the cores after their work (OpenBLAS for up to
+# 2^28 cycles), which on a 2-core machine took the cores the other pool needed: the 512-wide
+# MLP benchmark (docs/performance.md) took 19.3 s on two threads, no faster than on one
+# (18.7 s); with waiting threads that sleep, 12.5 s. The forward pass alone is as fast either way.
+for _name, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4")):
+    os.environ.setdefault(_name, _value)
+
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 

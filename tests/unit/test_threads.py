@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 import time
@@ -107,3 +108,22 @@ def test_blas_threads_sets_scipys_openblas():
         assert set(_openblas_counts()) == {2}
     finally:
         blas_threads(torch.get_num_threads())
+
+
+def test_the_command_line_makes_idle_thread_pools_sleep_unless_told():
+    """``nrc`` sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT before torch and scipy load,
+    and keeps what the environment already says."""
+    code = (
+        "import os, nrc_cli.cli\n"
+        "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])\n"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["PASSIVE", "4"], out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["ACTIVE", "4"], out.stderr
