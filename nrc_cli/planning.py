@@ -15,7 +15,9 @@ activations and the data batches come on top.
 
 In mixed precision (``--precision mixed``) the states are the same float64 sums, and an exact
 layer's temporaries are its raw batch, the batch centred in float32 (b×p) and one float32
-product (at most p×p, on a GPU; a 256×256 block on the CPU) before it is added into float64.
+product (at most p×p, on a GPU; a 256×256 block on the CPU) before it is added into float64;
+or, for a layer at least ``WIDENED_FROM`` wide on the CPU, that batch widened to float64 for
+BLAS ``dsyrk`` (b×p float64): the plan counts the larger of the two.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from nrc_cli._memory import (
 )
 from nrc_cli.errors import ConfigError
 from nrc_cli.options import parse_size
+
+# The width from which a mixed-precision Gram on the CPU goes through float64 dsyrk (the value
+# of nrc_cli.accumulate.gram.SYRK_MIN_WIDTH; tests/unit/test_precision.py keeps them equal).
+WIDENED_FROM = 192
 
 __all__ = [
     "Plan",
@@ -90,7 +96,8 @@ def layer_need(
     features = 2 * batch * p
     exact_temp = _F64 * features
     if precision == "mixed":  # the raw batch, the float32 centred batch and float32 product
-        exact_temp = _F64 * batch * p + _F32 * (batch * p + p * p)
+        widened = _F64 * batch * p if p >= WIDENED_FROM else 0  # or widened, on the CPU
+        exact_temp = _F64 * batch * p + _F32 * batch * p + max(_F32 * p * p, widened)
     exact_state = p * p + p * t + t * t + 2 * p + 2 * t
     if head:  # the normalised Gram of a possible regression head
         exact_state += p * p

@@ -24,7 +24,6 @@ __all__ = [
     "SYRK_MIN_WIDTH",
     "add_cross_",
     "add_gram_",
-    "ssyrk_upper_into",
     "syrk_upper_",
     "upper_blocks",
 ]
@@ -54,28 +53,12 @@ def _follow_torch_threads() -> None:
 
 @functools.cache
 def _blas(name: str):
-    """scipy's BLAS routine ``name`` (``dsyrk``; ``ssyrk``, its float32 twin), or None where
-    scipy is not installed."""
+    """scipy's BLAS routine ``name`` (``dsyrk``), or None where scipy is not installed."""
     try:
         from scipy.linalg import blas
     except ImportError:  # pragma: no cover - scipy is a dependency
         return None
     return getattr(blas, name)
-
-
-def ssyrk_upper_into(out: torch.Tensor, a: torch.Tensor) -> bool:
-    """out = aᵀa on and above the diagonal through BLAS ``ssyrk`` (float32; below it, ``out``
-    is left as it was). ``out``: a C-contiguous p×p float32 CPU tensor; ``a``: a C-contiguous
-    (b, p) float32 CPU batch. Returns False (and changes nothing) without scipy."""
-    ssyrk = _blas("ssyrk")
-    if ssyrk is None:
-        return False
-    c = out.numpy().T  # Fortran view, no copy (see syrk_upper_)
-    _follow_torch_threads()
-    res = ssyrk(1.0, a.numpy().T, beta=0.0, c=c, trans=0, lower=1, overwrite_c=1)
-    if res.ctypes.data != c.ctypes.data:  # pragma: no cover - f2py copies only on a mismatch
-        c[...] = res
-    return True
 
 
 def upper_blocks(p: int, device: torch.device) -> list[tuple[slice, slice]]:

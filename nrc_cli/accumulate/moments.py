@@ -28,7 +28,7 @@ from nrc_cli.accumulate.gram import (
     SYRK_MIN_WIDTH,
     add_cross_,
     add_gram_,
-    ssyrk_upper_into,
+    syrk_upper_,
     upper_blocks,
 )
 
@@ -82,14 +82,12 @@ class Workspace:
 
     Each named ``slot`` is one buffer of bytes, viewed as the dtype asked for: ``"batch"`` holds
     a shifted batch (float64, or float32 in mixed precision), ``"product"`` the float32 product
-    of mixed precision before it is added into its float64 sum, ``"syrk"`` the one-triangle
-    float32 product of a wide layer on the CPU (its other triangle kept zero).
+    of mixed precision before it is added into its float64 sum, ``"widened"`` a wide float32
+    batch widened to float64 for the CPU's ``dsyrk`` (see :func:`add_gram_mixed_`).
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
-        # The (shape, dtype) a slot was last taken as with zeroed=True (see take).
-        self._zeroed: dict[str, tuple[tuple[int, ...], torch.dtype] | None] = {}
 
     def reserve(
         self,
@@ -112,7 +110,7 @@ class Workspace:
             return
         self.reserve(batch * width, device, _F32)
         if device.type == "cpu" and width >= SYRK_MIN_WIDTH:
-            self.take((width, width), device, _F32, slot="syrk", zeroed=True)
+            self.reserve(batch * width, device, _F64, "widened")
         elif device.type == "cpu":
             side = min(width, GRAM_BLOCK)
             self.reserve(max(batch // MIXED_ROWS, 1) * side * side, device, _F32, "product")
@@ -125,30 +123,18 @@ class Workspace:
         device: torch.device | str,
         dtype: torch.dtype = _F64,
         slot: str = "batch",
-        zeroed: bool = False,
     ) -> torch.Tensor:
-        """An uninitialised tensor of ``shape`` and ``dtype``, valid until the slot's next take.
-
-        ``zeroed``: filled with zeros where the slot was (re)allocated or last taken with
-        another shape or dtype; otherwise as the last user left it (for a caller that writes
-        only the part it wrote before, such as one triangle).
-        """
+        """An uninitialised tensor of ``shape`` and ``dtype``, valid until the slot's next take."""
         item = torch.empty((), dtype=dtype).element_size()
         nbytes = math.prod(shape) * item
         device = torch.device(device)
         buf = self._buffers.get(slot)
-        fresh = buf is None or buf.device != device or buf.numel() < nbytes
-        if fresh:
+        if buf is None or buf.device != device or buf.numel() < nbytes:
             # Whole float64 words, so that every dtype's view of the start is aligned.
             words = -(-nbytes // 8)
             buf = torch.empty(words, dtype=_F64, device=device).view(torch.uint8)
             self._buffers[slot] = buf
-        assert buf is not None
-        view = buf[:nbytes].view(dtype).view(shape)
-        if zeroed and (fresh or self._zeroed.get(slot) != (shape, dtype)):
-            view.zero_()
-        self._zeroed[slot] = (shape, dtype) if zeroed else None
-        return view
+        return buf[:nbytes].view(dtype).view(shape)
 
 
 def _out(
@@ -193,11 +179,12 @@ def add_gram_mixed_(
     :func:`add_gram_`; the partial products are then added into ``target`` (float64). TF32
     stays off.
 
-    On the CPU the row chunks of one block go through one batched product (``torch.bmm``): a
-    busy 2-core machine makes every multi-threaded call wait on a barrier, so the number of
-    calls matters as much as their size; the float64 additions run on one thread. Cost: about
-    half that of :func:`add_gram_` where float32 GEMM runs at twice the float64 rate. On a GPU
-    each row chunk is one full p×p product.
+    On the CPU, a batch at least ``SYRK_MIN_WIDTH`` wide is widened to float64 (exactly) and
+    goes through BLAS ``dsyrk`` as in :func:`add_gram_`: no float32 rounding at all, and no
+    slower (see the comment below). Narrower batches: the row chunks of one block go through
+    one batched product (``torch.bmm``): a busy 2-core machine makes every multi-threaded call
+    wait on a barrier, so the number of calls matters as much as their size; the float64
+    additions run on one thread. On a GPU each row chunk is one full p×p product.
     """
     if a.dtype != _F32:
         raise ValueError(f"add_gram_mixed_: expected a float32 batch, got {a.dtype}")
@@ -207,8 +194,13 @@ def add_gram_mixed_(
         device.type == "cpu"
         and a.shape[1] >= SYRK_MIN_WIDTH
         and target.is_contiguous()
-        and _add_gram_mixed_syrk(target, a.contiguous(), workspace)
+        and syrk_upper_(target, _widened_into(workspace, a))
     ):
+        # Wide layers on the CPU: float32 products do not pay there, so the Gram is the
+        # exact one (the float32 batch widened, float64 dsyrk), well within the bound. With
+        # dsyrk at half the multiply-adds, float32 products of 128-row chunks (one triangle
+        # through ssyrk, or blocked) cost as much or more once each chunk's p×p is added into
+        # float64: the 512-wide MLP benchmark ran 0.78-0.91x as fast in mixed as in exact.
         return target
     chunks = b // MIXED_ROWS if device.type == "cpu" and b >= 2 * MIXED_ROWS else 0
     whole = chunks * MIXED_ROWS
@@ -233,30 +225,21 @@ def add_gram_mixed_(
     return target
 
 
-def _add_gram_mixed_syrk(
-    target: torch.Tensor, a: torch.Tensor, workspace: Workspace | None
-) -> bool:
-    """The CPU route of :func:`add_gram_mixed_` for wide batches: each chunk of at most
-    ``MIXED_ROWS`` rows goes through BLAS ``ssyrk`` (one triangle, half the multiply-adds of a
-    product) into one float32 p×p whose lower part stays zero, which is then added into
-    ``target`` (float64). Returns False (nothing done) without scipy.
+def _exact_on_cpu(z: torch.Tensor, device: torch.device) -> bool:
+    """Whether a mixed-precision batch is accumulated the exact way: a wide one (p ≥
+    ``SYRK_MIN_WIDTH``) on the CPU, where float32 products do not pay against ``dsyrk`` (see
+    :func:`add_gram_mixed_`) and the mixed update's per-batch shifts (a rank-2 update of the
+    p×p state, the cross-product widened in row chunks) only add work: exact's numbers, at
+    exact's cost."""
+    return device.type == "cpu" and z.shape[1] >= SYRK_MIN_WIDTH
 
-    Measured on one core of a busy 2-core machine (p = 512, b = 1024, CPU time): the eight
-    chunk products 3.1-4.3 ms and their float64 additions 1.1 ms, against 5.6-6.3 ms for the
-    blocked float32 products with their additions and 5.5-5.8 ms for the exact ``dsyrk``.
-    """
-    b, p = a.shape
-    product = (
-        torch.zeros((p, p), dtype=_F32)
-        if workspace is None
-        else workspace.take((p, p), a.device, _F32, slot="syrk", zeroed=True)
-    )
-    for start in range(0, b, MIXED_ROWS):
-        if not ssyrk_upper_into(product, a[start : start + MIXED_ROWS]):
-            return False
-        with single_threaded(a.device):
-            target.add_(product)
-    return True
+
+def _widened_into(workspace: Workspace | None, a: torch.Tensor) -> torch.Tensor:
+    """``a`` as float64 (exactly), in the workspace's ``"widened"`` slot where there is one."""
+    if workspace is None:
+        return a.to(_F64)
+    out = workspace.take(tuple(a.shape), a.device, _F64, slot="widened")
+    return out.copy_(a)
 
 
 def _scratch(
@@ -328,7 +311,9 @@ class CrossMoments(ShiftedSums):
     O(b·p·(p + t)) for a batch of b samples. With a :class:`Workspace`, the shifted batch is
     written there instead of into a new array.
 
-    With ``precision="mixed"`` the state is the same float64 sums, but each batch is centred
+    With ``precision="mixed"`` (except for a batch at least ``SYRK_MIN_WIDTH`` wide on the
+    CPU, which is accumulated as in exact: see :func:`_exact_on_cpu`) the state is the same
+    float64 sums, but each batch is centred
     on its own mean m_b (rounded to float32, so u = z − m_b is float32), its Gram Σ uuᵀ is
     formed in float32 products added into float64 (:func:`add_gram_mixed_`), and the move from
     m_b to the running shift c is the exact float64 identity
@@ -367,7 +352,7 @@ class CrossMoments(ShiftedSums):
         if b == 0:
             return
         device = self.device if self.device is not None else z.device
-        if self.precision == "mixed":
+        if self.precision == "mixed" and not _exact_on_cpu(z, device):
             self._update_mixed(z, y, device)
             return
         with single_threaded(device):

@@ -33,6 +33,7 @@ from helpers import (
 )
 
 from nrc_cli import analyze
+from nrc_cli.accumulate.gram import SYRK_MIN_WIDTH, add_gram_
 from nrc_cli.accumulate.moments import (
     GRAM_BLOCK,
     MIXED_ROWS,
@@ -47,7 +48,7 @@ from nrc_cli.accumulate.precision import (
     float64_is_slow,
     precision_hint,
 )
-from nrc_cli.planning import layer_need
+from nrc_cli.planning import WIDENED_FROM, layer_need
 
 ABS, REL = 1e-5, 1e-4  # the mixed-precision bound, as |Δ| <= ABS + REL·|exact|
 
@@ -197,29 +198,21 @@ def test_add_gram_mixed_fills_the_upper_triangle(p):
     assert torch.equal(symmetric(got - 7.0), want)
 
 
-def test_the_wide_route_ignores_what_another_width_left_in_the_workspace():
-    """The one-triangle float32 product of a wide layer (p >= SYRK_MIN_WIDTH) reuses a
-    workspace slot whose other triangle must be zero: a slot last filled with NaN by another
-    width is zeroed again, and the lower triangle of the state is left as it was."""
-    ws = Workspace()
-    ws.take((600, 600), "cpu", torch.float32, slot="syrk").fill_(float("nan"))
-    for p in (300, 400, 300):
-        a = torch.randint(-3, 4, (520, p), generator=torch.Generator().manual_seed(p)).float()
-        got = add_gram_mixed_(torch.full((p, p), 7.0, dtype=torch.float64), a, ws)
-        upper = torch.triu(torch.ones(p, p, dtype=torch.bool))
-        assert torch.equal(got[upper], (a.double().T @ a.double())[upper] + 7.0)
-        assert torch.all(got[~upper] == 7.0)
-
-
-def test_workspace_zeroed_slots_keep_their_contents_for_the_same_shape():
-    ws = Workspace()
-    first = ws.take((4, 4), "cpu", torch.float32, slot="s", zeroed=True)
-    assert torch.all(first == 0)
-    first[0, 1] = 3.0
-    again = ws.take((4, 4), "cpu", torch.float32, slot="s", zeroed=True)
-    assert again[0, 1] == 3.0  # same shape: as the last user left it
-    other = ws.take((2, 8), "cpu", torch.float32, slot="s", zeroed=True)
-    assert torch.all(other == 0)  # another shape: zeroed
+def test_wide_mixed_grams_on_the_cpu_are_the_exact_ones():
+    """From SYRK_MIN_WIDTH on, the CPU's mixed Gram is the float64 dsyrk of the widened batch:
+    the same bits as add_gram_, with or without a workspace; narrower ones are float32."""
+    gen = torch.Generator().manual_seed(5)
+    for p in (SYRK_MIN_WIDTH, 300):
+        a = torch.randn(520, p, generator=gen)
+        want = add_gram_(torch.zeros(p, p, dtype=torch.float64), a.double())
+        for ws in (None, Workspace()):
+            got = add_gram_mixed_(torch.zeros(p, p, dtype=torch.float64), a, ws)
+            assert torch.equal(got, want)
+    a = torch.randn(520, 64, generator=gen)
+    narrow = add_gram_mixed_(torch.zeros(64, 64, dtype=torch.float64), a, Workspace())
+    exact = add_gram_(torch.zeros(64, 64, dtype=torch.float64), a.double())
+    assert not torch.equal(narrow, exact)  # float32 products round
+    assert torch.allclose(narrow, exact, rtol=1e-5, atol=1e-4)
 
 
 def test_add_gram_mixed_wants_float32():
@@ -241,7 +234,12 @@ def test_mixed_plan_counts_float32_temporaries():
     mixed = layer_need("l", 512, 4, 4, oversample=10, batch=1024, head=True, precision="mixed")
     assert mixed.exact_state == exact.exact_state  # the same float64 sums
     assert exact.exact_temp == 8 * 2 * 1024 * 512
-    assert mixed.exact_temp == 8 * 1024 * 512 + 4 * (1024 * 512 + 512 * 512)
+    # 512 wide: on the CPU the float32 batch is widened to float64 for dsyrk (b×p float64),
+    # more than a float32 p×p product; 128 wide: the float32 product.
+    assert mixed.exact_temp == 8 * 1024 * 512 + 4 * 1024 * 512 + 8 * 1024 * 512
+    narrow = layer_need("l", 128, 4, 4, oversample=10, batch=1024, head=True, precision="mixed")
+    assert narrow.exact_temp == 8 * 1024 * 128 + 4 * (1024 * 128 + 128 * 128)
+    assert WIDENED_FROM == SYRK_MIN_WIDTH
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from nrc_cli.accumulate.gram import (
     SYRK_MIN_WIDTH,
     add_cross_,
     add_gram_,
-    ssyrk_upper_into,
     syrk_upper_,
 )
 
@@ -101,12 +100,3 @@ def test_add_cross_is_the_float64_cross_product(p, t):
     want = u.T @ v
     err = np.abs(target.numpy() - 2.0 - want).max() / np.abs(want).max()
     assert err < 1e-12, err
-
-
-def test_ssyrk_fills_one_triangle_of_a_float32_product():
-    a = torch.randint(-3, 4, (128, 256), generator=torch.Generator().manual_seed(1)).float()
-    out = torch.full((256, 256), 5.0)
-    assert ssyrk_upper_into(out, a)
-    upper = torch.triu(torch.ones(256, 256, dtype=torch.bool))
-    assert torch.equal(out[upper], (a.T @ a)[upper])  # small integers: float32 is exact
-    assert torch.all(out[~upper] == 5.0)
