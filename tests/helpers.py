@@ -728,3 +728,28 @@ def small_tmpfs(folder: Path, size: str):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+# A model factory file for --arch whose module's train()/eval() switch raises: a genuine,
+# non-nrc exception (exit code 3, and --debug's traceback).
+BROKEN_FACTORY = '''
+from torch import nn
+
+
+class Broken(nn.Module):
+    """A module whose train()/eval() switch is broken: a genuine, non-nrc exception."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+
+    def train(self, mode=True):
+        raise RuntimeError("mode switch failed")
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def make():
+    return Broken()
+'''

@@ -16,7 +16,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_case
-from helpers import Wrapped, error_line, invoke, mlp, overflow_case, save_model, save_npz
+from helpers import (
+    BROKEN_FACTORY,
+    Wrapped,
+    error_line,
+    invoke,
+    mlp,
+    overflow_case,
+    save_model,
+    save_npz,
+)
 from safetensors.torch import save_file
 
 
@@ -354,32 +363,10 @@ def test_existing_output_is_kept_when_the_run_fails(case, out_dir):
 # Internal errors (exit code 3)
 # ------------------------------------------------------------------------------------------------
 
-_BROKEN_FACTORY = '''
-from torch import nn
-
-
-class Broken(nn.Module):
-    """A module whose train()/eval() switch is broken: a genuine, non-nrc exception."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
-
-    def train(self, mode=True):
-        raise RuntimeError("mode switch failed")
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def make():
-    return Broken()
-'''
-
 
 def _internal(case, tmp_path, env=None):
     src = tmp_path / "broken.py"
-    src.write_text(_BROKEN_FACTORY)
+    src.write_text(BROKEN_FACTORY)
     return invoke(
         ["analyze", case.checkpoint, "--data", case.data, "--arch", f"{src}:make"], env=env
     )

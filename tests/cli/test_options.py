@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import typer
 from conftest import make_tiny_case
-from helpers import error_line, invoke, make_audit_data, make_audit_zoo
+from helpers import BROKEN_FACTORY, error_line, invoke, make_audit_data, make_audit_zoo
 
 from nrc_cli.cli import app
 from nrc_cli.cli._options import choices
@@ -186,33 +186,13 @@ def test_every_command_with_data_has_the_same_data_option():
 # --debug
 # ------------------------------------------------------------------------------------------------
 
-_BROKEN = """
-from torch import nn
-
-
-class Broken(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
-
-    def train(self, mode=True):
-        raise RuntimeError("mode switch failed")
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def make():
-    return Broken()
-"""
-
 
 @pytest.fixture
 def broken(tmp_path):
     """``nrc analyze`` arguments whose run fails with an internal error (a bug's exit 3)."""
     case = make_tiny_case(tmp_path / "in", dims=(4, 6, 2), n=40)
     src = tmp_path / "broken.py"
-    src.write_text(_BROKEN)
+    src.write_text(BROKEN_FACTORY)
     return ["analyze", str(case.checkpoint), "--data", str(case.data), "--arch", f"{src}:make"]
 
 
