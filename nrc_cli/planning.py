@@ -15,9 +15,9 @@ activations and the data batches come on top.
 
 In mixed precision (``--precision mixed``) the states are the same float64 sums, and an exact
 layer's temporaries are its raw batch, the batch centred in float32 (b×p) and one float32
-product (at most p×p, on a GPU; a 256×256 block on the CPU) before it is added into float64;
-or, for a layer at least ``WIDENED_FROM`` wide on the CPU, that batch widened to float64 for
-BLAS ``dsyrk`` (b×p float64): the plan counts the larger of the two.
+product (at most p×p, on a GPU; a 256×256 block on the CPU) before it is added into float64.
+A layer at least ``SYRK_MIN_WIDTH`` wide is accumulated on the CPU as in exact precision
+(``nrc_cli.accumulate.moments._exact_on_cpu``): for it the plan counts the larger of the two.
 """
 
 from __future__ import annotations
@@ -31,12 +31,9 @@ from nrc_cli._memory import (
     available_memory,
     cgroup_headroom,
 )
+from nrc_cli.accumulate.gram import SYRK_MIN_WIDTH
 from nrc_cli.errors import ConfigError
 from nrc_cli.options import parse_size
-
-# The width from which a mixed-precision Gram on the CPU goes through float64 dsyrk (the value
-# of nrc_cli.accumulate.gram.SYRK_MIN_WIDTH; tests/unit/test_precision.py keeps them equal).
-WIDENED_FROM = 192
 
 __all__ = [
     "Plan",
@@ -96,8 +93,9 @@ def layer_need(
     features = 2 * batch * p
     exact_temp = _F64 * features
     if precision == "mixed":  # the raw batch, the float32 centred batch and float32 product
-        widened = _F64 * batch * p if p >= WIDENED_FROM else 0  # or widened, on the CPU
-        exact_temp = _F64 * batch * p + _F32 * batch * p + max(_F32 * p * p, widened)
+        mixed_temp = _F64 * batch * p + _F32 * (batch * p + p * p)
+        # A wide layer is accumulated as in exact on the CPU: the larger of the two.
+        exact_temp = max(exact_temp, mixed_temp) if p >= SYRK_MIN_WIDTH else mixed_temp
     exact_state = p * p + p * t + t * t + 2 * p + 2 * t
     if head:  # the normalised Gram of a possible regression head
         exact_state += p * p

@@ -28,7 +28,6 @@ from nrc_cli.accumulate.gram import (
     SYRK_MIN_WIDTH,
     add_cross_,
     add_gram_,
-    syrk_upper_,
     upper_blocks,
 )
 
@@ -82,8 +81,7 @@ class Workspace:
 
     Each named ``slot`` is one buffer of bytes, viewed as the dtype asked for: ``"batch"`` holds
     a shifted batch (float64, or float32 in mixed precision), ``"product"`` the float32 product
-    of mixed precision before it is added into its float64 sum, ``"widened"`` a wide float32
-    batch widened to float64 for the CPU's ``dsyrk`` (see :func:`add_gram_mixed_`).
+    of mixed precision before it is added into its float64 sum.
     """
 
     def __init__(self) -> None:
@@ -105,13 +103,12 @@ class Workspace:
         """Allocate room now for one shifted batch of ``batch``×``width`` features and, in mixed
         precision, for the float32 products of :func:`add_gram_mixed_` (before the states)."""
         device = torch.device(device)
-        if check_precision(precision) == "exact":
+        wide_on_cpu = device.type == "cpu" and width >= SYRK_MIN_WIDTH  # see _exact_on_cpu
+        if check_precision(precision) == "exact" or wide_on_cpu:
             self.reserve(batch * width, device)
             return
         self.reserve(batch * width, device, _F32)
-        if device.type == "cpu" and width >= SYRK_MIN_WIDTH:
-            self.reserve(batch * width, device, _F64, "widened")
-        elif device.type == "cpu":
+        if device.type == "cpu":
             side = min(width, GRAM_BLOCK)
             self.reserve(max(batch // MIXED_ROWS, 1) * side * side, device, _F32, "product")
         else:
@@ -179,29 +176,16 @@ def add_gram_mixed_(
     :func:`add_gram_`; the partial products are then added into ``target`` (float64). TF32
     stays off.
 
-    On the CPU, a batch at least ``SYRK_MIN_WIDTH`` wide is widened to float64 (exactly) and
-    goes through BLAS ``dsyrk`` as in :func:`add_gram_`: no float32 rounding at all, and no
-    slower (see the comment below). Narrower batches: the row chunks of one block go through
-    one batched product (``torch.bmm``): a busy 2-core machine makes every multi-threaded call
-    wait on a barrier, so the number of calls matters as much as their size; the float64
-    additions run on one thread. On a GPU each row chunk is one full p×p product.
+    On the CPU the row chunks of one block go through one batched product (``torch.bmm``): a
+    busy 2-core machine makes every multi-threaded call wait on a barrier, so the number of
+    calls matters as much as their size; the float64 additions run on one thread. On a GPU
+    each row chunk is one full p×p product. (The accumulators send a wide CPU batch the exact
+    way instead: :func:`_exact_on_cpu`.)
     """
     if a.dtype != _F32:
         raise ValueError(f"add_gram_mixed_: expected a float32 batch, got {a.dtype}")
     device = a.device
     b = a.shape[0]
-    if (
-        device.type == "cpu"
-        and a.shape[1] >= SYRK_MIN_WIDTH
-        and target.is_contiguous()
-        and syrk_upper_(target, _widened_into(workspace, a))
-    ):
-        # Wide layers on the CPU: float32 products do not pay there, so the Gram is the
-        # exact one (the float32 batch widened, float64 dsyrk), well within the bound. With
-        # dsyrk at half the multiply-adds, float32 products of 128-row chunks (one triangle
-        # through ssyrk, or blocked) cost as much or more once each chunk's p×p is added into
-        # float64: the 512-wide MLP benchmark ran 0.78-0.91x as fast in mixed as in exact.
-        return target
     chunks = b // MIXED_ROWS if device.type == "cpu" and b >= 2 * MIXED_ROWS else 0
     whole = chunks * MIXED_ROWS
     stacked = a[:whole].reshape(chunks, MIXED_ROWS, a.shape[1]) if chunks else None
@@ -227,19 +211,13 @@ def add_gram_mixed_(
 
 def _exact_on_cpu(z: torch.Tensor, device: torch.device) -> bool:
     """Whether a mixed-precision batch is accumulated the exact way: a wide one (p ≥
-    ``SYRK_MIN_WIDTH``) on the CPU, where float32 products do not pay against ``dsyrk`` (see
-    :func:`add_gram_mixed_`) and the mixed update's per-batch shifts (a rank-2 update of the
-    p×p state, the cross-product widened in row chunks) only add work: exact's numbers, at
-    exact's cost."""
+    ``SYRK_MIN_WIDTH``) on the CPU. There the exact Gram goes through ``dsyrk`` at half the
+    multiply-adds, and float32 products of 128-row chunks (one triangle through ``ssyrk``, or
+    blocked) cost as much or more once each chunk's p×p is added into float64; the mixed
+    update's per-batch shifts (a rank-2 update of the p×p state, the cross-product widened in
+    row chunks) only add work. The 512-wide MLP benchmark ran 0.78-0.91x as fast in mixed as
+    in exact; now mixed gives exact's numbers at exact's cost there."""
     return device.type == "cpu" and z.shape[1] >= SYRK_MIN_WIDTH
-
-
-def _widened_into(workspace: Workspace | None, a: torch.Tensor) -> torch.Tensor:
-    """``a`` as float64 (exactly), in the workspace's ``"widened"`` slot where there is one."""
-    if workspace is None:
-        return a.to(_F64)
-    out = workspace.take(tuple(a.shape), a.device, _F64, slot="widened")
-    return out.copy_(a)
 
 
 def _scratch(
@@ -468,11 +446,12 @@ class NormalizedGram(Accumulator):
     def update(self, z: torch.Tensor) -> None:
         """Add a batch ``z`` of shape (b, p); it is not modified.
 
-        In mixed precision h̃ is formed in float32 and its Gram in float32 products added into
-        the float64 sum (:func:`add_gram_mixed_`); |h̃| ≤ 1, so no shift is needed.
+        In mixed precision (but for a wide batch on the CPU: :func:`_exact_on_cpu`) h̃ is formed
+        in float32 and its Gram in float32 products added into the float64 sum
+        (:func:`add_gram_mixed_`); |h̃| ≤ 1, so no shift is needed.
         """
         device = self.device if self.device is not None else z.device
-        mixed = self.precision == "mixed"
+        mixed = self.precision == "mixed" and not _exact_on_cpu(z, device)
         with single_threaded(device):
             z = _widened(z, device) if mixed else _floating(z, device)
             norms = torch.linalg.vector_norm(z, dim=1, keepdim=True, dtype=_F64)

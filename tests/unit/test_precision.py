@@ -33,7 +33,7 @@ from helpers import (
 )
 
 from nrc_cli import analyze
-from nrc_cli.accumulate.gram import SYRK_MIN_WIDTH, add_gram_
+from nrc_cli.accumulate.gram import SYRK_MIN_WIDTH
 from nrc_cli.accumulate.moments import (
     GRAM_BLOCK,
     MIXED_ROWS,
@@ -48,7 +48,7 @@ from nrc_cli.accumulate.precision import (
     float64_is_slow,
     precision_hint,
 )
-from nrc_cli.planning import WIDENED_FROM, layer_need
+from nrc_cli.planning import layer_need
 
 ABS, REL = 1e-5, 1e-4  # the mixed-precision bound, as |Δ| <= ABS + REL·|exact|
 
@@ -198,21 +198,29 @@ def test_add_gram_mixed_fills_the_upper_triangle(p):
     assert torch.equal(symmetric(got - 7.0), want)
 
 
-def test_wide_mixed_grams_on_the_cpu_are_the_exact_ones():
-    """From SYRK_MIN_WIDTH on, the CPU's mixed Gram is the float64 dsyrk of the widened batch:
-    the same bits as add_gram_, with or without a workspace; narrower ones are float32."""
+def test_wide_mixed_layers_on_the_cpu_are_accumulated_exactly():
+    """From SYRK_MIN_WIDTH on, a mixed-precision accumulator on the CPU takes the exact route:
+    the same bits as exact, for the moments and the normalised Gram; narrower ones round."""
     gen = torch.Generator().manual_seed(5)
-    for p in (SYRK_MIN_WIDTH, 300):
-        a = torch.randn(520, p, generator=gen)
-        want = add_gram_(torch.zeros(p, p, dtype=torch.float64), a.double())
-        for ws in (None, Workspace()):
-            got = add_gram_mixed_(torch.zeros(p, p, dtype=torch.float64), a, ws)
-            assert torch.equal(got, want)
-    a = torch.randn(520, 64, generator=gen)
-    narrow = add_gram_mixed_(torch.zeros(64, 64, dtype=torch.float64), a, Workspace())
-    exact = add_gram_(torch.zeros(64, 64, dtype=torch.float64), a.double())
-    assert not torch.equal(narrow, exact)  # float32 products round
-    assert torch.allclose(narrow, exact, rtol=1e-5, atol=1e-4)
+    for p, same in ((SYRK_MIN_WIDTH, True), (300, True), (64, False)):
+        z = torch.randn(520, p, generator=gen)
+        y = torch.randn(520, 3, generator=gen, dtype=torch.float64)
+        got = {}
+        for precision in ("exact", "mixed"):
+            ws = Workspace()
+            ws.reserve_batches(256, p, "cpu", precision)
+            cross = CrossMoments(workspace=ws, precision=precision)
+            gram = NormalizedGram(workspace=ws, precision=precision)
+            for s in range(0, 520, 256):
+                cross.update(z[s : s + 256], y[s : s + 256])
+                gram.update(z[s : s + 256])
+            got[precision] = {**moments_result(cross), "gram": gram.compute().numpy()}
+        if same:
+            for key, value in got["exact"].items():
+                assert np.array_equal(got["mixed"][key], value), (p, key)
+        else:  # float32 products round the Grams
+            for key in ("cov_z", "gram"):
+                assert not np.array_equal(got["mixed"][key], got["exact"][key]), (p, key)
 
 
 def test_add_gram_mixed_wants_float32():
@@ -234,12 +242,11 @@ def test_mixed_plan_counts_float32_temporaries():
     mixed = layer_need("l", 512, 4, 4, oversample=10, batch=1024, head=True, precision="mixed")
     assert mixed.exact_state == exact.exact_state  # the same float64 sums
     assert exact.exact_temp == 8 * 2 * 1024 * 512
-    # 512 wide: on the CPU the float32 batch is widened to float64 for dsyrk (b×p float64),
-    # more than a float32 p×p product; 128 wide: the float32 product.
-    assert mixed.exact_temp == 8 * 1024 * 512 + 4 * 1024 * 512 + 8 * 1024 * 512
+    # 512 wide: accumulated as in exact on the CPU (two float64 b×p), more than the float32
+    # temporaries of a GPU; 128 wide: the float32 centred batch and product.
+    assert mixed.exact_temp == max(8 * 2 * 1024 * 512, 8 * 1024 * 512 + 4 * (1024 * 512 + 512**2))
     narrow = layer_need("l", 128, 4, 4, oversample=10, batch=1024, head=True, precision="mixed")
     assert narrow.exact_temp == 8 * 1024 * 128 + 4 * (1024 * 128 + 128 * 128)
-    assert WIDENED_FROM == SYRK_MIN_WIDTH
 
 
 # ------------------------------------------------------------------------------------------------
